@@ -1,0 +1,122 @@
+//! The `gradlens` command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use gradlens::backend::Dtype;
+use gradlens::grads::{GradsOptions, run_grads};
+use gradlens::sample::PromptMode;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "gradlens",
+    version,
+    about = "Layer-wise gradient spectra of LLMs on instruction data (arXiv 2410.23743)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure per-sample gradient statistics of a data file into a JSONL (resumable).
+    Grads(GradsArgs),
+    /// Compare two measurement JSONL files (e.g. against the transformers reference).
+    Compare {
+        /// The reference JSONL.
+        #[arg(long)]
+        expected: PathBuf,
+        /// The JSONL to check.
+        #[arg(long)]
+        actual: PathBuf,
+        /// Relative tolerance (see the README for the rule per statistic).
+        #[arg(long, default_value_t = 1e-9)]
+        rtol: f64,
+    },
+}
+
+#[derive(clap::Args)]
+struct GradsArgs {
+    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Data file: a JSON array of {instruction, input, output} records.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output JSONL; samples already in it (or in <out>.skipped.jsonl) are not measured again.
+    #[arg(long)]
+    out: PathBuf,
+    /// Measure at most N records (from --start).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Index of the first record to measure.
+    #[arg(long, default_value_t = 0)]
+    start: usize,
+    /// Truncate each sample to this many tokens.
+    #[arg(long, default_value_t = 1024)]
+    max_length: usize,
+    /// Compute dtype: f32 (as the paper) or f64 (reference precision).
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Grads(a) => {
+            let opts = GradsOptions {
+                model: a.model,
+                data: a.data,
+                out: a.out,
+                start: a.start,
+                limit: a.limit,
+                max_length: a.max_length,
+                dtype: a.dtype,
+                mode: PromptMode::Base,
+                progress: !a.quiet && std::io::stderr().is_terminal(),
+            };
+            let summary = run_grads(&opts)?;
+            eprintln!("{}", summary.line(&opts.out));
+            Ok(())
+        }
+        Command::Compare {
+            expected,
+            actual,
+            rtol,
+        } => {
+            let errs = gradlens::compare::compare_files(&expected, &actual, rtol)?;
+            let n = gradlens::compare::read_jsonl_by_index(&expected)?.len();
+            if errs.is_empty() {
+                println!("{n} sample(s) agree within rtol {rtol:e}");
+                Ok(())
+            } else {
+                for e in errs.iter().take(20) {
+                    println!("{e}");
+                }
+                anyhow::bail!("{} difference(s) beyond rtol {rtol:e}", errs.len())
+            }
+        }
+    }
+}

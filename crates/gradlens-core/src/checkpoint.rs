@@ -1,0 +1,304 @@
+use crate::error::{CheckpointError, Result};
+use burn::tensor::TensorData;
+use safetensors::{Dtype, SafeTensors, tensor::TensorInfo};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// A tensor read from the checkpoint, still on the host, in f32 (or f64 when stored so).
+pub type HostTensor = TensorData;
+
+/// The element type a tensor is stored with in the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StoredDtype {
+    F16,
+    BF16,
+    F32,
+    F64,
+}
+
+struct WeightFile {
+    path: PathBuf,
+    bytes: memmap2::Mmap,
+    header_len: usize,
+}
+
+struct Entry {
+    file: usize,
+    info: TensorInfo,
+}
+
+/// An opened Hugging Face checkpoint directory.
+pub struct Checkpoint {
+    dir: PathBuf,
+    config_path: PathBuf,
+    config: serde_json::Value,
+    files: Vec<WeightFile>,
+    entries: BTreeMap<String, Entry>,
+    taken: BTreeSet<String>,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| CheckpointError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn map_file(path: &Path) -> Result<WeightFile> {
+    let file = File::open(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: the file is opened read-only; a checkpoint modified while gradlens reads it is
+    // outside what any loader can guard against (transformers and candle map it the same way).
+    #[allow(unsafe_code)]
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (header_len, _) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| CheckpointError::Safetensors {
+            path: path.to_path_buf(),
+            message: describe_safetensors_error(&e),
+        })?;
+    Ok(WeightFile {
+        path: path.to_path_buf(),
+        bytes,
+        header_len,
+    })
+}
+
+fn describe_safetensors_error(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::MetadataIncompleteBuffer | E::InvalidHeaderLength | E::HeaderTooSmall => {
+            format!("{e:?} (the file is truncated or its header is corrupt)")
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+impl Checkpoint {
+    /// Open `dir`: read `config.json` and map every safetensors file of the checkpoint.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(CheckpointError::Io {
+                path: config_path,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "config.json not found"),
+            });
+        }
+        let config = read_json(&config_path)?;
+        if !config.is_object() {
+            return Err(CheckpointError::Config {
+                path: config_path,
+                message: "expected a JSON object".into(),
+            });
+        }
+
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let shard_names: Vec<String> = if index.is_file() {
+            let value = read_json(&index)?;
+            let map = value
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| CheckpointError::Config {
+                    path: index.clone(),
+                    message: "missing object \"weight_map\"".into(),
+                })?;
+            let mut names = BTreeSet::new();
+            for (tensor, file) in map {
+                let file = file.as_str().ok_or_else(|| CheckpointError::Config {
+                    path: index.clone(),
+                    message: format!("weight_map[{tensor:?}] is not a file name"),
+                })?;
+                names.insert(file.to_string());
+            }
+            names.into_iter().collect()
+        } else if single.is_file() {
+            vec!["model.safetensors".to_string()]
+        } else {
+            return Err(CheckpointError::NoWeights { dir });
+        };
+
+        let mut files = Vec::new();
+        let mut entries = BTreeMap::new();
+        for name in &shard_names {
+            let file = map_file(&dir.join(name))?;
+            let (_, metadata) = SafeTensors::read_metadata(&file.bytes).map_err(|e| {
+                CheckpointError::Safetensors {
+                    path: file.path.clone(),
+                    message: describe_safetensors_error(&e),
+                }
+            })?;
+            for (tensor, info) in metadata.tensors() {
+                entries.insert(
+                    tensor,
+                    Entry {
+                        file: files.len(),
+                        info: info.clone(),
+                    },
+                );
+            }
+            files.push(file);
+        }
+
+        Ok(Self {
+            dir,
+            config_path,
+            config,
+            files,
+            entries,
+            taken: BTreeSet::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// `model_type` from config.json.
+    pub fn model_type(&self) -> Result<&str> {
+        self.config
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| CheckpointError::Config {
+                path: self.config_path.clone(),
+                message: "missing string field `model_type`".into(),
+            })
+    }
+
+    /// Whether the checkpoint stores a tensor of this name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The stored dtypes of all tensors, for reporting.
+    pub fn stored_dtypes(&self) -> BTreeSet<StoredDtype> {
+        self.entries
+            .values()
+            .filter_map(|e| stored_dtype(e.info.dtype))
+            .collect()
+    }
+
+    /// Read tensor `name`, check its shape, and convert it to f32 (f64 when stored as f64).
+    pub fn take(&mut self, name: &str, expected_shape: &[usize]) -> Result<HostTensor> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                dir: self.dir.clone(),
+                name: name.to_string(),
+            })?;
+        let file = &self.files[entry.file];
+        if entry.info.shape != expected_shape {
+            return Err(CheckpointError::ShapeMismatch {
+                path: file.path.clone(),
+                name: name.to_string(),
+                found: entry.info.shape.clone(),
+                expected: expected_shape.to_vec(),
+            });
+        }
+        let (start, end) = entry.info.data_offsets;
+        let base = 8 + file.header_len;
+        let bytes = &file.bytes[base + start..base + end];
+        let shape = entry.info.shape.clone();
+        let data = match entry.info.dtype {
+            Dtype::F32 => TensorData::new(
+                decode(bytes, 4, |b| f32::from_le_bytes(b.try_into().unwrap())),
+                shape,
+            ),
+            Dtype::F64 => TensorData::new(
+                decode(bytes, 8, |b| f64::from_le_bytes(b.try_into().unwrap())),
+                shape,
+            ),
+            Dtype::F16 => TensorData::new(
+                decode(bytes, 2, |b| {
+                    half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()
+                }),
+                shape,
+            ),
+            Dtype::BF16 => TensorData::new(
+                decode(bytes, 2, |b| {
+                    half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32()
+                }),
+                shape,
+            ),
+            other => {
+                return Err(CheckpointError::UnsupportedDtype {
+                    path: file.path.clone(),
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        self.taken.insert(name.to_string());
+        Ok(data)
+    }
+
+    /// Like [`Checkpoint::take`], for a tensor that some checkpoints of a family omit.
+    pub fn take_optional(
+        &mut self,
+        name: &str,
+        expected_shape: &[usize],
+    ) -> Result<Option<HostTensor>> {
+        if self.contains(name) {
+            self.take(name, expected_shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Mark tensors the model deliberately does not use (e.g. stored rotary tables) as accounted for.
+    pub fn ignore_where(&mut self, pred: impl Fn(&str) -> bool) {
+        let names: Vec<String> = self.entries.keys().filter(|n| pred(n)).cloned().collect();
+        self.taken.extend(names);
+    }
+
+    /// Every tensor must have been taken or ignored: anything else is an error naming it.
+    pub fn finish(&self) -> Result<()> {
+        let left: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|n| !self.taken.contains(*n))
+            .cloned()
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(CheckpointError::UnexpectedTensors {
+                dir: self.dir.clone(),
+                names: left,
+            })
+        }
+    }
+}
+
+fn stored_dtype(d: Dtype) -> Option<StoredDtype> {
+    match d {
+        Dtype::F16 => Some(StoredDtype::F16),
+        Dtype::BF16 => Some(StoredDtype::BF16),
+        Dtype::F32 => Some(StoredDtype::F32),
+        Dtype::F64 => Some(StoredDtype::F64),
+        _ => None,
+    }
+}
+
+fn decode<T>(bytes: &[u8], width: usize, f: impl Fn(&[u8]) -> T) -> Vec<T> {
+    bytes.chunks_exact(width).map(f).collect()
+}

@@ -1,0 +1,126 @@
+//! Comparing two measurement JSONL files (e.g. gradlens against the transformers reference).
+//!
+//! Rule, with relative tolerance `rtol`: `loss`, `frobenius_norm`, `S_sum`, `S_max` within
+//! `rtol·|expected|`; `M_mean`, `M_max`, `M_min` within `rtol·max(|M_max|, |M_min|)`; `S_min` within
+//! `rtol·S_max` (both of the expected values); integers and strings exactly; the same parameters in
+//! the same order. Fields absent from the expected line are not compared.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Read a JSONL file into its lines keyed by `index`.
+pub fn read_jsonl_by_index(path: &Path) -> anyhow::Result<BTreeMap<u64, Value>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+        let index = v
+            .get("index")
+            .and_then(Value::as_u64)
+            .with_context(|| format!("{}: line {} has no index", path.display(), i + 1))?;
+        out.insert(index, v);
+    }
+    Ok(out)
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+/// Differences between one expected and one actual line (empty when they agree).
+pub fn compare_line(expected: &Value, actual: &Value, rtol: f64) -> Vec<String> {
+    let mut errs = Vec::new();
+    let (Some(e), Some(a)) = (expected.as_object(), actual.as_object()) else {
+        return vec!["not JSON objects".into()];
+    };
+    let e_params: Vec<&String> = e
+        .iter()
+        .filter(|(_, v)| v.is_object())
+        .map(|(k, _)| k)
+        .collect();
+    let a_params: Vec<&String> = a
+        .iter()
+        .filter(|(_, v)| v.is_object())
+        .map(|(k, _)| k)
+        .collect();
+    if e_params != a_params {
+        errs.push(format!(
+            "parameters differ: expected {e_params:?}, got {a_params:?}"
+        ));
+        return errs;
+    }
+    for (key, ev) in e {
+        let Some(av) = a.get(key) else {
+            errs.push(format!("{key}: missing"));
+            continue;
+        };
+        match ev {
+            Value::Object(es) => {
+                let scale_m = num(ev, "M_max")
+                    .unwrap_or(0.0)
+                    .abs()
+                    .max(num(ev, "M_min").unwrap_or(0.0).abs());
+                let s_max = num(ev, "S_max").unwrap_or(0.0).abs();
+                for (stat, x) in es {
+                    let (Some(x), Some(y)) = (x.as_f64(), av.get(stat).and_then(Value::as_f64))
+                    else {
+                        errs.push(format!("{key}.{stat}: missing or not a number"));
+                        continue;
+                    };
+                    let tol = match stat.as_str() {
+                        "M_mean" | "M_max" | "M_min" => rtol * scale_m,
+                        "S_min" => rtol * s_max,
+                        _ => rtol * x.abs(),
+                    };
+                    if !((x - y).abs() <= tol) {
+                        errs.push(format!(
+                            "{key}.{stat}: expected {x:e}, got {y:e} (|diff| {:e} > {tol:e})",
+                            (x - y).abs()
+                        ));
+                    }
+                }
+            }
+            Value::Number(n) if n.is_f64() => {
+                let (x, y) = (n.as_f64().unwrap(), av.as_f64().unwrap_or(f64::NAN));
+                if !((x - y).abs() <= rtol * x.abs()) {
+                    errs.push(format!("{key}: expected {x:e}, got {y:e}"));
+                }
+            }
+            other => {
+                if other != av {
+                    errs.push(format!("{key}: expected {other}, got {av}"));
+                }
+            }
+        }
+    }
+    errs
+}
+
+/// Compare two files: same indices, every line within tolerance. Returns the differences.
+pub fn compare_files(expected: &Path, actual: &Path, rtol: f64) -> anyhow::Result<Vec<String>> {
+    let e = read_jsonl_by_index(expected)?;
+    let a = read_jsonl_by_index(actual)?;
+    let mut errs = Vec::new();
+    let ek: Vec<_> = e.keys().collect();
+    let ak: Vec<_> = a.keys().collect();
+    if ek != ak {
+        errs.push(format!("indices differ: expected {ek:?}, got {ak:?}"));
+    }
+    for (i, ev) in &e {
+        if let Some(av) = a.get(i) {
+            errs.extend(
+                compare_line(ev, av, rtol)
+                    .into_iter()
+                    .map(|m| format!("sample {i}: {m}")),
+            );
+        }
+    }
+    Ok(errs)
+}

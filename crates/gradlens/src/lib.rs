@@ -1,0 +1,20 @@
+//! gradlens: the layer-wise gradient spectra of arXiv 2410.23743 ("What Happened in LLMs Layers
+//! when Trained for Fast vs. Slow Thinking: A Gradient Perspective"), for Hugging Face checkpoints,
+//! on any Burn backend.
+//!
+//! One sample = one forward and one backward pass (batch 1) with the causal-LM loss on the
+//! response tokens only; the gradient of every measured weight (attention projections and square
+//! matrices) is summarised by its entries and its singular values (faer).
+
+pub mod backend;
+pub mod compare;
+pub mod data;
+pub mod grads;
+pub mod measure;
+pub mod output;
+pub mod sample;
+pub mod stats;
+pub mod tokenizer;
+
+pub use gradlens_core::{Checkpoint, CheckpointError};
+pub use gradlens_models::{LoadedModel, SUPPORTED, paper_selector};

@@ -1,0 +1,70 @@
+//! The paper's statistics of one gradient matrix: its entries' mean, max and min, its Frobenius
+//! norm, and from its singular values (faer) their sum (nuclear norm), max and min.
+
+use serde::{Deserialize, Serialize};
+
+/// A gradient on the host, row-major `[rows, cols]` as the checkpoint stores the weight.
+#[derive(Debug, Clone)]
+pub struct GradMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f64>,
+}
+
+/// The seven statistics of the paper, under the paper's key names.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GradStats {
+    #[serde(rename = "M_mean")]
+    pub m_mean: f64,
+    #[serde(rename = "M_max")]
+    pub m_max: f64,
+    #[serde(rename = "M_min")]
+    pub m_min: f64,
+    pub frobenius_norm: f64,
+    #[serde(rename = "S_sum")]
+    pub s_sum: f64,
+    #[serde(rename = "S_max")]
+    pub s_max: f64,
+    #[serde(rename = "S_min")]
+    pub s_min: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("singular value decomposition did not converge ({0})")]
+pub struct SvdError(String);
+
+/// Singular values, largest first (faer, values only).
+pub fn singular_values(g: &GradMatrix) -> Result<Vec<f64>, SvdError> {
+    let m = faer::MatRef::from_row_major_slice(&g.data, g.rows, g.cols);
+    m.singular_values().map_err(|e| SvdError(format!("{e:?}")))
+}
+
+/// Entry statistics and the Frobenius norm (accumulated in f64).
+pub fn entry_stats(g: &GradMatrix) -> (f64, f64, f64, f64) {
+    let mut sum = 0.0;
+    let mut sq = 0.0;
+    let mut max = f64::NEG_INFINITY;
+    let mut min = f64::INFINITY;
+    for &x in &g.data {
+        sum += x;
+        sq += x * x;
+        max = max.max(x);
+        min = min.min(x);
+    }
+    (sum / g.data.len() as f64, max, min, sq.sqrt())
+}
+
+/// All seven statistics of one gradient (dense path: the SVD of the matrix itself).
+pub fn grad_stats(g: &GradMatrix) -> Result<GradStats, SvdError> {
+    let (m_mean, m_max, m_min, frobenius_norm) = entry_stats(g);
+    let s = singular_values(g)?;
+    Ok(GradStats {
+        m_mean,
+        m_max,
+        m_min,
+        frobenius_norm,
+        s_sum: s.iter().sum(),
+        s_max: s.first().copied().unwrap_or(0.0),
+        s_min: s.last().copied().unwrap_or(0.0),
+    })
+}

@@ -1,0 +1,475 @@
+//! The shared building blocks every family composes: linear projections in the checkpoint's
+//! `[out, in]` layout, RMSNorm (plain and Gemma's `1 + w`), rotary embedding in the Hugging Face
+//! half-split ("rotate_half") layout with optional frequency scaling, grouped-query attention with
+//! optional sliding window and logit soft-capping, and the gated MLP.
+//!
+//! All blocks work on one sequence (batch 1) as `[tokens, features]` tensors.
+
+use crate::loader::Loader;
+use burn::module::{Module, Param};
+use burn::tensor::activation::{gelu_approximate, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor, TensorData};
+use gradlens_core::Result;
+
+/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in the checkpoint (HF `nn.Linear`).
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn load(
+        l: &mut Loader<'_, B>,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = l.matrix(&format!("{name}.weight"), [d_out, d_in])?;
+        let bias = if bias {
+            Some(l.vector(&format!("{name}.bias"), d_out)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let y = x.matmul(self.weight.val().transpose());
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze_dim(0),
+            None => y,
+        }
+    }
+}
+
+/// Which RMSNorm a family uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// `w · x / rms(x)` (Llama, Qwen2, Mistral).
+    Plain,
+    /// `(1 + w) · x / rms(x)` (Gemma, Gemma 2).
+    OnePlusWeight,
+}
+
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+    #[module(skip)]
+    pub kind: NormKind,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn load(
+        l: &mut Loader<'_, B>,
+        name: &str,
+        dim: usize,
+        eps: f64,
+        kind: NormKind,
+    ) -> Result<Self> {
+        let weight = l.vector(&format!("{name}.weight"), dim)?;
+        Ok(Self { weight, eps, kind })
+    }
+
+    /// Normalised in the compute dtype (f32 or f64: never below f32).
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let var = x.clone().powi_scalar(2).mean_dim(1);
+        let normed = x * (var + self.eps).sqrt().recip();
+        let w = self.weight.val().unsqueeze_dim(0);
+        match self.kind {
+            NormKind::Plain => normed * w,
+            NormKind::OnePlusWeight => normed * (w + 1.0),
+        }
+    }
+}
+
+/// How rotary frequencies are scaled (`rope_scaling` in config.json).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (`"linear"`).
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's band-wise scaling (`"llama3"`).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// Rotary tables for one sequence, computed on the host in f64 and stored in the compute dtype.
+pub struct Rotary<B: Backend> {
+    /// `[tokens, head_dim]`, the frequencies repeated for both halves.
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+}
+
+/// `inv_freq[i] = θ^(−2i/d)`, scaled as configured.
+pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f64> {
+    let base: Vec<f64> = (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    match *scaling {
+        RopeScaling::None => base,
+        RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old_ctx,
+        } => {
+            let low_freq_wavelen = old_ctx / low_freq_factor;
+            let high_freq_wavelen = old_ctx / high_freq_factor;
+            base.into_iter()
+                .map(|f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen > low_freq_wavelen {
+                        f / factor
+                    } else if wavelen < high_freq_wavelen {
+                        f
+                    } else {
+                        let smooth = (old_ctx / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+impl<B: Backend> Rotary<B> {
+    pub fn new(tokens: usize, inv_freq: &[f64], device: &B::Device) -> Self {
+        let half = inv_freq.len();
+        let dim = 2 * half;
+        let mut cos = Vec::with_capacity(tokens * dim);
+        let mut sin = Vec::with_capacity(tokens * dim);
+        for t in 0..tokens {
+            for rep in 0..2 {
+                let _ = rep;
+                for f in inv_freq {
+                    let angle = t as f64 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let make = |v: Vec<f64>| float_tensor(TensorData::new(v, [tokens, dim]), device);
+        Self {
+            cos: make(cos),
+            sin: make(sin),
+        }
+    }
+
+    /// Apply to `[heads, tokens, head_dim]`: `x·cos + rotate_half(x)·sin`.
+    pub fn apply(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [_, _, d] = x.dims();
+        let half = d / 2;
+        let x1 = x.clone().narrow(2, 0, half);
+        let x2 = x.clone().narrow(2, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 2);
+        x * self.cos.clone().unsqueeze_dim(0) + rotated * self.sin.clone().unsqueeze_dim(0)
+    }
+}
+
+/// Per-sequence tables and masks shared by all layers of one forward pass.
+pub struct SequenceContext<B: Backend> {
+    pub rotary: Rotary<B>,
+    /// `true` where key j is hidden from query i (j > i).
+    pub causal: Tensor<B, 2, Bool>,
+    pub tokens: usize,
+    pub device: B::Device,
+}
+
+impl<B: Backend> SequenceContext<B> {
+    pub fn new(tokens: usize, inv_freq: &[f64], device: &B::Device) -> Self {
+        Self {
+            rotary: Rotary::new(tokens, inv_freq, device),
+            causal: Tensor::<B, 2, Bool>::tril_mask([tokens, tokens], 0, device),
+            tokens,
+            device: device.clone(),
+        }
+    }
+
+    /// Causal mask restricted to a sliding window: key j visible from query i iff 0 ≤ i − j < window.
+    pub fn sliding_mask(&self, window: usize) -> Tensor<B, 2, Bool> {
+        let t = self.tokens;
+        let mut v = Vec::with_capacity(t * t);
+        for i in 0..t {
+            for j in 0..t {
+                v.push(j > i || i - j >= window);
+            }
+        }
+        use burn::tensor::Element;
+        let dtype = <B::BoolElem as Element>::dtype();
+        Tensor::from_data(
+            TensorData::new(v, [t, t]).convert::<B::BoolElem>(),
+            (&self.device, dtype),
+        )
+    }
+}
+
+/// Options that differ between families' attention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionOptions {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies `q·kᵀ` (usually `head_dim^-0.5`; Gemma 2: `query_pre_attn_scalar^-0.5`).
+    pub scale: f64,
+    /// `tanh(s / cap) · cap` on the scores before the mask (Gemma 2).
+    pub logit_softcap: Option<f64>,
+    /// Keys further back than this are hidden (Mistral, Gemma 2's even layers).
+    pub sliding_window: Option<usize>,
+    /// q/k/v projections carry a bias (Qwen2).
+    pub qkv_bias: bool,
+}
+
+/// Multi-head attention with grouped key/value heads (GQA, MQA as the special case of one).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    #[module(skip)]
+    pub opts: AttentionOptions,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Loads `{prefix}.{q,k,v,o}_proj` in the checkpoint's order.
+    pub fn load(
+        l: &mut Loader<'_, B>,
+        prefix: &str,
+        hidden: usize,
+        opts: AttentionOptions,
+    ) -> Result<Self> {
+        let (h, kv, d) = (opts.heads, opts.kv_heads, opts.head_dim);
+        Ok(Self {
+            q_proj: Linear::load(l, &format!("{prefix}.q_proj"), hidden, h * d, opts.qkv_bias)?,
+            k_proj: Linear::load(
+                l,
+                &format!("{prefix}.k_proj"),
+                hidden,
+                kv * d,
+                opts.qkv_bias,
+            )?,
+            v_proj: Linear::load(
+                l,
+                &format!("{prefix}.v_proj"),
+                hidden,
+                kv * d,
+                opts.qkv_bias,
+            )?,
+            o_proj: Linear::load(l, &format!("{prefix}.o_proj"), h * d, hidden, false)?,
+            opts,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<B>) -> Tensor<B, 2> {
+        let AttentionOptions {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } = self.opts;
+        let t = ctx.tokens;
+        let split = |y: Tensor<B, 2>, n: usize| y.reshape([t, n, head_dim]).swap_dims(0, 1);
+        let q = ctx
+            .rotary
+            .apply(split(self.q_proj.forward(x.clone()), heads));
+        let k = ctx
+            .rotary
+            .apply(split(self.k_proj.forward(x.clone()), kv_heads));
+        let v = split(self.v_proj.forward(x), kv_heads);
+        let (k, v) = (
+            repeat_kv(k, heads / kv_heads),
+            repeat_kv(v, heads / kv_heads),
+        );
+
+        let mut scores = q.matmul(k.swap_dims(1, 2)) * self.opts.scale;
+        if let Some(cap) = self.opts.logit_softcap {
+            scores = (scores / cap).tanh() * cap;
+        }
+        let mask = match self.opts.sliding_window {
+            Some(w) if w < t => ctx.sliding_mask(w),
+            _ => ctx.causal.clone(),
+        };
+        let scores = scores.mask_fill(mask.unsqueeze_dim(0), f64::NEG_INFINITY);
+        let probs = softmax(scores, 2);
+        let out = probs
+            .matmul(v)
+            .swap_dims(0, 1)
+            .reshape([t, heads * head_dim]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// `[kv_heads, T, D]` → `[kv_heads · n_rep, T, D]`, head h reading kv head h / n_rep (as HF's repeat_kv).
+fn repeat_kv<B: Backend>(x: Tensor<B, 3>, n_rep: usize) -> Tensor<B, 3> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [kv, t, d] = x.dims();
+    x.unsqueeze_dim::<4>(1)
+        .repeat_dim(1, n_rep)
+        .reshape([kv * n_rep, t, d])
+}
+
+/// The MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GeLU with the tanh approximation (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// `x · σ(x)` with `σ(x) = (1 + tanh(x/2)) / 2`: exact in f64 and stable for any x.
+///
+/// Burn 0.21's own `sigmoid` (and so `silu`) computes in f32 whatever the dtype, which costs an
+/// f64 model its precision (seen as 3e-8 relative errors against the float64 reference).
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let sigmoid = ((x.clone() * 0.5).tanh() + 1.0) * 0.5;
+    x * sigmoid
+}
+
+/// `down(act(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct GatedMlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+    #[module(skip)]
+    pub act: Activation,
+}
+
+impl<B: Backend> GatedMlp<B> {
+    pub fn load(
+        l: &mut Loader<'_, B>,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+        act: Activation,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate_proj: Linear::load(l, &format!("{prefix}.gate_proj"), hidden, inter, false)?,
+            up_proj: Linear::load(l, &format!("{prefix}.up_proj"), hidden, inter, false)?,
+            down_proj: Linear::load(l, &format!("{prefix}.down_proj"), inter, hidden, false)?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let gate = self.gate_proj.forward(x.clone());
+        let gate = match self.act {
+            Activation::Silu => silu(gate),
+            Activation::GeluTanh => gelu_approximate(gate),
+        };
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// Token embedding `[vocab, hidden]`, also usable as a tied LM head.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    pub fn load(l: &mut Loader<'_, B>, name: &str, vocab: usize, hidden: usize) -> Result<Self> {
+        Ok(Self {
+            weight: l.matrix(&format!("{name}.weight"), [vocab, hidden])?,
+        })
+    }
+
+    pub fn forward(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
+        let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        let idx = int_tensor::<B, 1>(idx, [ids.len()], device);
+        self.weight.val().select(0, idx)
+    }
+}
+
+/// The LM head: its own `lm_head.weight`, or the embedding matrix when tied.
+#[derive(Module, Debug)]
+pub struct LmHead<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> LmHead<B> {
+    /// `tied` is the family's reading of `tie_word_embeddings`; an untied checkpoint that lacks
+    /// `lm_head.weight` is an error (the missing tensor is named).
+    pub fn load(
+        l: &mut Loader<'_, B>,
+        embed: &Embedding<B>,
+        tied: bool,
+        vocab: usize,
+        hidden: usize,
+    ) -> Result<Self> {
+        if tied {
+            // Some tied checkpoints still store a copy of the head: accept and ignore it.
+            l.ignore("lm_head.weight");
+            Ok(Self {
+                weight: embed.weight.clone(),
+            })
+        } else {
+            Ok(Self {
+                weight: l.matrix("lm_head.weight", [vocab, hidden])?,
+            })
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(self.weight.val().transpose())
+    }
+}
+
+/// The pre-norm decoder layer of Llama, Qwen2, Mistral and Gemma:
+/// `h = x + attn(norm₁(x)); out = h + mlp(norm₂(h))`.
+#[derive(Module, Debug)]
+pub struct PreNormLayer<B: Backend> {
+    pub self_attn: Attention<B>,
+    pub mlp: GatedMlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+impl<B: Backend> PreNormLayer<B> {
+    pub fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<B>) -> Tensor<B, 2> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), ctx);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+/// A float tensor in the backend's own float dtype, whatever the device's default dtype is.
+///
+/// Burn 0.21 keeps one default dtype per device *type*: `NdArray<f32>` and `NdArray<f64>` share
+/// `NdArrayDevice`, so in a process that uses both, a plain `from_data` could silently give an f64
+/// model f32 tensors. Every tensor gradlens creates goes through these two functions.
+pub fn float_tensor<B: Backend, const D: usize>(
+    data: TensorData,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    use burn::tensor::Element;
+    let dtype = <B::FloatElem as Element>::dtype();
+    Tensor::from_data(data.convert::<B::FloatElem>(), (device, dtype))
+}
+
+/// An int tensor in the backend's own int dtype (see [`float_tensor`]).
+pub fn int_tensor<B: Backend, const D: usize>(
+    values: Vec<i64>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D, burn::tensor::Int> {
+    use burn::tensor::Element;
+    let dtype = <B::IntElem as Element>::dtype();
+    Tensor::from_data(
+        TensorData::new(values, shape).convert::<B::IntElem>(),
+        (device, dtype),
+    )
+}

@@ -1,0 +1,127 @@
+//! Reading the parts of config.json that several families share: the rotary settings (both the
+//! classic `rope_theta` + `rope_scaling` keys and transformers 5's `rope_parameters`), and
+//! `layer_types` (which layers use sliding-window attention).
+
+use crate::blocks::RopeScaling;
+use gradlens_core::{CheckpointError, Result};
+use serde_json::Value;
+use std::path::Path;
+
+fn config_error(path: &Path, message: impl Into<String>) -> CheckpointError {
+    CheckpointError::Config {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn number(path: &Path, obj: &Value, key: &str, ctx: &str) -> Result<f64> {
+    obj.get(key)
+        .and_then(Value::as_f64)
+        .ok_or_else(|| config_error(path, format!("{ctx}: missing number `{key}`")))
+}
+
+/// `(rope_theta, scaling)`; `default_theta` is the family's transformers default.
+pub fn rope(path: &Path, config: &Value, default_theta: f64) -> Result<(f64, RopeScaling)> {
+    // transformers >= 5 writes `rope_parameters`, older checkpoints `rope_theta` / `rope_scaling`.
+    let params = config.get("rope_parameters").filter(|v| !v.is_null());
+    let theta = match config.get("rope_theta").and_then(Value::as_f64) {
+        Some(t) => t,
+        None => params
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .unwrap_or(default_theta),
+    };
+    let scaling = match config
+        .get("rope_scaling")
+        .filter(|v| !v.is_null())
+        .or(params)
+    {
+        None => RopeScaling::None,
+        Some(s) => {
+            let kind = s
+                .get("rope_type")
+                .or_else(|| s.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            match kind {
+                "default" => RopeScaling::None,
+                "linear" => RopeScaling::Linear {
+                    factor: number(path, s, "factor", "rope_scaling (linear)")?,
+                },
+                "llama3" => {
+                    let ctx = "rope_scaling (llama3)";
+                    RopeScaling::Llama3 {
+                        factor: number(path, s, "factor", ctx)?,
+                        low_freq_factor: number(path, s, "low_freq_factor", ctx)?,
+                        high_freq_factor: number(path, s, "high_freq_factor", ctx)?,
+                        original_max_position_embeddings: number(
+                            path,
+                            s,
+                            "original_max_position_embeddings",
+                            ctx,
+                        )?,
+                    }
+                }
+                other => {
+                    return Err(config_error(
+                        path,
+                        format!(
+                            "unsupported rope_scaling type {other:?} (supported: default, linear, llama3)"
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    Ok((theta, scaling))
+}
+
+/// Per layer, whether it uses sliding-window attention, from `layer_types` when the config has it,
+/// else from the family's own rule.
+pub fn sliding_layers(
+    path: &Path,
+    config: &Value,
+    layers: usize,
+    family_rule: impl Fn(usize) -> bool,
+) -> Result<Vec<bool>> {
+    match config.get("layer_types").filter(|v| !v.is_null()) {
+        None => Ok((0..layers).map(family_rule).collect()),
+        Some(Value::Array(types)) if types.len() == layers => types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => Err(config_error(
+                    path,
+                    format!("layer_types: unsupported entry {t}"),
+                )),
+            })
+            .collect(),
+        Some(_) => Err(config_error(
+            path,
+            format!("layer_types must be a list of {layers} strings"),
+        )),
+    }
+}
+
+/// The activation named by `hidden_act` / `hidden_activation`.
+pub fn activation(path: &Path, name: &str) -> Result<crate::blocks::Activation> {
+    use crate::blocks::Activation;
+    match name {
+        "silu" | "swish" => Ok(Activation::Silu),
+        "gelu_pytorch_tanh" | "gelu_tanh" => Ok(Activation::GeluTanh),
+        other => Err(config_error(
+            path,
+            format!("unsupported activation {other:?} (supported: silu, gelu_pytorch_tanh)"),
+        )),
+    }
+}
+
+/// A structural check that config.json passes before any tensor is read.
+pub fn ensure(path: &Path, ok: bool, message: impl Into<String>) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(config_error(path, message))
+    }
+}

@@ -1,0 +1,96 @@
+//! The transformer families gradlens measures, each a readable composition of [`blocks`].
+//!
+//! A family is one folder (`models/<family>/mod.rs`) with a `load` function that reads its
+//! config.json keys and the checkpoint's tensors, and a model type implementing [`CausalLm`].
+//! The [`registry!`] at the bottom of this file maps `model_type` to the family: adding an
+//! architecture is one folder and one line there (see `models/README.md`).
+
+pub mod blocks;
+pub mod config;
+pub mod loader;
+
+pub use loader::{Loader, Selected, Selector, paper_selector};
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use gradlens_core::{Checkpoint, CheckpointError, Result};
+use std::path::Path;
+
+/// A causal language model over one sequence (batch 1).
+pub trait CausalLm<B: Backend> {
+    /// Final hidden states `[tokens, hidden]`, after the final norm.
+    fn hidden(&self, ids: &[u32]) -> Tensor<B, 2>;
+    /// Logits `[rows, vocab]` of the given hidden rows (the LM head and any final soft-cap): the
+    /// caller asks only for the positions it needs.
+    fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2>;
+}
+
+/// A loaded model and its measured parameters, in checkpoint order.
+pub struct LoadedModel<B: Backend> {
+    pub model: Box<dyn CausalLm<B>>,
+    pub selected: Vec<Selected<B>>,
+    pub model_type: String,
+    pub num_layers: usize,
+    pub device: B::Device,
+}
+
+/// What a family's `load` returns: the model and its layer count.
+pub type FamilyModel<B> = (Box<dyn CausalLm<B>>, usize);
+
+/// Load a checkpoint directory onto `device` in the compute dtype of `B`; the parameters that
+/// `selector` picks require gradients, everything else is frozen.
+pub fn load<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    selector: &Selector,
+) -> Result<LoadedModel<B>> {
+    let mut ckpt = Checkpoint::open(dir)?;
+    let model_type = ckpt.model_type()?.to_string();
+    let config = ckpt.config().clone();
+    let config_path = ckpt.config_path().to_path_buf();
+    let mut loader = Loader::new(&mut ckpt, device, selector);
+    let (model, num_layers) = match dispatch::<B>(&model_type, &mut loader, &config, &config_path) {
+        Some(result) => result?,
+        None => {
+            return Err(CheckpointError::UnsupportedModel {
+                path: config_path,
+                model_type,
+                supported: SUPPORTED.to_vec(),
+            });
+        }
+    };
+    let selected = loader.finish()?;
+    Ok(LoadedModel {
+        model,
+        selected,
+        model_type,
+        num_layers,
+        device: device.clone(),
+    })
+}
+
+/// `model_type` → family folder. Each line declares the family's module and registers it.
+macro_rules! registry {
+    ($($model_type:literal => $family:ident),* $(,)?) => {
+        $(pub mod $family;)*
+
+        /// The `model_type` values gradlens supports.
+        pub const SUPPORTED: &[&str] = &[$($model_type),*];
+
+        fn dispatch<B: Backend>(
+            model_type: &str,
+            loader: &mut Loader<'_, B>,
+            config: &serde_json::Value,
+            config_path: &Path,
+        ) -> Option<Result<FamilyModel<B>>> {
+            match model_type {
+                $($model_type => Some($family::load(loader, config, config_path)),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+registry! {
+    "qwen2" => qwen2,
+}

@@ -1,0 +1,461 @@
+#!/usr/bin/env python3
+"""Make gradlens' reference fixtures with Hugging Face transformers (run by hand, never by CI).
+
+For each fixture: a tiny random-initialised checkpoint as Hugging Face ships one (config.json,
+safetensors, tokenizer.json trained here with the `tokenizers` library, tokenizer_config.json),
+and the expected outputs of the paper's measurement computed by transformers in float64:
+
+    expected/logits.json     logits at a few positions of the first sample, and every sample's loss
+    expected/grads.jsonl     the measurement's JSONL (gradlens' format, the paper's keys)
+    expected/skipped.jsonl   samples that are not measurements, with the reason
+
+transformers computes RMSNorm, the rotary tables, the attention softmax and the loss in float32 even
+for a float64 model; the reference below upcasts each of them (patched per family), so the expected
+values are float64 throughout.
+
+    pip install torch transformers tokenizers safetensors
+    python scripts/make_fixtures.py                      # all committed fixtures (fixtures/)
+    python scripts/make_fixtures.py --only qwen2-tiny    # one of them
+    # an ad-hoc checkpoint and reference on any data file (e.g. the paper's):
+    python scripts/make_fixtures.py --custom qwen2 --seed 7 --hidden 96 --layers 3 --heads 6 \
+        --kv-heads 2 --intermediate 160 --tie --data ../shared/paper-data/cot_500/aqua_train_with_cot_gpt4o.json \
+        --limit 4 --max-length 1024 --out /tmp/qwen2-unseen
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers, Regex
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data the project writes itself (committed as fixtures/data/tiny.json)
+# ----------------------------------------------------------------------------------------------
+
+def tiny_records() -> list[dict]:
+    """Deterministic records covering the cases the tests need."""
+    rng = random.Random(1234)
+    recs = []
+    names = ["Ada", "Bo", "Chen", "Dana", "Élodie", "Femi"]
+    for i in range(3):
+        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        who = names[i]
+        recs.append({
+            "instruction": f"{who} has {a} apples and buys {b} more. How many apples does {who} have now?",
+            "input": "" if i != 1 else "Answer with a number.",
+            "output": (f"{who} starts with {a} apples.\nBuying {b} more gives {a} + {b} = {a + b}.\n"
+                       f"The answer is {a + b}."),
+        })
+    # Literal backslash-n sequences as in the paper's files, and non-ASCII text.
+    recs.append({"instruction": "Translate to French: good morning\\nThen stop.", "input": "",
+                 "output": "Bonjour — «bonne journée» ✓"})
+    # A one-token-ish answer.
+    recs.append({"instruction": "Is 7 prime? Answer yes or no.", "input": "", "output": "yes"})
+    # A long response, truncated by max_length.
+    steps = " ".join(f"Step {k}: add {k} to the total, giving {k * (k + 1) // 2}." for k in range(1, 40))
+    recs.append({"instruction": "Sum the numbers from 1 to 39 step by step.", "input": "", "output": steps})
+    # A prompt longer than max_length: no response token is left (skipped).
+    recs.append({"instruction": "Repeat: " + " ".join(["the quick brown fox jumps over the lazy dog"] * 30),
+                 "input": "", "output": "done"})
+    # An empty response (skipped).
+    recs.append({"instruction": "Say nothing.", "input": "", "output": ""})
+    return recs
+
+
+def corpus() -> list[str]:
+    """Training text for the tiny tokenizers: the project's own generated sentences."""
+    rng = random.Random(99)
+    words = ("the a an of to and in is was for on that with as it by at from this be are or his her "
+             "which one all would there their what so up out if about who get go me when make can like "
+             "time no just him know take people into year your good some could them see other than then "
+             "now look only come its over think also back after use two how our work first well way even "
+             "new want because any these give day most us answer number step total sum add apples buys "
+             "more how many have has starts gives question option correct therefore because prime yes "
+             "translate french morning bonjour stop repeat quick brown fox jumps lazy dog").split()
+    lines = []
+    for _ in range(4000):
+        n = rng.randint(4, 16)
+        s = " ".join(rng.choice(words) for _ in range(n))
+        if rng.random() < 0.5:
+            s += f" {rng.randint(0, 999)} + {rng.randint(0, 99)} = {rng.randint(0, 1200)}."
+        lines.append(s.capitalize() + rng.choice([".", "?", "!", ":", "\n"]))
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers
+# ----------------------------------------------------------------------------------------------
+
+def make_tokenizer(kind: str, vocab: int) -> tuple[Tokenizer, dict]:
+    """`byte_level` (Qwen2/Llama 3 style, no BOS or with BOS) or `metaspace` (Llama 2/Gemma style, BOS)."""
+    if kind in ("byte_level", "byte_level_bos"):
+        special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        if kind == "byte_level_bos":
+            special = ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"]
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=special,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(corpus(), trainer)
+        if kind == "byte_level_bos":
+            bos = "<|begin_of_text|>"
+            tok.post_processor = processors.Sequence([
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                                              special_tokens=[(bos, tok.token_to_id(bos))]),
+            ])
+            extra = {"bos_token": bos, "eos_token": "<|end_of_text|>"}
+        else:
+            tok.post_processor = processors.ByteLevel(trim_offsets=False)
+            extra = {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+        return tok, extra
+    if kind == "metaspace":
+        special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+        byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=special + byte_tokens, show_progress=False)
+        tok.train_from_iterator([line.replace(" ", "▁") for line in corpus()], trainer)
+        bos = "<bos>"
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+            special_tokens=[(bos, tok.token_to_id(bos))])
+        return tok, {"bos_token": bos, "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    raise ValueError(kind)
+
+
+# ----------------------------------------------------------------------------------------------
+# Families
+# ----------------------------------------------------------------------------------------------
+
+def family_config(family: str, a: argparse.Namespace, vocab: int):
+    from transformers import AutoConfig
+    common = dict(
+        vocab_size=vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+        num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+        max_position_embeddings=4096, tie_word_embeddings=a.tie, rms_norm_eps=1e-5,
+        initializer_range=a.init_std,
+    )
+    if family == "qwen2":
+        cfg = AutoConfig.for_model("qwen2", rope_parameters={"rope_type": "default", "rope_theta": a.rope_theta},
+                                   **common)
+    else:
+        raise ValueError(f"unknown family {family}")
+    return cfg
+
+
+def perturb(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial norms and biases (not ones and zeros) so a port that ignores them fails."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "norm" in name:
+                base = 0.0 if "gemma" in type(model).__name__.lower() else 1.0
+                p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1 and name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+# ----------------------------------------------------------------------------------------------
+# float64 reference: upcast what transformers computes in float32
+# ----------------------------------------------------------------------------------------------
+
+_orig_softmax = F.softmax
+
+
+def _softmax64(input, dim=None, _stacklevel=3, dtype=None):
+    if dtype == torch.float32 and input.dtype == torch.float64:
+        dtype = torch.float64
+    return _orig_softmax(input, dim=dim, dtype=dtype)
+
+
+def inv_freq64(config) -> torch.Tensor:
+    """The rotary inverse frequencies in float64 (formulas of transformers' rope init functions)."""
+    rp = getattr(config, "rope_parameters", None) or {}
+    theta = rp.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    kind = rp.get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / rp["factor"]
+    elif kind == "llama3":
+        factor, lo, hi = rp["factor"], rp["low_freq_factor"], rp["high_freq_factor"]
+        old = rp["original_max_position_embeddings"]
+        lo_wl, hi_wl = old / lo, old / hi
+        wl = 2 * math.pi / inv
+        scaled = torch.where(wl > lo_wl, inv / factor, inv)
+        smooth = (old / wl - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        mid = ~(wl < hi_wl) & ~(wl > lo_wl)
+        inv = torch.where(mid, smoothed, scaled)
+    elif kind != "default":
+        raise ValueError(kind)
+    return inv
+
+
+def to_float64_reference(model: torch.nn.Module) -> torch.nn.Module:
+    m = copy.deepcopy(model).to(torch.float64)
+    cfg = m.config
+    inv = inv_freq64(cfg)
+    for mod in m.modules():
+        cls = type(mod).__name__
+        if cls.endswith("RotaryEmbedding"):
+            # transformers' own (float32) frequencies must agree with ours to float32 precision
+            ours = inv.to(torch.float32)
+            theirs = mod.original_inv_freq.to(torch.float32)
+            assert torch.allclose(ours, theirs, rtol=1e-6, atol=0), (ours, theirs)
+            mod.inv_freq = inv.clone()
+
+            def rot_forward(x, position_ids, _inv=inv):
+                freqs = position_ids[..., None].to(torch.float64) * _inv
+                emb = torch.cat((freqs, freqs), dim=-1)
+                return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+            mod.forward = rot_forward
+        elif cls.endswith("RMSNorm"):
+            gemma = "Gemma" in cls
+
+            def norm_forward(x, _mod=mod, _gemma=gemma):
+                eps = getattr(_mod, "eps", None) or getattr(_mod, "variance_epsilon")
+                y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+                return y * (1.0 + _mod.weight) if _gemma else _mod.weight * y
+            mod.forward = norm_forward
+        elif cls.endswith("ScaledWordEmbedding"):
+            mod.embed_scale = torch.tensor(cfg.hidden_size ** 0.5, dtype=torch.float64)
+    return m
+
+
+# ----------------------------------------------------------------------------------------------
+# The measurement (the paper's method), float64
+# ----------------------------------------------------------------------------------------------
+
+def paper_selected(name: str, p: torch.Tensor) -> bool:
+    return p.ndim == 2 and (p.shape[0] == p.shape[1] or "self_attn" in name)
+
+
+def measure(model64, hf_tok, records, max_length, instruct=False, logits_at=None):
+    lines, skipped, logits_out = [], [], {}
+    for p in model64.parameters():
+        p.requires_grad_(False)
+    selected = [(n, p) for n, p in model64.named_parameters() if paper_selected(n, p)]
+    for _, p in selected:
+        p.requires_grad_(True)
+    for index, rec in enumerate(records):
+        instr = rec["instruction"]
+        if rec.get("input"):
+            instr = instr + "\n" + rec["input"]
+        out = rec["output"]
+        if instruct:
+            msgs = [{"role": "user", "content": instr}]
+            if "gemma" not in model64.config.model_type:
+                msgs.insert(0, {"role": "system", "content": "You are a helpful assistant."})
+            text = hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + out
+        else:
+            text = instr + "\n" + out
+        if out == "":
+            skipped.append({"index": index, "reason": "empty response"})
+            continue
+        ids = hf_tok.encode(text, return_tensors="pt", truncation=True, max_length=max_length)
+        start = len(hf_tok.encode(text[: text.rfind(out)]))
+        T = ids.shape[1]
+        if T - max(start, 1) <= 0:
+            skipped.append({"index": index, "reason": "no response token within max_length"})
+            continue
+        model64.zero_grad(set_to_none=True)
+        torch.nn.functional.softmax = _softmax64
+        try:
+            logits = model64(input_ids=ids).logits[0]
+        finally:
+            torch.nn.functional.softmax = _orig_softmax
+        assert logits.dtype == torch.float64
+        lp = torch.log_softmax(logits[:-1], dim=-1)
+        tgt = ids[0, 1:]
+        keep = torch.arange(1, T) >= start
+        loss = -(lp[torch.arange(T - 1), tgt][keep]).mean()
+        loss.backward()
+        if logits_at is not None and not logits_out:
+            pos = sorted({0, 1, T // 2, T - 2, T - 1})
+            logits_out = {"index": index, "ids": ids[0].tolist(), "positions": pos,
+                          "logits": [logits[t].detach().tolist() for t in pos]}
+        line = {"index": index, "instruction": instr, "output": out, "loss": loss.item(),
+                "n_tokens": T, "n_loss_tokens": T - max(start, 1)}
+        for name, p in selected:
+            g = p.grad
+            s = torch.linalg.svdvals(g)
+            line[name] = {"M_mean": g.mean().item(), "M_max": g.max().item(), "M_min": g.min().item(),
+                          "frobenius_norm": torch.linalg.norm(g).item(),
+                          "S_sum": s.sum().item(), "S_max": s.max().item(), "S_min": s.min().item()}
+        lines.append(line)
+    return lines, skipped, logits_out
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing a fixture
+# ----------------------------------------------------------------------------------------------
+
+def write_checkpoint(family, a, out: Path):
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(a.seed)
+    tok, special = make_tokenizer(a.tokenizer, a.vocab)
+    vocab = tok.get_vocab_size()
+    cfg = family_config(family, a, vocab)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    perturb(model, a.seed)
+    model.eval()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    save_dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.save_dtype]
+    to_save = copy.deepcopy(model).to(save_dtype)
+    kw = {"max_shard_size": a.shard_size} if a.shard_size else {}
+    to_save.save_pretrained(out, safe_serialization=True, **kw)
+    if a.classic_config:
+        # The key layout of checkpoints written before transformers 5 (rope_theta / rope_scaling).
+        cfg_path = out / "config.json"
+        c = json.loads(cfg_path.read_text())
+        rp = c.pop("rope_parameters", None) or {}
+        c["rope_theta"] = rp.get("rope_theta", 10000.0)
+        if rp.get("rope_type", "default") != "default":
+            c["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
+        c.pop("layer_types", None)
+        cfg_path.write_text(json.dumps(c, indent=2) + "\n")
+    tok.save(str(out / "tokenizer.json"))
+    template = GEMMA_CHAT_TEMPLATE if family.startswith("gemma") else QWEN2_CHAT_TEMPLATE
+    tcfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 4096,
+            "chat_template": template, "clean_up_tokenization_spaces": False, **special}
+    (out / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2) + "\n")
+    hf_tok = PreTrainedTokenizerFast.from_pretrained(str(out))
+    # The reference uses the checkpoint as saved (rounded to bf16/f16 if so saved), loaded back.
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    # transformers must tokenise exactly as the tokenizers library does on tokenizer.json
+    probe = "Hello world\n  12 + 7 = 19. Bonjour — «ça va» ✓"
+    assert hf_tok.encode(probe) == tok.encode(probe).ids, "transformers and tokenizers disagree"
+    return model, hf_tok
+
+
+def write_expected(model, hf_tok, records, out: Path, max_length: int, instruct: bool, keep_text: bool):
+    model64 = to_float64_reference(model)
+    lines, skipped, logits = measure(model64, hf_tok, records, max_length, instruct=instruct, logits_at=True)
+    exp = out / "expected"
+    exp.mkdir(parents=True, exist_ok=True)
+    suffix = "_instruct" if instruct else ""
+    with open(exp / f"grads{suffix}.jsonl", "w") as f:
+        for line in lines:
+            if not keep_text:
+                line = {k: v for k, v in line.items() if k not in ("instruction", "output")}
+            f.write(json.dumps(line) + "\n")
+    with open(exp / f"skipped{suffix}.jsonl", "w") as f:
+        for s in skipped:
+            f.write(json.dumps(s) + "\n")
+    if not instruct:
+        logits["max_length"] = max_length
+        logits["losses"] = {str(l["index"]): l["loss"] for l in lines}
+        (exp / "logits.json").write_text(json.dumps(logits) + "\n")
+    print(f"{out}: {len(lines)} measured, {len(skipped)} skipped{' (instruct)' if instruct else ''}")
+
+
+# The committed fixtures: name -> (family, settings). Tests read fixtures/<name>/.
+FIXTURE_SPECS = {
+    # Qwen2: GQA 4/2, untied, f32 single file, transformers-5 config keys.
+    "qwen2-tiny": dict(family="qwen2", seed=0, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96,
+                       tie=False, tokenizer="byte_level", vocab=600, instruct=True),
+    # Qwen2: MQA, tied, bf16 weights in shards, the older config keys (rope_theta).
+    "qwen2-tiny-bf16-sharded": dict(family="qwen2", seed=1, hidden=48, layers=3, heads=4, kv_heads=1,
+                                    intermediate=64, tie=True, tokenizer="byte_level", vocab=500,
+                                    save_dtype="bf16", shard_size="40KB", classic_config=True),
+}
+
+
+def spec_namespace(spec: dict) -> argparse.Namespace:
+    d = dict(seed=0, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, tie=False, tokenizer="byte_level",
+             vocab=600, save_dtype="f32", shard_size=None, classic_config=False, rope_theta=10000.0,
+             init_std=0.1, max_length=96, instruct=False)
+    d.update(spec)
+    return argparse.Namespace(**d)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="make only this committed fixture")
+    ap.add_argument("--custom", help="family of an ad-hoc checkpoint (with --out)")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--data", type=Path, help="data file for the ad-hoc reference (default: the tiny records)")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--keep-text", action="store_true", help="keep instruction/output in the expected JSONL")
+    for k, v in vars(spec_namespace({})).items():
+        if isinstance(v, bool):
+            ap.add_argument(f"--{k.replace('_', '-')}", action="store_true", default=v)
+        else:
+            ap.add_argument(f"--{k.replace('_', '-')}", type=type(v) if v is not None else str, default=v)
+    a = ap.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    if a.custom:
+        if not a.out:
+            sys.exit("--custom needs --out")
+        records = json.loads(a.data.read_text()) if a.data else tiny_records()
+        if a.limit:
+            records = records[: a.limit]
+        model, hf_tok = write_checkpoint(a.custom, a, a.out)
+        write_expected(model, hf_tok, records, a.out, a.max_length, False, a.keep_text or a.data is None)
+        if a.instruct:
+            write_expected(model, hf_tok, records, a.out, a.max_length, True, a.keep_text or a.data is None)
+        return
+
+    data_dir = FIXTURES / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    records = tiny_records()
+    (data_dir / "tiny.json").write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    for name, spec in FIXTURE_SPECS.items():
+        if a.only and name != a.only:
+            continue
+        s = spec_namespace(spec)
+        model, hf_tok = write_checkpoint(s.family, s, FIXTURES / name)
+        write_expected(model, hf_tok, records, FIXTURES / name, s.max_length, False, True)
+        if s.instruct:
+            write_expected(model, hf_tok, records, FIXTURES / name, s.max_length, True, True)
+
+
+if __name__ == "__main__":
+    main()

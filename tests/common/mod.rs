@@ -1,0 +1,63 @@
+//! Helpers shared by gradlens' integration tests: where fixtures and the paper's data live,
+//! and scratch directories.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    repo_root().join("fixtures").join(name)
+}
+
+/// The committed tiny data set of the fixtures.
+pub fn tiny_data() -> PathBuf {
+    fixture("data").join("tiny.json")
+}
+
+/// The paper's data: `$GRADLENS_DATA`, else `../shared/paper-data` beside the checkout.
+/// `None` (with a notice) when absent, unless `GRADLENS_REQUIRE_DATA=1`, which makes it an error.
+pub fn paper_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("GRADLENS_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/paper-data"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("GRADLENS_REQUIRE_DATA").as_deref() == Ok("1") {
+        panic!(
+            "the paper's data is required but {} does not exist",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "NOTICE: {} not found: tests on the paper's data are skipped",
+        dir.display()
+    );
+    None
+}
+
+/// A fresh scratch directory under the target dir, removed first if it exists.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = repo_root().join("target").join("test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copy a directory (flat: checkpoints are flat) into `dst`.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Parity with the transformers reference (float64) on the committed fixtures.
+//!
+//! Every test is written once, generic over the backend, and instantiated per fixture and dtype:
+//! `f64` must agree at relative 1e-9, `f32` at 1e-4 (rule in `gradlens::compare`).
+
+use burn::tensor::backend::AutodiffBackend;
+use gradlens::backend::{CpuF32, CpuF64};
+use gradlens::compare::{compare_files, read_jsonl_by_index};
+use gradlens::data::load_records;
+use gradlens::grads::Measurer;
+use gradlens::output::skipped_path;
+use gradlens::sample::PromptMode;
+use gradlens_models::paper_selector;
+use gradlens_tests::{fixture, scratch, tiny_data};
+use serde_json::Value;
+
+const F64_RTOL: f64 = 1e-9;
+const F32_RTOL: f64 = 1e-4;
+
+fn expected_logits(name: &str) -> Value {
+    let path = fixture(name).join("expected/logits.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Logits at a few positions of the first sample equal the reference's.
+pub fn check_logits<B: AutodiffBackend>(name: &str, rtol: f64) {
+    let exp = expected_logits(name);
+    let loaded =
+        gradlens_models::load::<B>(&fixture(name), &Default::default(), &paper_selector).unwrap();
+    let ids: Vec<u32> = exp["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let hidden = loaded.model.hidden(&ids);
+    for (k, pos) in exp["positions"].as_array().unwrap().iter().enumerate() {
+        let t = pos.as_u64().unwrap() as usize;
+        let got = loaded
+            .model
+            .logits(hidden.clone().narrow(0, t, 1))
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .unwrap();
+        let want: Vec<f64> = exp["logits"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len(), "{name}: vocab size at position {t}");
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= rtol * scale,
+                "{name}: logit [{t}, {j}]: got {g:e}, expected {w:e} (rtol {rtol:e} of max |logit| {scale:e})"
+            );
+        }
+    }
+}
+
+/// The whole measurement (loss, n_tokens, every statistic of every measured parameter, the
+/// skipped samples) equals the reference's.
+pub fn check_jsonl<B: AutodiffBackend>(name: &str, rtol: f64, instruct: bool) {
+    let max_length = expected_logits(name)["max_length"].as_u64().unwrap() as usize;
+    let suffix = if instruct { "_instruct" } else { "" };
+    assert!(!instruct, "instruct mode comes with the chat-template work");
+    let mode = PromptMode::Base;
+    let measurer =
+        Measurer::<B>::load(&fixture(name), max_length, mode, &Default::default()).unwrap();
+    let records = load_records(&tiny_data()).unwrap();
+    let dtype = std::any::type_name::<B::FloatElem>();
+    let out = scratch(&format!("parity-{name}-{dtype}{suffix}")).join("grads.jsonl");
+    let summary = measurer
+        .measure_file(&records, 0..records.len(), &out, None)
+        .unwrap();
+
+    let expected = fixture(name).join(format!("expected/grads{suffix}.jsonl"));
+    let errs = compare_files(&expected, &out, rtol).unwrap();
+    assert!(
+        errs.is_empty(),
+        "{name} ({dtype}{suffix}): {} difference(s):\n{}",
+        errs.len(),
+        errs.join("\n")
+    );
+
+    // The fixture covers truncation and skipping, and gradlens skips the same samples.
+    let lines = read_jsonl_by_index(&expected).unwrap();
+    assert!(
+        lines
+            .values()
+            .any(|l| l["n_tokens"].as_u64() == Some(max_length as u64)),
+        "no truncated sample"
+    );
+    let want_skipped =
+        read_jsonl_by_index(&fixture(name).join(format!("expected/skipped{suffix}.jsonl")))
+            .unwrap();
+    let got_skipped = read_jsonl_by_index(&skipped_path(&out)).unwrap();
+    assert_eq!(
+        want_skipped.keys().collect::<Vec<_>>(),
+        got_skipped.keys().collect::<Vec<_>>()
+    );
+    for (i, w) in &want_skipped {
+        let (w, g) = (
+            w["reason"].as_str().unwrap(),
+            got_skipped[i]["reason"].as_str().unwrap(),
+        );
+        assert!(g.starts_with(w), "sample {i}: reason {g:?}, expected {w:?}");
+    }
+    assert!(
+        !want_skipped.is_empty(),
+        "the fixture has no skipped sample"
+    );
+    assert_eq!(summary.measured, lines.len());
+}
+
+/// One entry per fixture: logits and JSONL, f64 and f32.
+macro_rules! parity_tests {
+    ($($module:ident: $fixture:literal),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+            #[test]
+            fn logits_f64() { check_logits::<CpuF64>($fixture, F64_RTOL) }
+            #[test]
+            fn logits_f32() { check_logits::<CpuF32>($fixture, F32_RTOL) }
+            #[test]
+            fn jsonl_f64() { check_jsonl::<CpuF64>($fixture, F64_RTOL, false) }
+            #[test]
+            fn jsonl_f32() { check_jsonl::<CpuF32>($fixture, F32_RTOL, false) }
+        }
+    )*};
+}
+
+parity_tests! {
+    qwen2_tiny: "qwen2-tiny",
+    qwen2_tiny_bf16_sharded: "qwen2-tiny-bf16-sharded",
+}
