@@ -419,6 +419,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="make only this committed fixture")
     ap.add_argument("--custom", help="family of an ad-hoc checkpoint (with --out)")
+    ap.add_argument("--existing", type=Path, help="reference for an existing checkpoint dir (with --data, --tag)")
+    ap.add_argument("--tag", help="expected/grads_<tag>.jsonl for --existing")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--data", type=Path, help="data file for the ad-hoc reference (default: the tiny records)")
     ap.add_argument("--limit", type=int, default=None)
@@ -430,6 +432,23 @@ def main() -> None:
             ap.add_argument(f"--{k.replace('_', '-')}", type=type(v) if v is not None else str, default=v)
     a = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    if a.existing:
+        from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+        records = json.loads(a.data.read_text())[: a.limit]
+        hf_tok = PreTrainedTokenizerFast.from_pretrained(str(a.existing))
+        model = AutoModelForCausalLM.from_pretrained(a.existing, dtype=torch.float32, attn_implementation="eager")
+        lines, skipped, _ = measure(to_float64_reference(model), hf_tok, records, a.max_length)
+        exp = a.existing / "expected"
+        exp.mkdir(exist_ok=True)
+        with open(exp / f"grads_{a.tag}.jsonl", "w") as f:
+            for line in lines:
+                if not a.keep_text:  # the paper's text is not ours to commit: numbers only
+                    line = {k: v for k, v in line.items() if k not in ("instruction", "output")}
+                f.write(json.dumps(line) + "\n")
+        print(f"{exp}/grads_{a.tag}.jsonl: {len(lines)} measured, {len(skipped)} skipped; max_length {a.max_length};"
+              f" n_tokens {[l['n_tokens'] for l in lines]}")
+        return
 
     if a.custom:
         if not a.out:
