@@ -23,6 +23,8 @@ pub trait CausalLm<B: Backend> {
     /// Logits `[rows, vocab]` of the given hidden rows (the LM head and any final soft-cap): the
     /// caller asks only for the positions it needs.
     fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2>;
+    /// Rows of the embedding matrix: token ids must be below this.
+    fn vocab_size(&self) -> usize;
 }
 
 /// A loaded model and its measured parameters, in checkpoint order.

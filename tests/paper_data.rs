@@ -30,8 +30,17 @@ fn every_paper_data_file_parses() {
     for f in files {
         let records = load_records(&f).unwrap_or_else(|e| panic!("{e}"));
         let wiki_long_tail = f.file_name().unwrap() == "long_tail_wikipedia.json";
-        assert_eq!(records.len(), if wiki_long_tail { 454 } else { 500 }, "{}", f.display());
-        assert!(records.iter().all(|r| !r.instruction.is_empty()), "{}", f.display());
+        assert_eq!(
+            records.len(),
+            if wiki_long_tail { 454 } else { 500 },
+            "{}",
+            f.display()
+        );
+        assert!(
+            records.iter().all(|r| !r.instruction.is_empty()),
+            "{}",
+            f.display()
+        );
     }
 }
 
@@ -42,7 +51,13 @@ fn check_paper_samples<B: AutodiffBackend>(file: &str, tag: &str, rtol: f64) {
     let expected = fixture("qwen2-tiny").join(format!("expected/grads_{tag}.jsonl"));
     let n = std::fs::read_to_string(&expected).unwrap().lines().count();
     let records = load_records(&root.join(file)).unwrap();
-    let measurer = Measurer::<B>::load(&fixture("qwen2-tiny"), 1024, PromptMode::Base, &Default::default()).unwrap();
+    let measurer = Measurer::<B>::load(
+        &fixture("qwen2-tiny"),
+        1024,
+        PromptMode::Base,
+        &Default::default(),
+    )
+    .unwrap();
     let dtype = std::any::type_name::<B::FloatElem>();
     let out = scratch(&format!("paper-{tag}-{dtype}")).join("grads.jsonl");
     measurer.measure_file(&records, 0..n, &out, None).unwrap();
@@ -52,12 +67,20 @@ fn check_paper_samples<B: AutodiffBackend>(file: &str, tag: &str, rtol: f64) {
 
 #[test]
 fn aqua_detailed_cot_f64() {
-    check_paper_samples::<CpuF64>("cot_500/aqua_train_with_cot_gpt4o.json", "aqua_detailed", 1e-9);
+    check_paper_samples::<CpuF64>(
+        "cot_500/aqua_train_with_cot_gpt4o.json",
+        "aqua_detailed",
+        1e-9,
+    );
 }
 
 #[test]
 fn aqua_detailed_cot_f32() {
-    check_paper_samples::<CpuF32>("cot_500/aqua_train_with_cot_gpt4o.json", "aqua_detailed", 1e-4);
+    check_paper_samples::<CpuF32>(
+        "cot_500/aqua_train_with_cot_gpt4o.json",
+        "aqua_detailed",
+        1e-4,
+    );
 }
 
 #[test]

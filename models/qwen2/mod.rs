@@ -124,4 +124,8 @@ impl<B: Backend> CausalLm<B> for Qwen2<B> {
     fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         self.lm_head.forward(hidden)
     }
+
+    fn vocab_size(&self) -> usize {
+        self.embed_tokens.weight.dims()[0]
+    }
 }

@@ -26,11 +26,23 @@ fn grads(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
 /// Exit code ≠ 0, no panic, and an error line that contains every `needle`.
 fn assert_clear_error(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panic instead of an error:\n{stderr}");
-    let line = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "panic instead of an error:\n{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
     for n in needles {
-        assert!(line.contains(n), "error line {line:?} does not mention {n:?}");
+        assert!(
+            line.contains(n),
+            "error line {line:?} does not mention {n:?}"
+        );
     }
 }
 
@@ -42,7 +54,10 @@ fn broken_model(name: &str) -> PathBuf {
 }
 
 /// Rewrite model.safetensors with `edit` applied to its tensors.
-fn rewrite_weights(dir: &Path, edit: impl Fn(&mut BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+fn rewrite_weights(
+    dir: &Path,
+    edit: impl Fn(&mut BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -54,7 +69,12 @@ fn rewrite_weights(dir: &Path, edit: impl Fn(&mut BTreeMap<String, (safetensors:
     edit(&mut tensors);
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
-        .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, (d, s, b))| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
 }
@@ -78,7 +98,8 @@ fn malformed_config_json() {
 #[test]
 fn config_missing_required_key() {
     let dir = broken_model("err-config-key");
-    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     c.as_object_mut().unwrap().remove("hidden_size");
     std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
     let out = grads(&dir, &tiny_data(), &dir.join("o.jsonl"), &[]);
@@ -88,10 +109,15 @@ fn config_missing_required_key() {
 #[test]
 fn unsupported_model_type() {
     let dir = broken_model("err-model-type");
-    let c = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"qwen2\"", "\"falcon\"");
+    let c = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"qwen2\"", "\"falcon\"");
     std::fs::write(dir.join("config.json"), c).unwrap();
     let out = grads(&dir, &tiny_data(), &dir.join("o.jsonl"), &[]);
-    assert_clear_error(&out, &["config.json", "unsupported model_type \"falcon\"", "qwen2"]);
+    assert_clear_error(
+        &out,
+        &["config.json", "unsupported model_type \"falcon\"", "qwen2"],
+    );
 }
 
 #[test]
@@ -101,14 +127,20 @@ fn missing_tensor() {
         t.remove("model.layers.1.self_attn.k_proj.weight");
     });
     let out = grads(&dir, &tiny_data(), &dir.join("o.jsonl"), &[]);
-    assert_clear_error(&out, &["missing tensor model.layers.1.self_attn.k_proj.weight"]);
+    assert_clear_error(
+        &out,
+        &["missing tensor model.layers.1.self_attn.k_proj.weight"],
+    );
 }
 
 #[test]
 fn unexpected_tensor() {
     let dir = broken_model("err-unexpected-tensor");
     rewrite_weights(&dir, |t| {
-        t.insert("model.layers.9.extra.weight".into(), (safetensors::Dtype::F32, vec![2], vec![0; 8]));
+        t.insert(
+            "model.layers.9.extra.weight".into(),
+            (safetensors::Dtype::F32, vec![2], vec![0; 8]),
+        );
     });
     let out = grads(&dir, &tiny_data(), &dir.join("o.jsonl"), &[]);
     assert_clear_error(&out, &["unexpected tensor", "model.layers.9.extra.weight"]);
@@ -122,7 +154,15 @@ fn misshaped_tensor() {
         e.1 = vec![32, 128];
     });
     let out = grads(&dir, &tiny_data(), &dir.join("o.jsonl"), &[]);
-    assert_clear_error(&out, &["model.safetensors", "model.layers.0.self_attn.o_proj.weight", "[32, 128]", "[64, 64]"]);
+    assert_clear_error(
+        &out,
+        &[
+            "model.safetensors",
+            "model.layers.0.self_attn.o_proj.weight",
+            "[32, 128]",
+            "[64, 64]",
+        ],
+    );
 }
 
 #[test]
@@ -139,11 +179,31 @@ fn truncated_safetensors() {
 fn data_not_an_array_of_records() {
     let dir = scratch("err-data");
     let cases = [
-        ("object.json", "{\"instruction\": \"x\", \"output\": \"y\"}", "expected a JSON array"),
-        ("broken.json", "[{\"instruction\": \"x\", ", "not valid JSON"),
-        ("record.json", "[{\"instruction\": \"x\", \"output\": \"y\"}, 3]", "record 1"),
-        ("field.json", "[{\"instruction\": \"x\", \"output\": 5}]", "\"output\" must be a string"),
-        ("missing.json", "[{\"instruction\": \"x\"}]", "missing field \"output\""),
+        (
+            "object.json",
+            "{\"instruction\": \"x\", \"output\": \"y\"}",
+            "expected a JSON array",
+        ),
+        (
+            "broken.json",
+            "[{\"instruction\": \"x\", ",
+            "not valid JSON",
+        ),
+        (
+            "record.json",
+            "[{\"instruction\": \"x\", \"output\": \"y\"}, 3]",
+            "record 1",
+        ),
+        (
+            "field.json",
+            "[{\"instruction\": \"x\", \"output\": 5}]",
+            "\"output\" must be a string",
+        ),
+        (
+            "missing.json",
+            "[{\"instruction\": \"x\"}]",
+            "missing field \"output\"",
+        ),
     ];
     for (name, text, needle) in cases {
         let data = dir.join(name);
@@ -151,14 +211,23 @@ fn data_not_an_array_of_records() {
         let out = grads(&fixture("qwen2-tiny"), &data, &dir.join("o.jsonl"), &[]);
         assert_clear_error(&out, &[name, needle]);
     }
-    let out = grads(&fixture("qwen2-tiny"), &dir.join("absent.json"), &dir.join("o.jsonl"), &[]);
+    let out = grads(
+        &fixture("qwen2-tiny"),
+        &dir.join("absent.json"),
+        &dir.join("o.jsonl"),
+        &[],
+    );
     assert_clear_error(&out, &["absent.json", "cannot read"]);
 }
 
 fn indices(path: &Path) -> Vec<u64> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["index"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
+                .as_u64()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -175,7 +244,8 @@ fn kill_and_resume_measures_every_sample_once() {
     let dir = scratch("resume-kill");
     // 60 records: the tiny set over and over, its long step-by-step sample made longer so that a
     // run takes a few seconds and the kills land in the middle of it.
-    let mut records: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(tiny_data()).unwrap()).unwrap();
+    let mut records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(tiny_data()).unwrap()).unwrap();
     for r in records.iter_mut() {
         let out = r["output"].as_str().unwrap().to_string();
         if out.len() > 200 {
@@ -207,21 +277,45 @@ fn kill_and_resume_measures_every_sample_once() {
         let _ = child.wait();
         progress.push(all_indices(&out).len());
     }
-    assert!(progress[0] < 60, "the first kill came after the run had finished: {progress:?}");
+    assert!(
+        progress[0] < 60,
+        "the first kill came after the run had finished: {progress:?}"
+    );
     // Simulate a kill in the middle of a write: a partial last line.
     let mut text = std::fs::read(&out).unwrap_or_default();
     text.extend_from_slice(b"{\"index\": 59, \"instruction\": \"trunc");
     std::fs::write(&out, text).unwrap();
 
-    let done = grads(&fixture("qwen2-tiny"), &data, &out, &["--dtype", "f64", "--max-length", "1024"]);
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-    assert_eq!(all_indices(&out), (0..60).collect::<Vec<_>>(), "every sample exactly once");
+    let done = grads(
+        &fixture("qwen2-tiny"),
+        &data,
+        &out,
+        &["--dtype", "f64", "--max-length", "1024"],
+    );
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(
+        all_indices(&out),
+        (0..60).collect::<Vec<_>>(),
+        "every sample exactly once"
+    );
 
     // A second rerun has nothing left to do and changes nothing.
     let before = std::fs::read(&out).unwrap();
-    let again = grads(&fixture("qwen2-tiny"), &data, &out, &["--dtype", "f64", "--max-length", "1024"]);
+    let again = grads(
+        &fixture("qwen2-tiny"),
+        &data,
+        &out,
+        &["--dtype", "f64", "--max-length", "1024"],
+    );
     assert!(again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("measured 0 sample(s), skipped 0, 60 already done"));
+    assert!(
+        String::from_utf8_lossy(&again.stderr)
+            .contains("measured 0 sample(s), skipped 0, 60 already done")
+    );
     assert_eq!(before, std::fs::read(&out).unwrap());
 }
 
@@ -229,10 +323,20 @@ fn kill_and_resume_measures_every_sample_once() {
 fn start_and_limit_select_records() {
     let dir = scratch("start-limit");
     let out = dir.join("o.jsonl");
-    let r = grads(&fixture("qwen2-tiny"), &tiny_data(), &out, &["--start", "2", "--limit", "3", "--max-length", "96"]);
+    let r = grads(
+        &fixture("qwen2-tiny"),
+        &tiny_data(),
+        &out,
+        &["--start", "2", "--limit", "3", "--max-length", "96"],
+    );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(indices(&out), vec![2, 3, 4]);
-    let r = grads(&fixture("qwen2-tiny"), &tiny_data(), &out, &["--limit", "5", "--max-length", "96"]);
+    let r = grads(
+        &fixture("qwen2-tiny"),
+        &tiny_data(),
+        &out,
+        &["--limit", "5", "--max-length", "96"],
+    );
     assert!(r.status.success());
     assert_eq!(indices(&out), vec![2, 3, 4, 0, 1]);
 }

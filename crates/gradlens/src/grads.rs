@@ -92,6 +92,14 @@ impl<B: AutodiffBackend> Measurer<B> {
             Preparation::Ready(p) => p,
             Preparation::Skip(reason) => return Ok(Err(reason)),
         };
+        let vocab = self.model.model.vocab_size();
+        if let Some(&bad) = prepared.ids.iter().find(|&&id| id as usize >= vocab) {
+            anyhow::bail!(
+                "{}: sample {index}: token id {bad} is outside the model's vocabulary of {vocab}: \
+                 tokenizer and checkpoint do not belong together",
+                self.tokenizer.path().display()
+            );
+        }
         let sample = sample_grads(&self.model, &prepared);
         if !sample.loss.is_finite() {
             return Ok(Err(format!("non-finite loss {}", sample.loss)));
