@@ -227,8 +227,10 @@ pub struct AttentionOptions {
     pub logit_softcap: Option<f64>,
     /// Keys further back than this are hidden (Mistral, Gemma 2's even layers).
     pub sliding_window: Option<usize>,
-    /// q/k/v projections carry a bias (Qwen2).
+    /// q/k/v projections carry a bias (Qwen2; Llama's `attention_bias`).
     pub qkv_bias: bool,
+    /// The o projection carries a bias (Llama's `attention_bias`).
+    pub o_bias: bool,
 }
 
 /// Multi-head attention with grouped key/value heads (GQA, MQA as the special case of one).
@@ -267,7 +269,7 @@ impl<B: Backend> Attention<B> {
                 kv * d,
                 opts.qkv_bias,
             )?,
-            o_proj: Linear::load(l, &format!("{prefix}.o_proj"), h * d, hidden, false)?,
+            o_proj: Linear::load(l, &format!("{prefix}.o_proj"), h * d, hidden, opts.o_bias)?,
             opts,
         })
     }
@@ -356,11 +358,12 @@ impl<B: Backend> GatedMlp<B> {
         hidden: usize,
         inter: usize,
         act: Activation,
+        bias: bool,
     ) -> Result<Self> {
         Ok(Self {
-            gate_proj: Linear::load(l, &format!("{prefix}.gate_proj"), hidden, inter, false)?,
-            up_proj: Linear::load(l, &format!("{prefix}.up_proj"), hidden, inter, false)?,
-            down_proj: Linear::load(l, &format!("{prefix}.down_proj"), inter, hidden, false)?,
+            gate_proj: Linear::load(l, &format!("{prefix}.gate_proj"), hidden, inter, bias)?,
+            up_proj: Linear::load(l, &format!("{prefix}.up_proj"), hidden, inter, bias)?,
+            down_proj: Linear::load(l, &format!("{prefix}.down_proj"), inter, hidden, bias)?,
             act,
         })
     }
@@ -429,6 +432,57 @@ impl<B: Backend> LmHead<B> {
     }
 }
 
+/// A decoder layer: maps the hidden states of one sequence to the next layer's.
+pub trait Layer<B: Backend> {
+    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<B>) -> Tensor<B, 2>;
+}
+
+/// The decoder every family shares: embedding (optionally scaled), a stack of layers, the final
+/// norm, the LM head (optionally soft-capped). Families differ in their layers and options.
+#[derive(Module, Debug)]
+pub struct Decoder<B: Backend, L: Module<B>> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<L>,
+    pub norm: RmsNorm<B>,
+    pub lm_head: LmHead<B>,
+    /// Rotary inverse frequencies (already scaled).
+    #[module(skip)]
+    pub inv_freq: Vec<f64>,
+    /// Embeddings multiplied by this, in the compute dtype (Gemma: `sqrt(hidden_size)`).
+    #[module(skip)]
+    pub embed_scale: Option<f64>,
+    /// `tanh(logits / cap) · cap` (Gemma 2).
+    #[module(skip)]
+    pub final_logit_softcap: Option<f64>,
+}
+
+impl<B: Backend, L: Module<B> + Layer<B>> crate::CausalLm<B> for Decoder<B, L> {
+    fn hidden(&self, ids: &[u32]) -> Tensor<B, 2> {
+        let device = self.embed_tokens.weight.device();
+        let ctx = SequenceContext::new(ids.len(), &self.inv_freq, &device);
+        let mut x = self.embed_tokens.forward(ids, &device);
+        if let Some(scale) = self.embed_scale {
+            x = x * scale;
+        }
+        for layer in &self.layers {
+            x = layer.forward(x, &ctx);
+        }
+        self.norm.forward(x)
+    }
+
+    fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        let logits = self.lm_head.forward(hidden);
+        match self.final_logit_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.embed_tokens.weight.dims()[0]
+    }
+}
+
 /// The pre-norm decoder layer of Llama, Qwen2, Mistral and Gemma:
 /// `h = x + attn(norm₁(x)); out = h + mlp(norm₂(h))`.
 #[derive(Module, Debug)]
@@ -439,8 +493,8 @@ pub struct PreNormLayer<B: Backend> {
     pub post_attention_layernorm: RmsNorm<B>,
 }
 
-impl<B: Backend> PreNormLayer<B> {
-    pub fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<B>) -> Tensor<B, 2> {
+impl<B: Backend> Layer<B> for PreNormLayer<B> {
+    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<B>) -> Tensor<B, 2> {
         let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), ctx);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }

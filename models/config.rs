@@ -125,3 +125,17 @@ pub fn ensure(path: &Path, ok: bool, message: impl Into<String>) -> Result<()> {
         Err(config_error(path, message))
     }
 }
+
+/// Heads must divide evenly: `hidden_size` by heads (when head_dim is derived) and heads by kv heads.
+pub fn check_heads(path: &Path, hidden: usize, heads: usize, kv_heads: usize) -> Result<()> {
+    ensure(
+        path,
+        heads > 0 && hidden % heads == 0,
+        "hidden_size must be a multiple of num_attention_heads",
+    )?;
+    ensure(
+        path,
+        kv_heads > 0 && heads % kv_heads == 0,
+        "num_attention_heads must be a multiple of num_key_value_heads",
+    )
+}

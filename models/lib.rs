@@ -95,4 +95,7 @@ macro_rules! registry {
 
 registry! {
     "qwen2" => qwen2,
+    "llama" => llama,
+    "mistral" => mistral,
+    "gemma" => gemma,
 }

@@ -148,14 +148,18 @@ def make_tokenizer(kind: str, vocab: int) -> tuple[Tokenizer, dict]:
             tok.post_processor = processors.ByteLevel(trim_offsets=False)
             extra = {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
         return tok, extra
-    if kind == "metaspace":
+    if kind in ("metaspace", "metaspace_gemma"):
+        # SentencePiece-style BPE with byte fallback: Llama 2 prepends "▁", Gemma does not.
         special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
         tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-        tok.normalizer = normalizers.Replace(" ", "▁")
+        if kind == "metaspace":
+            tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        else:
+            tok.normalizer = normalizers.Replace(" ", "▁")
         tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
         byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
         trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=special + byte_tokens, show_progress=False)
-        tok.train_from_iterator([line.replace(" ", "▁") for line in corpus()], trainer)
+        tok.train_from_iterator(corpus(), trainer)
         bos = "<bos>"
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
@@ -176,8 +180,24 @@ def family_config(family: str, a: argparse.Namespace, vocab: int):
         max_position_embeddings=4096, tie_word_embeddings=a.tie, rms_norm_eps=1e-5,
         initializer_range=a.init_std,
     )
-    if family == "qwen2":
-        cfg = AutoConfig.for_model("qwen2", rope_parameters={"rope_type": "default", "rope_theta": a.rope_theta},
+    rope = {"rope_type": "default", "rope_theta": a.rope_theta}
+    if a.rope_scaling == "llama3":
+        rope = {"rope_type": "llama3", "rope_theta": a.rope_theta, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    elif a.rope_scaling == "linear":
+        rope = {"rope_type": "linear", "rope_theta": a.rope_theta, "factor": 2.0}
+    if a.head_dim:
+        common["head_dim"] = a.head_dim
+    if family in ("qwen2", "llama"):
+        cfg = AutoConfig.for_model(family, rope_parameters=rope, **common)
+    elif family == "mistral":
+        cfg = AutoConfig.for_model("mistral", rope_parameters=rope, sliding_window=a.sliding_window, **common)
+    elif family == "gemma":
+        cfg = AutoConfig.for_model("gemma", rope_parameters=rope, hidden_act="gelu_pytorch_tanh", **common)
+    elif family == "gemma2":
+        cfg = AutoConfig.for_model("gemma2", rope_parameters=rope, hidden_activation="gelu_pytorch_tanh",
+                                   sliding_window=a.sliding_window, query_pre_attn_scalar=a.query_pre_attn_scalar,
+                                   attn_logit_softcapping=a.attn_softcap, final_logit_softcapping=a.final_softcap,
                                    **common)
     else:
         raise ValueError(f"unknown family {family}")
@@ -404,13 +424,51 @@ FIXTURE_SPECS = {
     "qwen2-tiny-bf16-sharded": dict(family="qwen2", seed=1, hidden=48, layers=3, heads=4, kv_heads=1,
                                     intermediate=64, tie=True, tokenizer="byte_level", vocab=500,
                                     save_dtype="bf16", shard_size="40KB", classic_config=True),
+    # Llama 2: MHA, untied, SentencePiece-style tokenizer with BOS, square MLP (gate/up/down measured).
+    "llama2-tiny": dict(family="llama", seed=2, hidden=64, layers=2, heads=4, kv_heads=4, intermediate=64,
+                        tokenizer="metaspace", vocab=700, classic_config=True),
+    # Llama 3.1: GQA, llama3 rope scaling, byte-level BPE with BOS, f16 weights.
+    "llama31-tiny": dict(family="llama", seed=3, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96,
+                         tokenizer="byte_level_bos", vocab=600, rope_theta=500000.0, rope_scaling="llama3",
+                         save_dtype="f16"),
+    # Mistral: sliding window (24) shorter than the samples, head_dim 24 != hidden/heads.
+    "mistral-tiny": dict(family="mistral", seed=4, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=24,
+                         intermediate=96, tokenizer="metaspace", vocab=600, sliding_window=24),
+    # Gemma: MQA, head_dim 32 != hidden/heads, tied, (1+w) norms, scaled embeddings, GeLU-tanh.
+    "gemma-tiny": dict(family="gemma", seed=5, hidden=64, layers=2, heads=4, kv_heads=1, head_dim=32,
+                       intermediate=96, tie=True, tokenizer="metaspace_gemma", vocab=600, instruct=True),
 }
+
+
+PAPER_DATA = Path(os.environ.get("GRADLENS_DATA", ROOT.parent / "shared" / "paper-data"))
+# Numbers-only references on the paper's own data, for every fixture: (file, tag, samples).
+PAPER_REFS = [
+    ("cot_500/aqua_train_with_cot_gpt4o.json", "aqua_detailed", 3),  # Detailed CoT, > 400 tokens
+    ("cot_500/aqua_train_no_cot.json", "aqua_none", 4),  # answer only: 1-5 response tokens
+]
+
+
+def write_paper_refs(model, hf_tok, out: Path, max_length: int = 1024) -> None:
+    if not PAPER_DATA.is_dir():
+        print(f"{PAPER_DATA} not found: no references on the paper's data")
+        return
+    model64 = to_float64_reference(model)
+    for file, tag, n in PAPER_REFS:
+        records = json.loads((PAPER_DATA / file).read_text())[:n]
+        lines, skipped, _ = measure(model64, hf_tok, records, max_length)
+        assert not skipped, skipped
+        with open(out / "expected" / f"grads_{tag}.jsonl", "w") as f:
+            for line in lines:  # the paper's text is not ours to commit: numbers only
+                f.write(json.dumps({k: v for k, v in line.items() if k not in ("instruction", "output")}) + "\n")
+        print(f"{out}: {tag}: n_tokens {[l['n_tokens'] for l in lines]}, "
+              f"n_loss_tokens {[l['n_loss_tokens'] for l in lines]}")
 
 
 def spec_namespace(spec: dict) -> argparse.Namespace:
     d = dict(seed=0, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, tie=False, tokenizer="byte_level",
              vocab=600, save_dtype="f32", shard_size=None, classic_config=False, rope_theta=10000.0,
-             init_std=0.1, max_length=96, instruct=False)
+             init_std=0.1, max_length=96, instruct=False, rope_scaling="none", head_dim=0, sliding_window=0,
+             query_pre_attn_scalar=24.0, attn_softcap=2.0, final_softcap=1.5)
     d.update(spec)
     return argparse.Namespace(**d)
 
@@ -474,6 +532,7 @@ def main() -> None:
         write_expected(model, hf_tok, records, FIXTURES / name, s.max_length, False, True)
         if s.instruct:
             write_expected(model, hf_tok, records, FIXTURES / name, s.max_length, True, True)
+        write_paper_refs(model, hf_tok, FIXTURES / name)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,8 @@
-//! The paper's own data (../shared/paper-data, or $GRADLENS_DATA): every file parses, and the
-//! measurement on its first samples equals the transformers reference committed as numbers only.
+//! The paper's own data (../shared/paper-data, or $GRADLENS_DATA): every file parses. (Parity on
+//! its first samples is in `parity.rs`, per fixture.)
 
-use burn::tensor::backend::AutodiffBackend;
-use gradlens::backend::{CpuF32, CpuF64};
-use gradlens::compare::compare_files;
 use gradlens::data::load_records;
-use gradlens::grads::Measurer;
-use gradlens::sample::PromptMode;
-use gradlens_tests::{fixture, paper_data, scratch};
+use gradlens_tests::paper_data;
 use std::path::Path;
 
 fn json_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -42,48 +37,4 @@ fn every_paper_data_file_parses() {
             f.display()
         );
     }
-}
-
-/// `fixtures/qwen2-tiny/expected/grads_<tag>.jsonl` holds the reference of the first samples of
-/// `file` at max_length 1024 (made with `make_fixtures.py --existing … --tag <tag>`).
-fn check_paper_samples<B: AutodiffBackend>(file: &str, tag: &str, rtol: f64) {
-    let Some(root) = paper_data() else { return };
-    let expected = fixture("qwen2-tiny").join(format!("expected/grads_{tag}.jsonl"));
-    let n = std::fs::read_to_string(&expected).unwrap().lines().count();
-    let records = load_records(&root.join(file)).unwrap();
-    let measurer = Measurer::<B>::load(
-        &fixture("qwen2-tiny"),
-        1024,
-        PromptMode::Base,
-        &Default::default(),
-    )
-    .unwrap();
-    let dtype = std::any::type_name::<B::FloatElem>();
-    let out = scratch(&format!("paper-{tag}-{dtype}")).join("grads.jsonl");
-    measurer.measure_file(&records, 0..n, &out, None).unwrap();
-    let errs = compare_files(&expected, &out, rtol).unwrap();
-    assert!(errs.is_empty(), "{tag} ({dtype}): {}", errs.join("\n"));
-}
-
-#[test]
-fn aqua_detailed_cot_f64() {
-    check_paper_samples::<CpuF64>(
-        "cot_500/aqua_train_with_cot_gpt4o.json",
-        "aqua_detailed",
-        1e-9,
-    );
-}
-
-#[test]
-fn aqua_detailed_cot_f32() {
-    check_paper_samples::<CpuF32>(
-        "cot_500/aqua_train_with_cot_gpt4o.json",
-        "aqua_detailed",
-        1e-4,
-    );
-}
-
-#[test]
-fn aqua_answer_only_f64() {
-    check_paper_samples::<CpuF64>("cot_500/aqua_train_no_cot.json", "aqua_none", 1e-9);
 }

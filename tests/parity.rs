@@ -11,7 +11,7 @@ use gradlens::grads::Measurer;
 use gradlens::output::skipped_path;
 use gradlens::sample::PromptMode;
 use gradlens_models::paper_selector;
-use gradlens_tests::{fixture, scratch, tiny_data};
+use gradlens_tests::{fixture, paper_data, scratch, tiny_data};
 use serde_json::Value;
 
 const F64_RTOL: f64 = 1e-9;
@@ -115,7 +115,30 @@ pub fn check_jsonl<B: AutodiffBackend>(name: &str, rtol: f64, instruct: bool) {
     assert_eq!(summary.measured, lines.len());
 }
 
-/// One entry per fixture: logits and JSONL, f64 and f32.
+/// `fixtures/<name>/expected/grads_<tag>.jsonl` holds the reference (numbers only) of the first
+/// samples of the paper's `file` at max_length 1024.
+pub fn check_paper_samples<B: AutodiffBackend>(name: &str, file: &str, tag: &str, rtol: f64) {
+    let Some(root) = paper_data() else { return };
+    let expected = fixture(name).join(format!("expected/grads_{tag}.jsonl"));
+    let n = std::fs::read_to_string(&expected).unwrap().lines().count();
+    let records = load_records(&root.join(file)).unwrap();
+    let measurer =
+        Measurer::<B>::load(&fixture(name), 1024, PromptMode::Base, &Default::default()).unwrap();
+    let dtype = std::any::type_name::<B::FloatElem>();
+    let out = scratch(&format!("paper-{name}-{tag}-{dtype}")).join("grads.jsonl");
+    measurer.measure_file(&records, 0..n, &out, None).unwrap();
+    let errs = compare_files(&expected, &out, rtol).unwrap();
+    assert!(
+        errs.is_empty(),
+        "{name} {tag} ({dtype}): {}",
+        errs.join("\n")
+    );
+}
+
+const DETAILED: &str = "cot_500/aqua_train_with_cot_gpt4o.json";
+const ANSWER_ONLY: &str = "cot_500/aqua_train_no_cot.json";
+
+/// One entry per fixture: logits and JSONL, f64 and f32, on the tiny data and the paper's.
 macro_rules! parity_tests {
     ($($module:ident: $fixture:literal),* $(,)?) => {$(
         mod $module {
@@ -128,6 +151,12 @@ macro_rules! parity_tests {
             fn jsonl_f64() { check_jsonl::<CpuF64>($fixture, F64_RTOL, false) }
             #[test]
             fn jsonl_f32() { check_jsonl::<CpuF32>($fixture, F32_RTOL, false) }
+            #[test]
+            fn paper_detailed_cot_f64() { check_paper_samples::<CpuF64>($fixture, DETAILED, "aqua_detailed", F64_RTOL) }
+            #[test]
+            fn paper_detailed_cot_f32() { check_paper_samples::<CpuF32>($fixture, DETAILED, "aqua_detailed", F32_RTOL) }
+            #[test]
+            fn paper_answer_only_f64() { check_paper_samples::<CpuF64>($fixture, ANSWER_ONLY, "aqua_none", F64_RTOL) }
         }
     )*};
 }
@@ -135,4 +164,8 @@ macro_rules! parity_tests {
 parity_tests! {
     qwen2_tiny: "qwen2-tiny",
     qwen2_tiny_bf16_sharded: "qwen2-tiny-bf16-sharded",
+    llama2_tiny: "llama2-tiny",
+    llama31_tiny: "llama31-tiny",
+    mistral_tiny: "mistral-tiny",
+    gemma_tiny: "gemma-tiny",
 }

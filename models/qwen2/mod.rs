@@ -11,12 +11,11 @@
 //! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu", max_window_layers 28.
 
 use crate::blocks::{
-    Attention, AttentionOptions, Embedding, GatedMlp, LmHead, NormKind, PreNormLayer, RmsNorm,
-    SequenceContext, inverse_frequencies,
+    Attention, AttentionOptions, Decoder, Embedding, GatedMlp, LmHead, NormKind, PreNormLayer,
+    RmsNorm, inverse_frequencies,
 };
-use crate::{CausalLm, FamilyModel, Loader, config};
-use burn::module::Module;
-use burn::tensor::{Tensor, backend::Backend};
+use crate::{FamilyModel, Loader, config};
+use burn::tensor::backend::Backend;
 use gradlens_core::{Result, parse_config};
 use serde::Deserialize;
 use std::path::Path;
@@ -52,22 +51,11 @@ fn default_max_window_layers() -> usize {
     28
 }
 
-#[derive(Module, Debug)]
-pub struct Qwen2<B: Backend> {
-    pub embed_tokens: Embedding<B>,
-    pub layers: Vec<PreNormLayer<B>>,
-    pub norm: RmsNorm<B>,
-    pub lm_head: LmHead<B>,
-    #[module(skip)]
-    pub inv_freq: Vec<f64>,
-}
-
 pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
     let c: Qwen2Config = parse_config(path, raw)?;
     let heads = c.num_attention_heads;
     let kv_heads = c.num_key_value_heads.unwrap_or(heads);
-    config::ensure(path, heads > 0 && c.hidden_size % heads == 0, "hidden_size must be a multiple of num_attention_heads")?;
-    config::ensure(path, kv_heads > 0 && heads % kv_heads == 0, "num_attention_heads must be a multiple of num_key_value_heads")?;
+    config::check_heads(path, c.hidden_size, heads, kv_heads)?;
     let head_dim = c.hidden_size / heads;
     let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
     let act = config::activation(path, &c.hidden_act)?;
@@ -77,6 +65,7 @@ pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &P
     })?;
 
     let h = c.hidden_size;
+    let eps = c.rms_norm_eps;
     let embed_tokens = Embedding::load(l, "model.embed_tokens", c.vocab_size, h)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for (i, &is_sliding) in sliding.iter().enumerate() {
@@ -89,43 +78,26 @@ pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &P
             logit_softcap: None,
             sliding_window: if is_sliding { window } else { None },
             qkv_bias: true,
+            o_bias: false,
         };
         layers.push(PreNormLayer {
             self_attn: Attention::load(l, &format!("{p}.self_attn"), h, opts)?,
-            mlp: GatedMlp::load(l, &format!("{p}.mlp"), h, c.intermediate_size, act)?,
-            input_layernorm: RmsNorm::load(l, &format!("{p}.input_layernorm"), h, c.rms_norm_eps, NormKind::Plain)?,
-            post_attention_layernorm: RmsNorm::load(l, &format!("{p}.post_attention_layernorm"), h, c.rms_norm_eps, NormKind::Plain)?,
+            mlp: GatedMlp::load(l, &format!("{p}.mlp"), h, c.intermediate_size, act, false)?,
+            input_layernorm: RmsNorm::load(l, &format!("{p}.input_layernorm"), h, eps, NormKind::Plain)?,
+            post_attention_layernorm: RmsNorm::load(l, &format!("{p}.post_attention_layernorm"), h, eps, NormKind::Plain)?,
         });
     }
-    let norm = RmsNorm::load(l, "model.norm", h, c.rms_norm_eps, NormKind::Plain)?;
+    let norm = RmsNorm::load(l, "model.norm", h, eps, NormKind::Plain)?;
     let tied = c.tie_word_embeddings || !l.checkpoint().contains("lm_head.weight");
     let lm_head = LmHead::load(l, &embed_tokens, tied, c.vocab_size, h)?;
-    let model = Qwen2 {
+    let model = Decoder {
         embed_tokens,
         layers,
         norm,
         lm_head,
         inv_freq: inverse_frequencies(head_dim, theta, &scaling),
+        embed_scale: None,
+        final_logit_softcap: None,
     };
     Ok((Box::new(model), c.num_hidden_layers))
-}
-
-impl<B: Backend> CausalLm<B> for Qwen2<B> {
-    fn hidden(&self, ids: &[u32]) -> Tensor<B, 2> {
-        let device = self.embed_tokens.weight.device();
-        let ctx = SequenceContext::new(ids.len(), &self.inv_freq, &device);
-        let mut x = self.embed_tokens.forward(ids, &device);
-        for layer in &self.layers {
-            x = layer.forward(x, &ctx);
-        }
-        self.norm.forward(x)
-    }
-
-    fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.lm_head.forward(hidden)
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.embed_tokens.weight.dims()[0]
-    }
 }

@@ -1,0 +1,147 @@
+//! Llama 2 and Llama 3.x (`model_type: "llama"`).
+//!
+//! - Pre-norm decoder layers, plain RMSNorm (`w · x / rms(x)`), SiLU-gated MLP.
+//! - Rotary embedding, half-split layout, `rope_theta` (default 10000). `rope_scaling`: none,
+//!   `linear`, or Llama 3.1's **`llama3`** band-wise scaling (factor, low_freq_factor,
+//!   high_freq_factor, original_max_position_embeddings); any other type is an error.
+//! - MHA or GQA (`num_key_value_heads`, default = heads); `head_dim` from config or hidden/heads.
+//! - Biases only when `attention_bias` (q/k/v/o) or `mlp_bias` (gate/up/down) is true (default false).
+//! - LM head untied unless `tie_word_embeddings` (default false) or `lm_head.weight` is absent.
+//! - Stored `rotary_emb.inv_freq` tensors of old checkpoints are ignored (recomputed in f64).
+//!
+//! Required keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+//! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu".
+
+use crate::blocks::{
+    Attention, AttentionOptions, Decoder, Embedding, GatedMlp, LmHead, NormKind, PreNormLayer,
+    RmsNorm, inverse_frequencies,
+};
+use crate::{FamilyModel, Loader, config};
+use burn::tensor::backend::Backend;
+use gradlens_core::{Result, parse_config};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+struct LlamaConfig {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
+    let c: LlamaConfig = parse_config(path, raw)?;
+    let heads = c.num_attention_heads;
+    let kv_heads = c.num_key_value_heads.unwrap_or(heads);
+    let head_dim = match c.head_dim {
+        Some(d) => d,
+        None => {
+            config::check_heads(path, c.hidden_size, heads, kv_heads)?;
+            c.hidden_size / heads
+        }
+    };
+    config::ensure(path, kv_heads > 0 && heads % kv_heads == 0, "num_attention_heads must be a multiple of num_key_value_heads")?;
+    let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
+    let act = config::activation(path, &c.hidden_act)?;
+    l.ignore_where(|n| n.ends_with("rotary_emb.inv_freq"));
+
+    let h = c.hidden_size;
+    let eps = c.rms_norm_eps;
+    let embed_tokens = Embedding::load(l, "model.embed_tokens", c.vocab_size, h)?;
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let opts = AttentionOptions {
+            heads,
+            kv_heads,
+            head_dim,
+            scale: (head_dim as f64).powf(-0.5),
+            logit_softcap: None,
+            sliding_window: None,
+            qkv_bias: c.attention_bias,
+            o_bias: c.attention_bias,
+        };
+        layers.push(PreNormLayer {
+            self_attn: Attention::load(l, &format!("{p}.self_attn"), h, opts)?,
+            mlp: GatedMlp::load(l, &format!("{p}.mlp"), h, c.intermediate_size, act, c.mlp_bias)?,
+            input_layernorm: RmsNorm::load(l, &format!("{p}.input_layernorm"), h, eps, NormKind::Plain)?,
+            post_attention_layernorm: RmsNorm::load(l, &format!("{p}.post_attention_layernorm"), h, eps, NormKind::Plain)?,
+        });
+    }
+    let norm = RmsNorm::load(l, "model.norm", h, eps, NormKind::Plain)?;
+    let tied = c.tie_word_embeddings || !l.checkpoint().contains("lm_head.weight");
+    let lm_head = LmHead::load(l, &embed_tokens, tied, c.vocab_size, h)?;
+    let model = Decoder {
+        embed_tokens,
+        layers,
+        norm,
+        lm_head,
+        inv_freq: inverse_frequencies(head_dim, theta, &scaling),
+        embed_scale: None,
+        final_logit_softcap: None,
+    };
+    Ok((Box::new(model), c.num_hidden_layers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::RopeScaling;
+
+    fn rope_of(extra: &str) -> gradlens_core::Result<(f64, RopeScaling)> {
+        let raw: serde_json::Value = serde_json::from_str(&format!("{{\"hidden_size\": 8{extra}}}")).unwrap();
+        config::rope(Path::new("config.json"), &raw, 10_000.0)
+    }
+
+    #[test]
+    fn rope_scaling_types() {
+        assert_eq!(rope_of("").unwrap(), (10_000.0, RopeScaling::None));
+        assert_eq!(rope_of(", \"rope_scaling\": null, \"rope_theta\": 5.0").unwrap(), (5.0, RopeScaling::None));
+        assert_eq!(
+            rope_of(", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}").unwrap().1,
+            RopeScaling::Linear { factor: 2.0 }
+        );
+        let l3 = rope_of(
+            r#", "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}"#,
+        )
+        .unwrap();
+        assert_eq!(l3.0, 500000.0);
+        assert!(matches!(l3.1, RopeScaling::Llama3 { factor: 8.0, .. }));
+        let err = rope_of(", \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}").unwrap_err();
+        assert!(err.to_string().contains("unsupported rope_scaling type \"yarn\""), "{err}");
+        assert!(err.to_string().starts_with("config.json:"), "{err}");
+    }
+
+    #[test]
+    fn omitted_keys_take_transformers_defaults() {
+        let c: LlamaConfig = serde_json::from_str(
+            r#"{"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "vocab_size": 10}"#,
+        )
+        .unwrap();
+        assert_eq!((c.num_key_value_heads, c.head_dim, c.rms_norm_eps), (None, None, 1e-6));
+        assert!(!c.tie_word_embeddings && !c.attention_bias && !c.mlp_bias);
+    }
+}

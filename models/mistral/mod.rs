@@ -1,0 +1,133 @@
+//! Mistral (`model_type: "mistral"`): Llama's layout with sliding-window attention.
+//!
+//! - Pre-norm decoder layers, plain RMSNorm, SiLU-gated MLP, no biases.
+//! - Rotary embedding, half-split layout, `rope_theta` (default 10000).
+//! - GQA (`num_key_value_heads`, default 8 as in transformers); `head_dim` from config, or
+//!   hidden/heads when null or absent.
+//! - **Sliding window** on every layer: key j is visible from query i iff 0 ≤ i − j <
+//!   `sliding_window`; `null` means none; absent means transformers' default 4096.
+//! - LM head untied unless `tie_word_embeddings` (default false) or `lm_head.weight` is absent.
+//!
+//! Required keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+//! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu".
+
+use crate::blocks::{
+    Attention, AttentionOptions, Decoder, Embedding, GatedMlp, LmHead, NormKind, PreNormLayer,
+    RmsNorm, inverse_frequencies,
+};
+use crate::{FamilyModel, Loader, config};
+use burn::tensor::backend::Backend;
+use gradlens_core::{Result, parse_config};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+struct MistralConfig {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default = "default_kv_heads")]
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default = "default_window")]
+    sliding_window: Option<usize>,
+}
+
+fn default_kv_heads() -> Option<usize> {
+    Some(8)
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_act() -> String {
+    "silu".into()
+}
+fn default_window() -> Option<usize> {
+    Some(4096)
+}
+
+pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
+    let c: MistralConfig = parse_config(path, raw)?;
+    let heads = c.num_attention_heads;
+    let kv_heads = c.num_key_value_heads.unwrap_or(heads);
+    let head_dim = match c.head_dim {
+        Some(d) => d,
+        None => {
+            config::check_heads(path, c.hidden_size, heads, kv_heads)?;
+            c.hidden_size / heads
+        }
+    };
+    config::ensure(path, kv_heads > 0 && heads % kv_heads == 0, "num_attention_heads must be a multiple of num_key_value_heads")?;
+    config::ensure(path, c.sliding_window != Some(0), "sliding_window must be positive or null")?;
+    let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
+    let act = config::activation(path, &c.hidden_act)?;
+
+    let h = c.hidden_size;
+    let eps = c.rms_norm_eps;
+    let embed_tokens = Embedding::load(l, "model.embed_tokens", c.vocab_size, h)?;
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let opts = AttentionOptions {
+            heads,
+            kv_heads,
+            head_dim,
+            scale: (head_dim as f64).powf(-0.5),
+            logit_softcap: None,
+            sliding_window: c.sliding_window,
+            qkv_bias: false,
+            o_bias: false,
+        };
+        layers.push(PreNormLayer {
+            self_attn: Attention::load(l, &format!("{p}.self_attn"), h, opts)?,
+            mlp: GatedMlp::load(l, &format!("{p}.mlp"), h, c.intermediate_size, act, false)?,
+            input_layernorm: RmsNorm::load(l, &format!("{p}.input_layernorm"), h, eps, NormKind::Plain)?,
+            post_attention_layernorm: RmsNorm::load(l, &format!("{p}.post_attention_layernorm"), h, eps, NormKind::Plain)?,
+        });
+    }
+    let norm = RmsNorm::load(l, "model.norm", h, eps, NormKind::Plain)?;
+    let tied = c.tie_word_embeddings || !l.checkpoint().contains("lm_head.weight");
+    let lm_head = LmHead::load(l, &embed_tokens, tied, c.vocab_size, h)?;
+    let model = Decoder {
+        embed_tokens,
+        layers,
+        norm,
+        lm_head,
+        inv_freq: inverse_frequencies(head_dim, theta, &scaling),
+        embed_scale: None,
+        final_logit_softcap: None,
+    };
+    Ok((Box::new(model), c.num_hidden_layers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#""hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "vocab_size": 10"#;
+
+    #[test]
+    fn omitted_keys_take_transformers_defaults() {
+        let c: MistralConfig = serde_json::from_str(&format!("{{{MINIMAL}}}")).unwrap();
+        assert_eq!(c.sliding_window, Some(4096));
+        assert_eq!(c.num_key_value_heads, Some(8));
+        assert_eq!(c.head_dim, None);
+        assert!(!c.tie_word_embeddings);
+    }
+
+    #[test]
+    fn null_window_and_head_dim_mean_none() {
+        let c: MistralConfig =
+            serde_json::from_str(&format!("{{{MINIMAL}, \"sliding_window\": null, \"head_dim\": null}}")).unwrap();
+        assert_eq!((c.sliding_window, c.head_dim), (None, None));
+    }
+}
