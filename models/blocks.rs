@@ -297,7 +297,7 @@ impl<B: Backend> Attention<B> {
 
         let mut scores = q.matmul(k.swap_dims(1, 2)) * self.opts.scale;
         if let Some(cap) = self.opts.logit_softcap {
-            scores = (scores / cap).tanh() * cap;
+            scores = softcap(scores, cap);
         }
         let mask = match self.opts.sliding_window {
             Some(w) if w < t => ctx.sliding_mask(w),
@@ -339,6 +339,15 @@ pub enum Activation {
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let sigmoid = ((x.clone() * 0.5).tanh() + 1.0) * 0.5;
     x * sigmoid
+}
+
+/// Soft-capping `tanh(x / cap) · cap`, written as a product with `1 / cap` (computed in f64).
+///
+/// Burn 0.21's autodiff differentiates `tensor / scalar` as `grad · (1 / scalar as f32)`: an f32
+/// reciprocal that scales every gradient of an f64 model by (1 + 3e-8) when cap = 1.5. Never divide
+/// a tensor by a scalar on a differentiated path.
+pub fn softcap<B: Backend, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<B, D> {
+    (x * (1.0 / cap)).tanh() * cap
 }
 
 /// `down(act(gate(x)) · up(x))`.
@@ -473,7 +482,7 @@ impl<B: Backend, L: Module<B> + Layer<B>> crate::CausalLm<B> for Decoder<B, L> {
     fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         let logits = self.lm_head.forward(hidden);
         match self.final_logit_softcap {
-            Some(cap) => (logits / cap).tanh() * cap,
+            Some(cap) => softcap(logits, cap),
             None => logits,
         }
     }
