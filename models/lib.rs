@@ -98,4 +98,5 @@ registry! {
     "llama" => llama,
     "mistral" => mistral,
     "gemma" => gemma,
+    "gemma2" => gemma2,
 }

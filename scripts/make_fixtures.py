@@ -437,6 +437,11 @@ FIXTURE_SPECS = {
     # Gemma: MQA, head_dim 32 != hidden/heads, tied, (1+w) norms, scaled embeddings, GeLU-tanh.
     "gemma-tiny": dict(family="gemma", seed=5, hidden=64, layers=2, heads=4, kv_heads=1, head_dim=32,
                        intermediate=96, tie=True, tokenizer="metaspace_gemma", vocab=600, instruct=True),
+    # Gemma 2: soft-caps small enough to bite (2.0 on attention logits, 1.5 on final logits), sliding
+    # window 16 on layers 0 and 2, sandwich norms, query_pre_attn_scalar 24 != head_dim 16.
+    "gemma2-tiny": dict(family="gemma2", seed=6, hidden=64, layers=3, heads=4, kv_heads=2, head_dim=16,
+                        intermediate=96, tie=True, tokenizer="metaspace_gemma", vocab=600, sliding_window=16,
+                        query_pre_attn_scalar=24, attn_softcap=2.0, final_softcap=1.5),
 }
 
 
@@ -468,7 +473,7 @@ def spec_namespace(spec: dict) -> argparse.Namespace:
     d = dict(seed=0, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, tie=False, tokenizer="byte_level",
              vocab=600, save_dtype="f32", shard_size=None, classic_config=False, rope_theta=10000.0,
              init_std=0.1, max_length=96, instruct=False, rope_scaling="none", head_dim=0, sliding_window=0,
-             query_pre_attn_scalar=24.0, attn_softcap=2.0, final_softcap=1.5)
+             query_pre_attn_scalar=24, attn_softcap=2.0, final_softcap=1.5)
     d.update(spec)
     return argparse.Namespace(**d)
 

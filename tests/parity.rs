@@ -168,4 +168,5 @@ parity_tests! {
     llama31_tiny: "llama31-tiny",
     mistral_tiny: "mistral-tiny",
     gemma_tiny: "gemma-tiny",
+    gemma2_tiny: "gemma2-tiny",
 }
