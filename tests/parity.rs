@@ -65,8 +65,11 @@ pub fn check_logits<B: AutodiffBackend>(name: &str, rtol: f64) {
 pub fn check_jsonl<B: AutodiffBackend>(name: &str, rtol: f64, instruct: bool) {
     let max_length = expected_logits(name)["max_length"].as_u64().unwrap() as usize;
     let suffix = if instruct { "_instruct" } else { "" };
-    assert!(!instruct, "instruct mode comes with the chat-template work");
-    let mode = PromptMode::Base;
+    let mode = if instruct {
+        PromptMode::instruct_from_dir(&fixture(name), Default::default()).unwrap()
+    } else {
+        PromptMode::Base
+    };
     let measurer =
         Measurer::<B>::load(&fixture(name), max_length, mode, &Default::default()).unwrap();
     let records = load_records(&tiny_data()).unwrap();
@@ -169,4 +172,74 @@ parity_tests! {
     mistral_tiny: "mistral-tiny",
     gemma_tiny: "gemma-tiny",
     gemma2_tiny: "gemma2-tiny",
+}
+
+/// Instruct mode (chat template) against transformers' `apply_chat_template`: Qwen2 renders a
+/// system turn, Gemma none (its template raises on one) and starts with the BOS text.
+mod instruct {
+    use super::*;
+    #[test]
+    fn qwen2_f64() {
+        check_jsonl::<CpuF64>("qwen2-tiny", F64_RTOL, true)
+    }
+    #[test]
+    fn qwen2_f32() {
+        check_jsonl::<CpuF32>("qwen2-tiny", F32_RTOL, true)
+    }
+    #[test]
+    fn gemma_f64() {
+        check_jsonl::<CpuF64>("gemma-tiny", F64_RTOL, true)
+    }
+    #[test]
+    fn gemma_f32() {
+        check_jsonl::<CpuF32>("gemma-tiny", F32_RTOL, true)
+    }
+
+    fn ids_of(name: &str, opts: gradlens::sample::InstructOptions) -> Vec<u32> {
+        let mode = PromptMode::instruct_from_dir(&fixture(name), opts).unwrap();
+        let tok = gradlens::tokenizer::TextTokenizer::from_dir(&fixture(name), 1024).unwrap();
+        let records = load_records(&tiny_data()).unwrap();
+        match gradlens::sample::prepare(&tok, &mode, &records[0]).unwrap() {
+            gradlens::sample::Preparation::Ready(p) => p.ids,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn gemma_double_bos_by_default_single_bos_on_request() {
+        let bos = 2; // <bos> in the tiny Gemma tokenizer
+        let paper = ids_of("gemma-tiny", Default::default());
+        assert_eq!(
+            &paper[..2],
+            &[bos, bos],
+            "the paper's way: template BOS + tokenizer BOS"
+        );
+        let single = ids_of(
+            "gemma-tiny",
+            gradlens::sample::InstructOptions {
+                add_special_tokens: false,
+            },
+        );
+        assert_eq!(single[0], bos);
+        assert_ne!(single[1], bos);
+        assert_eq!(&paper[1..], &single[..]);
+    }
+
+    #[test]
+    fn checkpoint_without_chat_template_is_a_clear_error() {
+        let dir = scratch("no-chat-template");
+        gradlens_tests::copy_dir(&fixture("qwen2-tiny"), &dir);
+        let cfg = dir.join("tokenizer_config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("chat_template");
+        std::fs::write(&cfg, v.to_string()).unwrap();
+        let err = PromptMode::instruct_from_dir(&dir, Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tokenizer_config.json") && err.contains("no chat template"),
+            "{err}"
+        );
+    }
 }

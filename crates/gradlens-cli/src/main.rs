@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use gradlens::backend::Dtype;
 use gradlens::grads::{GradsOptions, run_grads};
-use gradlens::sample::PromptMode;
+use gradlens::sample::{InstructOptions, PromptMode};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +61,14 @@ struct GradsArgs {
     /// Compute dtype: f32 (as the paper) or f64 (reference precision).
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
+    /// Instruct model: render the checkpoint's chat template (system "You are a helpful
+    /// assistant." — none for Gemma families — and the instruction as user turn), then the output.
+    #[arg(long)]
+    instruct: bool,
+    /// With --instruct: tokenise the rendered text without adding special tokens again, so a
+    /// template that starts with BOS gives one BOS (the paper's way, the default, gives two).
+    #[arg(long, requires = "instruct")]
+    single_bos: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -87,14 +95,23 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Grads(a) => {
             let opts = GradsOptions {
-                model: a.model,
+                model: a.model.clone(),
                 data: a.data,
                 out: a.out,
                 start: a.start,
                 limit: a.limit,
                 max_length: a.max_length,
                 dtype: a.dtype,
-                mode: PromptMode::Base,
+                mode: if a.instruct {
+                    PromptMode::instruct_from_dir(
+                        &a.model,
+                        InstructOptions {
+                            add_special_tokens: !a.single_bos,
+                        },
+                    )?
+                } else {
+                    PromptMode::Base
+                },
                 progress: !a.quiet && std::io::stderr().is_terminal(),
             };
             let summary = run_grads(&opts)?;

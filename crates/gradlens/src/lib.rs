@@ -7,6 +7,7 @@
 //! matrices) is summarised by its entries and its singular values (faer).
 
 pub mod backend;
+pub mod chat;
 pub mod compare;
 pub mod data;
 pub mod grads;

@@ -1,7 +1,14 @@
 //! From a record to token ids and the span of positions that carry the loss (the paper's method).
 
+use crate::chat::{ChatError, ChatTemplate};
 use crate::data::Record;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The system turn of the paper's instruct runs (not given to Gemma families, whose templates
+/// reject a system role).
+pub const SYSTEM_PROMPT: &str = "You are a helpful assistant.";
 
 /// How the training text of a record is formed.
 #[derive(Debug, Clone, Default)]
@@ -9,13 +16,96 @@ pub enum PromptMode {
     /// Base model: `instr + "\n" + output`.
     #[default]
     Base,
+    /// Instruct model: the chat template rendered with (system, user = instr) and the generation
+    /// prompt, then the output appended.
+    Instruct {
+        template: Arc<ChatTemplate>,
+        /// `None` for families whose templates take no system turn.
+        system: Option<String>,
+        /// Tokenise the rendered text with the tokenizer's special tokens too (the paper's way: a
+        /// template that starts with the BOS text then yields two BOS ids). `false` gives the
+        /// single BOS the model saw in training.
+        add_special_tokens: bool,
+    },
+}
+
+/// Instruct-mode options.
+#[derive(Debug, Clone, Copy)]
+pub struct InstructOptions {
+    /// See [`PromptMode::Instruct::add_special_tokens`]; default true (the paper's way).
+    pub add_special_tokens: bool,
+}
+
+impl Default for InstructOptions {
+    fn default() -> Self {
+        Self {
+            add_special_tokens: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
 }
 
 impl PromptMode {
+    /// Instruct mode for checkpoint `dir`: its chat template; a system turn unless the family is
+    /// a Gemma (model_type starting with "gemma").
+    pub fn instruct_from_dir(dir: &Path, opts: InstructOptions) -> Result<Self, ChatError> {
+        let template = ChatTemplate::from_dir(dir)?;
+        let model_type = std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                v.get("model_type")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        Ok(PromptMode::Instruct {
+            template: Arc::new(template),
+            system: (!model_type.starts_with("gemma")).then(|| SYSTEM_PROMPT.to_string()),
+            add_special_tokens: opts.add_special_tokens,
+        })
+    }
+
     /// The whole text the model is trained on.
-    pub fn text(&self, record: &Record) -> String {
+    pub fn text(&self, record: &Record) -> Result<String, ChatError> {
         match self {
-            PromptMode::Base => format!("{}\n{}", record.instr(), record.output),
+            PromptMode::Base => Ok(format!("{}\n{}", record.instr(), record.output)),
+            PromptMode::Instruct {
+                template, system, ..
+            } => {
+                let instr = record.instr();
+                let mut messages = Vec::with_capacity(2);
+                if let Some(s) = system {
+                    messages.push(("system", s.as_str()));
+                }
+                messages.push(("user", instr.as_str()));
+                Ok(template.render(&messages)? + &record.output)
+            }
+        }
+    }
+
+    /// Whether encodings add the tokenizer's special tokens.
+    pub fn add_special_tokens(&self) -> bool {
+        match self {
+            PromptMode::Base => true,
+            PromptMode::Instruct {
+                add_special_tokens, ..
+            } => *add_special_tokens,
+        }
+    }
+
+    /// `base` or `instruct`, for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PromptMode::Base => "base",
+            PromptMode::Instruct { .. } => "instruct",
         }
     }
 }
@@ -54,16 +144,17 @@ pub fn prepare(
     tok: &TextTokenizer,
     mode: &PromptMode,
     record: &Record,
-) -> Result<Preparation, TokenizerError> {
+) -> Result<Preparation, PrepareError> {
     if record.output.is_empty() {
         return Ok(Preparation::Skip("empty response".into()));
     }
-    let text = mode.text(record);
+    let text = mode.text(record)?;
+    let special = mode.add_special_tokens();
     let cut = text
         .rfind(&record.output)
         .expect("the text ends with the output");
-    let start = tok.encode(&text[..cut], true)?.len();
-    let ids = tok.encode_truncated(&text, true)?;
+    let start = tok.encode(&text[..cut], special)?.len();
+    let ids = tok.encode_truncated(&text, special)?;
     let prepared = Prepared { ids, start };
     if prepared.n_loss_tokens() == 0 {
         return Ok(Preparation::Skip(format!(
