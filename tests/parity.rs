@@ -76,7 +76,7 @@ pub fn check_jsonl<B: AutodiffBackend>(name: &str, rtol: f64, instruct: bool) {
     let dtype = std::any::type_name::<B::FloatElem>();
     let out = scratch(&format!("parity-{name}-{dtype}{suffix}")).join("grads.jsonl");
     let summary = measurer
-        .measure_file(&records, 0..records.len(), &out, None)
+        .measure_file(&records, 0..records.len(), &out, None, None)
         .unwrap();
 
     let expected = fixture(name).join(format!("expected/grads{suffix}.jsonl"));
@@ -129,7 +129,9 @@ pub fn check_paper_samples<B: AutodiffBackend>(name: &str, file: &str, tag: &str
         Measurer::<B>::load(&fixture(name), 1024, PromptMode::Base, &Default::default()).unwrap();
     let dtype = std::any::type_name::<B::FloatElem>();
     let out = scratch(&format!("paper-{name}-{tag}-{dtype}")).join("grads.jsonl");
-    measurer.measure_file(&records, 0..n, &out, None).unwrap();
+    measurer
+        .measure_file(&records, 0..n, &out, None, None)
+        .unwrap();
     let errs = compare_files(&expected, &out, rtol).unwrap();
     assert!(
         errs.is_empty(),

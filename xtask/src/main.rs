@@ -1,1 +1,143 @@
-fn main() {}
+//! `cargo xtask …`: the project's workflows.
+//!
+//! - `cargo xtask sweep [--config FILE] [--shard I/N] [--merge] [--dry-run] [--data-root DIR]`:
+//!   whole grids of models × conditions (see `sweeps/`); with no `--config`, the embedded default
+//!   (the tiny committed checkpoint on the built-in data set).
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use gradlens::sweep::{Plan, check_complete, parse_shard, run, summary_table};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The embedded default sweep (paths relative to `sweeps/`).
+const DEFAULT_SWEEP: &str = include_str!("../../sweeps/default.toml");
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "gradlens workflows")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a sweep (models × conditions), resumable and shardable.
+    Sweep {
+        /// Sweep file (TOML); default: the embedded sweeps/default.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run only shard I of N (1-based): a deterministic partition of the work units.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Check that every (model, condition, sample) of the sweep is done, over all shards.
+        #[arg(long, conflicts_with = "dry_run")]
+        merge: bool,
+        /// Print the plan (models × conditions × samples, work units, shards) and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Data root (else $GRADLENS_DATA, the sweep's data_root, or the manifest's default).
+        #[arg(long)]
+        data_root: Option<PathBuf>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repo")
+        .to_path_buf()
+}
+
+fn main() -> ExitCode {
+    match run_cli(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Sweep {
+            config,
+            shard,
+            merge,
+            dry_run,
+            data_root,
+            quiet,
+        } => {
+            let (path, text, base) = match &config {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("{}: cannot read", p.display()))?;
+                    let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
+                    (p.clone(), text, base)
+                }
+                None => (
+                    PathBuf::from("sweeps/default.toml (embedded)"),
+                    DEFAULT_SWEEP.to_string(),
+                    repo_root().join("sweeps"),
+                ),
+            };
+            let data_root =
+                data_root.or_else(|| std::env::var_os("GRADLENS_DATA").map(PathBuf::from));
+            let (shard_i, shards) = match &shard {
+                Some(s) => {
+                    let (i, n) = parse_shard(s)?;
+                    (Some(i), n)
+                }
+                None => (None, 1),
+            };
+            let plan = Plan::new(&path, &text, &base, data_root.as_deref(), shards)?;
+            if dry_run {
+                print!("{}", plan.describe(shard_i));
+                return Ok(());
+            }
+            if merge {
+                let incomplete = check_complete(&plan)?;
+                print!("{}", summary_table(&plan)?);
+                if incomplete.is_empty() {
+                    println!(
+                        "complete: all {} work unit(s) of {} have every sample",
+                        plan.units.len(),
+                        path.display()
+                    );
+                    return Ok(());
+                }
+                for (i, m) in &incomplete {
+                    let u = &plan.units[*i];
+                    println!(
+                        "incomplete: {} {} (shard {}/{}): {m} sample(s) missing",
+                        plan.sweep.models[u.model].name, u.condition.id, u.shard, plan.shards
+                    );
+                }
+                bail!(
+                    "{} of {} work unit(s) incomplete",
+                    incomplete.len(),
+                    plan.units.len()
+                );
+            }
+            let progress = !quiet && std::io::stderr().is_terminal();
+            let t0 = std::time::Instant::now();
+            let records = run(&plan, shard_i, progress)?;
+            let measured: usize = records.iter().map(|r| r.measured).sum();
+            let skipped: usize = records.iter().map(|r| r.skipped).sum();
+            let done: usize = records.iter().map(|r| r.already_done).sum();
+            print!("{}", summary_table(&plan)?);
+            println!(
+                "{} work unit(s): measured {measured} sample(s), skipped {skipped}, {done} already done, in {:.1} s",
+                records.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            println!("results: {}", plan.out.display());
+            Ok(())
+        }
+    }
+}

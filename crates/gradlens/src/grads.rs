@@ -128,6 +128,7 @@ impl<B: AutodiffBackend> Measurer<B> {
         range: std::ops::Range<usize>,
         out: &Path,
         bar: Option<&ProgressBar>,
+        overall: Option<&ProgressBar>,
     ) -> Result<RunSummary> {
         let t0 = Instant::now();
         let skipped_file = skipped_path(out);
@@ -138,6 +139,9 @@ impl<B: AutodiffBackend> Measurer<B> {
             already_done: range.len() - pending.len(),
             ..Default::default()
         };
+        if let Some(o) = overall {
+            o.inc(summary.already_done as u64);
+        }
         if let Some(bar) = bar {
             bar.set_length(range.len() as u64);
             bar.set_position(summary.already_done as u64);
@@ -170,6 +174,9 @@ impl<B: AutodiffBackend> Measurer<B> {
             }
             if let Some(bar) = bar {
                 bar.inc(1);
+            }
+            if let Some(o) = overall {
+                o.inc(1);
             }
         }
         summary.seconds = t0.elapsed().as_secs_f64();
@@ -237,7 +244,7 @@ pub fn run_on<B: AutodiffBackend>(opts: &GradsOptions, device: &B::Device) -> Re
     let bar = opts
         .progress
         .then(|| progress_bar(range.len() as u64, "grads"));
-    let summary = measurer.measure_file(&records, range, &opts.out, bar.as_ref())?;
+    let summary = measurer.measure_file(&records, range, &opts.out, bar.as_ref(), None)?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

@@ -10,11 +10,14 @@ pub mod backend;
 pub mod chat;
 pub mod compare;
 pub mod data;
+pub mod datasets;
 pub mod grads;
 pub mod measure;
 pub mod output;
+pub mod report;
 pub mod sample;
 pub mod stats;
+pub mod sweep;
 pub mod tokenizer;
 
 pub use gradlens_core::{Checkpoint, CheckpointError};
