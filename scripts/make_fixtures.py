@@ -341,9 +341,13 @@ def measure(model64, hf_tok, records, max_length, instruct=False, logits_at=None
         for name, p in selected:
             g = p.grad
             s = torch.linalg.svdvals(g)
+            p_ = s / s.sum()
+            p_ = p_[p_ > 0]
             line[name] = {"M_mean": g.mean().item(), "M_max": g.max().item(), "M_min": g.min().item(),
                           "frobenius_norm": torch.linalg.norm(g).item(),
-                          "S_sum": s.sum().item(), "S_max": s.max().item(), "S_min": s.min().item()}
+                          "S_sum": s.sum().item(), "S_max": s.max().item(), "S_min": s.min().item(),
+                          "effective_rank": torch.exp(-(p_ * torch.log(p_)).sum()).item(),
+                          "stable_rank": ((s ** 2).sum() / s.max() ** 2).item()}
         lines.append(line)
     return lines, skipped, logits_out
 
@@ -469,6 +473,63 @@ def write_paper_refs(model, hf_tok, out: Path, max_length: int = 1024) -> None:
               f"n_loss_tokens {[l['n_loss_tokens'] for l in lines]}")
 
 
+def write_report_fixture() -> None:
+    """A JSONL in the paper's own script format for a 28-layer model (flat keys, no index, one NaN
+    loss, one NaN in a single projection), and its curves and MADs computed with numpy exactly as
+    the paper's code_vis/exp_utils.py does (NaN rows dropped per projection)."""
+    import numpy as np
+    rng = np.random.default_rng(28)
+    L, N = 28, 6
+    rows = []
+    for i in range(N):
+        row = {"instruction": f"q{i}", "output": f"a{i}", "loss": float(rng.uniform(0.5, 3.0))}
+        for l in range(L):
+            for p in ["q_proj", "k_proj", "v_proj", "o_proj"]:
+                s_max = float(rng.uniform(0.1, 2.0))
+                row[f"model.layers.{l}.self_attn.{p}.weight"] = {
+                    "M_mean": 0.0, "M_max": 1.0, "M_min": -1.0, "frobenius_norm": float(rng.uniform(1, 5)),
+                    "S_sum": s_max + float(rng.uniform(0.5, 10.0)), "S_max": s_max, "S_min": 0.0}
+        rows.append(row)
+    rows[2]["loss"] = float("nan")  # the paper's script writes NaN losses
+    for p in ["q_proj", "k_proj", "v_proj", "o_proj"]:
+        for k in ["S_sum", "S_max", "frobenius_norm"]:
+            rows[2][f"model.layers.5.self_attn.{p}.weight"][k] = float("nan")
+    rows[4]["model.layers.11.self_attn.k_proj.weight"]["S_sum"] = float("nan")  # K only
+    out = FIXTURES / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "paper28.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")  # json.dumps writes NaN, as the paper's script does
+
+    def mad(v):
+        d = [abs(v[i + 1] - v[i]) for i in range(len(v) - 1)]
+        return sum(d) / len(d)
+
+    expected = {}
+    for stat in ["S_sum", "S_ratio", "frobenius_norm", "S_sum_over_loss"]:
+        expected[stat] = {}
+        for p in ["q_proj", "k_proj", "v_proj", "o_proj"]:
+            m = []
+            for r in rows:
+                vals = []
+                for l in range(L):
+                    d = r[f"model.layers.{l}.self_attn.{p}.weight"]
+                    if stat == "S_ratio":
+                        vals.append(d["S_max"] / d["S_sum"])
+                    elif stat == "S_sum_over_loss":
+                        vals.append(d["S_sum"] / r["loss"])
+                    else:
+                        vals.append(d[stat])
+                m.append(vals)
+            m = np.array(m)
+            m = m[~np.isnan(m).any(axis=1)]
+            c = m.mean(0).tolist()
+            expected[stat][p] = {"curve": c, "n": int(m.shape[0]),
+                                 "mad": [mad(c[:7]), mad(c[7:21]), mad(c[21:]), mad(c)]}
+    (out / "paper28_expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    print(f"{out}: paper28.jsonl and its curves")
+
+
 def spec_namespace(spec: dict) -> argparse.Namespace:
     d = dict(seed=0, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, tie=False, tokenizer="byte_level",
              vocab=600, save_dtype="f32", shard_size=None, classic_config=False, rope_theta=10000.0,
@@ -527,6 +588,7 @@ def main() -> None:
 
     data_dir = FIXTURES / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
+    write_report_fixture()
     records = tiny_records()
     (data_dir / "tiny.json").write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
     for name, spec in FIXTURE_SPECS.items():

@@ -43,7 +43,33 @@ enum Command {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+        /// Skip the report at the end.
+        #[arg(long)]
+        no_report: bool,
     },
+    /// Curves, MAD tables, figures and report.md/html from measurement JSONL.
+    Report {
+        /// Folders (searched recursively) or JSONL files.
+        #[arg(long = "in", required = true, num_args = 1..)]
+        inputs: Vec<PathBuf>,
+        /// Output folder (default: <first input>/report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn report(inputs: &[PathBuf], out: &Path) -> Result<()> {
+    let r = gradlens::reporting::build(inputs, out)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "report of {} file(s), {} figure(s): {}",
+        r.files,
+        r.figures.len(),
+        out.join("report.html").display()
+    );
+    Ok(())
 }
 
 fn repo_root() -> PathBuf {
@@ -72,6 +98,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             dry_run,
             data_root,
             quiet,
+            no_report,
         } => {
             let (path, text, base) = match &config {
                 Some(p) => {
@@ -137,7 +164,14 @@ fn run_cli(cli: Cli) -> Result<()> {
                 t0.elapsed().as_secs_f64()
             );
             println!("results: {}", plan.out.display());
+            if !no_report && shard_i.is_none() {
+                report(&[plan.out.clone()], &plan.out.join("report"))?;
+            }
             Ok(())
+        }
+        Command::Report { inputs, out } => {
+            let out = out.unwrap_or_else(|| inputs[0].join("report"));
+            report(&inputs, &out)
         }
     }
 }

@@ -24,6 +24,15 @@ struct Cli {
 enum Command {
     /// Measure per-sample gradient statistics of a data file into a JSONL (resumable).
     Grads(GradsArgs),
+    /// Curves, MAD tables, figures and report.md/html from measurement JSONL.
+    Report {
+        /// Folders (searched recursively) or JSONL files.
+        #[arg(long = "in", required = true, num_args = 1..)]
+        inputs: Vec<PathBuf>,
+        /// Output folder (default: <first input>/report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Compare two measurement JSONL files (e.g. against the transformers reference).
     Compare {
         /// The reference JSONL.
@@ -116,6 +125,20 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary = run_grads(&opts)?;
             eprintln!("{}", summary.line(&opts.out));
+            Ok(())
+        }
+        Command::Report { inputs, out } => {
+            let out = out.unwrap_or_else(|| inputs[0].join("report"));
+            let r = gradlens::reporting::build(&inputs, &out)?;
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "report of {} file(s), {} figure(s): {}",
+                r.files,
+                r.figures.len(),
+                out.join("report.html").display()
+            );
             Ok(())
         }
         Command::Compare {

@@ -15,6 +15,7 @@ pub mod grads;
 pub mod measure;
 pub mod output;
 pub mod report;
+pub mod reporting;
 pub mod sample;
 pub mod stats;
 pub mod sweep;

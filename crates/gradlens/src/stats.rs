@@ -27,6 +27,10 @@ pub struct GradStats {
     pub s_max: f64,
     #[serde(rename = "S_min")]
     pub s_min: f64,
+    /// exp(−Σ p_i ln p_i), p_i = σ_i / Σσ (arXiv 2504.10766); beyond the paper.
+    pub effective_rank: f64,
+    /// Σσ_i² / σ_max²; beyond the paper.
+    pub stable_rank: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +58,34 @@ pub fn entry_stats(g: &GradMatrix) -> (f64, f64, f64, f64) {
     (sum / g.data.len() as f64, max, min, sq.sqrt())
 }
 
-/// All seven statistics of one gradient (dense path: the SVD of the matrix itself).
-pub fn grad_stats(g: &GradMatrix) -> Result<GradStats, SvdError> {
-    let (m_mean, m_max, m_min, frobenius_norm) = entry_stats(g);
-    let s = singular_values(g)?;
-    Ok(GradStats {
+/// Effective rank `exp(−Σ p_i ln p_i)` with `p_i = σ_i / Σσ` (0 for a zero matrix).
+pub fn effective_rank(s: &[f64]) -> f64 {
+    let total: f64 = s.iter().sum();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let h: f64 = s
+        .iter()
+        .map(|&x| x / total)
+        .filter(|&p| p > 0.0)
+        .map(|p| -p * p.ln())
+        .sum();
+    h.exp()
+}
+
+/// Stable rank `Σσ_i² / σ_max²` (0 for a zero matrix).
+pub fn stable_rank(s: &[f64]) -> f64 {
+    let max = s.iter().fold(0.0f64, |m, &x| m.max(x));
+    if max <= 0.0 {
+        return 0.0;
+    }
+    s.iter().map(|x| x * x).sum::<f64>() / (max * max)
+}
+
+/// The statistics of one gradient from its entries and its singular values (largest first).
+pub fn stats_from(entries: (f64, f64, f64, f64), s: &[f64]) -> GradStats {
+    let (m_mean, m_max, m_min, frobenius_norm) = entries;
+    GradStats {
         m_mean,
         m_max,
         m_min,
@@ -66,5 +93,12 @@ pub fn grad_stats(g: &GradMatrix) -> Result<GradStats, SvdError> {
         s_sum: s.iter().sum(),
         s_max: s.first().copied().unwrap_or(0.0),
         s_min: s.last().copied().unwrap_or(0.0),
-    })
+        effective_rank: effective_rank(s),
+        stable_rank: stable_rank(s),
+    }
+}
+
+/// All statistics of one gradient (dense path: the SVD of the matrix itself).
+pub fn grad_stats(g: &GradMatrix) -> Result<GradStats, SvdError> {
+    Ok(stats_from(entry_stats(g), &singular_values(g)?))
 }

@@ -1,0 +1,921 @@
+//! `report`: from a folder of measurement JSONL (a sweep's output, or the paper's own files) to
+//! `curves.json`, `mad.csv`, figures (PNG and SVG) and `report.md` / `report.html`.
+
+use crate::datasets::{Condition, Cot, Manifest};
+use crate::report::{
+    Curve, ReadNotes, Row, Statistic, curves_per_projection, layer_count, mad_segments, read_rows,
+};
+use anyhow::{Context, Result, bail};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+const PAPER_MANIFEST: &str = include_str!("../../../datasets/paper.toml");
+const BUILTIN_MANIFEST: &str = include_str!("../../../datasets/builtin.toml");
+static FONT: &[u8] = include_bytes!("../../../assets/DejaVuSans.ttf");
+
+/// Projections drawn, with their colours (the paper's: red, green, blue, grey).
+const QKVO: [(&str, &str, RGBColor); 4] = [
+    ("q_proj", "Q", RGBColor(214, 39, 40)),
+    ("k_proj", "K", RGBColor(44, 160, 44)),
+    ("v_proj", "V", RGBColor(31, 119, 180)),
+    ("o_proj", "O", RGBColor(127, 127, 127)),
+];
+
+/// One measurement file and what it stands for.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub file: PathBuf,
+    pub model: String,
+    pub condition: Condition,
+    pub rows: Vec<Row>,
+    pub notes: ReadNotes,
+    /// Reasons of the samples in the `.skipped.jsonl` sidecar, with counts.
+    pub skipped: BTreeMap<String, usize>,
+    pub layers: usize,
+}
+
+/// What a report run found, for messages and tests.
+#[derive(Debug, Clone, Default)]
+pub struct ReportSummary {
+    pub files: usize,
+    pub figures: Vec<PathBuf>,
+    pub warnings: Vec<String>,
+    pub out: PathBuf,
+}
+
+fn jsonl_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            jsonl_files(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "jsonl")
+            && !p.to_string_lossy().ends_with(".skipped.jsonl")
+        {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The conditions gradlens knows (paper and built-in manifests), keyed by (task folder, file stem).
+fn catalog() -> BTreeMap<(String, String), Condition> {
+    let mut map = BTreeMap::new();
+    for (name, text) in [
+        ("paper.toml", PAPER_MANIFEST),
+        ("builtin.toml", BUILTIN_MANIFEST),
+    ] {
+        let m = Manifest::parse(Path::new(name), text).expect("embedded manifests parse");
+        for c in m.conditions {
+            map.insert((c.task_folder(), c.file_stem()), c);
+        }
+    }
+    map
+}
+
+/// (model, condition) of a file: the sweep layout `<task>/<model>/grads_<stem>.jsonl` mapped
+/// through the manifests, else the file's own name.
+fn identify(file: &Path, cat: &BTreeMap<(String, String), Condition>) -> (String, Condition) {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let data_stem = stem.strip_prefix("grads_").unwrap_or(&stem).to_string();
+    let model_dir = file.parent();
+    let model = model_dir
+        .and_then(|p| p.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let task = model_dir
+        .and_then(|p| p.parent())
+        .and_then(|p| p.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cond = cat
+        .get(&(task.clone(), data_stem.clone()))
+        .cloned()
+        .unwrap_or_else(|| Condition {
+            id: format!("{task}/{data_stem}"),
+            file: format!("{task}/{data_stem}.json"),
+            group: task.clone(),
+            dataset: data_stem.clone(),
+            cot: None,
+            correct: !task.contains("wrong_answer"),
+            name: data_stem.clone(),
+        });
+    (model, cond)
+}
+
+/// Read the given files, or every JSONL under a folder.
+pub fn collect(inputs: &[PathBuf]) -> Result<(Vec<Measured>, Vec<String>)> {
+    let mut files = Vec::new();
+    for i in inputs {
+        if i.is_dir() {
+            jsonl_files(i, &mut files)?;
+        } else if i.is_file() {
+            files.push(i.clone());
+        } else {
+            bail!("{}: no such file or folder", i.display());
+        }
+    }
+    if files.is_empty() {
+        bail!(
+            "no measurement JSONL found in {} (expected grads_*.jsonl files, e.g. a sweep's output folder)",
+            inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    files.sort();
+    let cat = catalog();
+    let mut warnings = Vec::new();
+    let mut measured = Vec::new();
+    for file in files {
+        let (rows, notes) = read_rows(&file)?;
+        for (line, e) in &notes.bad_lines {
+            warnings.push(format!(
+                "{}: line {line} skipped (not a complete JSON line: {e})",
+                file.display()
+            ));
+        }
+        let skipped_file = crate::output::skipped_path(&file);
+        let mut skipped = BTreeMap::new();
+        if let Ok(text) = std::fs::read_to_string(&skipped_file) {
+            for l in text.lines() {
+                let reason = serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
+                    .unwrap_or_else(|| "unreadable".into());
+                // Group "no response token within max_length N (the prompt takes K tokens)".
+                let key = reason.split(" (").next().unwrap_or(&reason).to_string();
+                *skipped.entry(key).or_insert(0) += 1;
+            }
+        }
+        if rows.is_empty() {
+            warnings.push(format!("{}: no measurement in the file", file.display()));
+            continue;
+        }
+        let layers = rows.iter().map(layer_count).max().unwrap_or(0);
+        let (model, condition) = identify(&file, &cat);
+        measured.push(Measured {
+            file,
+            model,
+            condition,
+            rows,
+            notes,
+            skipped,
+            layers,
+        });
+    }
+    // One model, one depth: files that disagree with the model's most common layer count are left out.
+    let mut depth: BTreeMap<String, BTreeMap<usize, usize>> = BTreeMap::new();
+    for m in &measured {
+        *depth
+            .entry(m.model.clone())
+            .or_default()
+            .entry(m.layers)
+            .or_default() += 1;
+    }
+    measured.retain(|m| {
+        let counts = &depth[&m.model];
+        let usual = counts.iter().max_by_key(|(l, n)| (**n, **l)).map(|(l, _)| *l).unwrap_or(0);
+        if m.layers != usual {
+            warnings.push(format!(
+                "{}: {} layers, but the other files of model {:?} have {usual}: left out (different checkpoints under one model name?)",
+                m.file.display(),
+                m.layers,
+                m.model
+            ));
+            false
+        } else {
+            true
+        }
+    });
+    Ok((measured, warnings))
+}
+
+#[derive(Serialize)]
+struct CurveRecord<'a> {
+    model: &'a str,
+    condition: &'a str,
+    condition_name: &'a str,
+    file: String,
+    projection: &'a str,
+    statistic: &'static str,
+    values: &'a [f64],
+    n_samples: usize,
+}
+
+/// Panels of the paper's figure: per (model, group, dataset or "", correct) the columns.
+type PanelKey = (String, String, String, bool);
+
+fn column_label(c: &Condition) -> String {
+    match c.cot {
+        Some(cot) => cot.label().to_string(),
+        None => c.name.split(',').next().unwrap_or(&c.dataset).to_string(),
+    }
+}
+
+fn panel_key(m: &Measured) -> PanelKey {
+    let dataset = if m.condition.cot.is_some() {
+        m.condition.dataset.clone()
+    } else {
+        String::new()
+    };
+    (
+        m.model.clone(),
+        m.condition.group.clone(),
+        dataset,
+        m.condition.correct,
+    )
+}
+
+fn column_order(c: &Condition) -> (u8, String) {
+    match c.cot {
+        Some(Cot::None) => (0, String::new()),
+        Some(Cot::Simplified) => (1, String::new()),
+        Some(Cot::Detailed) => (2, String::new()),
+        None => (3, c.dataset.clone()),
+    }
+}
+
+fn dataset_title(m: &Measured) -> String {
+    let c = &m.condition;
+    if c.cot.is_some() {
+        c.name.split(',').next().unwrap_or(&c.dataset).to_string()
+    } else {
+        c.group.clone()
+    }
+}
+
+/// A series on a chart: label, colour, dashed, values per layer.
+struct Series<'a> {
+    label: String,
+    color: RGBColor,
+    dashed: bool,
+    values: &'a [f64],
+}
+
+fn draw_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let layers = series
+        .iter()
+        .map(|s| s.values.len())
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for s in series {
+        for &v in s.values {
+            if v.is_finite() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+    }
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.08).max(hi.abs() * 0.02).max(1e-12);
+    let (lo, hi) = (
+        if lo >= 0.0 {
+            (lo - pad).max(0.0)
+        } else {
+            lo - pad
+        },
+        hi + pad,
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 17))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..(layers - 1) as f64, lo..hi)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("layer")
+        .x_labels(layers.min(15))
+        .x_label_formatter(&|x| format!("{}", x.round() as i64))
+        .y_desc(y_label)
+        .light_line_style(RGBColor(235, 235, 235))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for s in series {
+        let pts: Vec<(f64, f64)> = s
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i as f64, v))
+            .collect();
+        let style = ShapeStyle::from(&s.color).stroke_width(2);
+        let color = s.color;
+        if s.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(pts, 6, 4, style))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(&s.label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(1))
+                });
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts, style))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(&s.label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+                });
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// One figure: a title, then a grid of charts (rows × columns), each a list of series.
+struct Figure<'a> {
+    title: String,
+    cells: Vec<Vec<(String, &'static str, Vec<Series<'a>>)>>,
+}
+
+fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure<'_>) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (top, body) = root.split_vertically(44);
+    top.titled(&fig.title, ("sans-serif", 22))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rows = fig.cells.len();
+    let cols = fig.cells.iter().map(Vec::len).max().unwrap_or(1);
+    let areas = body.split_evenly((rows, cols));
+    for (r, row) in fig.cells.iter().enumerate() {
+        for (c, (title, ylabel, series)) in row.iter().enumerate() {
+            draw_chart(&areas[r * cols + c], title, ylabel, series)?;
+        }
+    }
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn save(fig: &Figure<'_>, dir: &Path, stem: &str) -> Result<PathBuf> {
+    let rows = fig.cells.len() as u32;
+    let cols = fig.cells.iter().map(Vec::len).max().unwrap_or(1) as u32;
+    let size = (cols * 480, rows * 340 + 44);
+    let png = dir.join(format!("{stem}.png"));
+    let svg = dir.join(format!("{stem}.svg"));
+    render(BitMapBackend::new(&png, size).into_drawing_area(), fig)
+        .with_context(|| format!("{}", png.display()))?;
+    render(SVGBackend::new(&svg, size).into_drawing_area(), fig)
+        .with_context(|| format!("{}", svg.display()))?;
+    Ok(png)
+}
+
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Base ↔ instruct pairs by name: `X` with `X-instruct`, `X-Instruct`, `X-it`, `X-chat`
+/// (`Llama-2-7b-hf` with `Llama-2-7b-chat-hf`).
+fn instruct_pairs(models: &[String]) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for base in models {
+        for it in models {
+            if it == base {
+                continue;
+            }
+            let cands = [
+                format!("{base}-instruct"),
+                format!("{base}-Instruct"),
+                format!("{base}-it"),
+                format!("{base}-chat"),
+                base.replace("-hf", "-chat-hf"),
+            ];
+            if cands.iter().any(|c| c == it) {
+                pairs.push((base.clone(), it.clone()));
+            }
+        }
+    }
+    pairs
+}
+
+/// Build the whole report into `out`.
+pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
+    let (measured, mut warnings) = collect(inputs)?;
+    if measured.is_empty() {
+        bail!(
+            "no usable measurement in {}",
+            inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow::anyhow!("font"))?;
+    let figdir = out.join("figures");
+    std::fs::create_dir_all(&figdir)
+        .with_context(|| format!("{}: cannot create", figdir.display()))?;
+
+    // Curves of every statistic for every file.
+    let all: Vec<BTreeMap<Statistic, BTreeMap<String, Curve>>> = measured
+        .iter()
+        .map(|m| {
+            Statistic::ALL
+                .iter()
+                .map(|&s| (s, curves_per_projection(&m.rows, s)))
+                .collect()
+        })
+        .collect();
+
+    // curves.json and mad.csv
+    let mut records = Vec::new();
+    let mut csv = String::from(
+        "model,condition,projection,statistic,early,middle,late,all,layers,segment_rule,n_samples\n",
+    );
+    for (m, stats) in measured.iter().zip(&all) {
+        for (stat, per) in stats {
+            for (proj, curve) in per {
+                records.push(CurveRecord {
+                    model: &m.model,
+                    condition: &m.condition.id,
+                    condition_name: &m.condition.name,
+                    file: m.file.display().to_string(),
+                    projection: proj,
+                    statistic: stat.key(),
+                    values: &curve.values,
+                    n_samples: curve.n,
+                });
+                let ([e, mi, l, a], rule) = mad_segments(&curve.values);
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{},{e},{mi},{l},{a},{},{rule},{}",
+                    m.model,
+                    m.condition.id,
+                    proj,
+                    stat.key(),
+                    curve.values.len(),
+                    curve.n
+                );
+            }
+        }
+    }
+    std::fs::write(
+        out.join("curves.json"),
+        serde_json::to_string_pretty(&records)? + "\n",
+    )?;
+    std::fs::write(out.join("mad.csv"), csv)?;
+
+    // The paper's figure per (model, data set, correctness).
+    let mut panels: BTreeMap<PanelKey, Vec<usize>> = BTreeMap::new();
+    for (i, m) in measured.iter().enumerate() {
+        panels.entry(panel_key(m)).or_default().push(i);
+    }
+    for v in panels.values_mut() {
+        v.sort_by_key(|&i| column_order(&measured[i].condition));
+    }
+    let mut figures = Vec::new();
+    let mut md_fig: Vec<(String, PathBuf)> = Vec::new();
+    let series = |i: usize,
+                  stat: Statistic,
+                  projs: &[&str],
+                  dashed: bool,
+                  suffix: &str|
+     -> Vec<Series<'_>> {
+        QKVO.iter()
+            .filter(|(p, _, _)| projs.contains(p))
+            .filter_map(|(p, label, color)| {
+                all[i][&stat].get(*p).map(|c| Series {
+                    label: format!("{label}{suffix}"),
+                    color: *color,
+                    dashed,
+                    values: &c.values,
+                })
+            })
+            .collect()
+    };
+    for ((model, _group, _ds, correct), idx) in &panels {
+        let first = &measured[idx[0]];
+        let resp = if *correct {
+            "correct responses"
+        } else {
+            "irrelevant responses"
+        };
+        let title = format!("{model} | {} | {resp}", dataset_title(first));
+        let mut rows: Vec<Vec<(String, &'static str, Vec<Series<'_>>)>> =
+            vec![Vec::new(), Vec::new(), Vec::new()];
+        for &i in idx {
+            let col = column_label(&measured[i].condition);
+            let n = all[i][&Statistic::SSum]
+                .values()
+                .map(|c| c.n)
+                .max()
+                .unwrap_or(0);
+            rows[0].push((
+                format!("{col} | nuclear norm (n={n})"),
+                Statistic::SSum.label(),
+                series(
+                    i,
+                    Statistic::SSum,
+                    &["q_proj", "k_proj", "v_proj", "o_proj"],
+                    false,
+                    "",
+                ),
+            ));
+            rows[1].push((
+                format!("{col} | ratio (Q, K)"),
+                Statistic::SRatio.label(),
+                series(i, Statistic::SRatio, &["q_proj", "k_proj"], false, ""),
+            ));
+            rows[2].push((
+                format!("{col} | ratio (V, O)"),
+                Statistic::SRatio.label(),
+                series(i, Statistic::SRatio, &["v_proj", "o_proj"], false, ""),
+            ));
+        }
+        let stem = slug(&format!(
+            "{model}__{}__{}",
+            dataset_title(first),
+            if *correct { "correct" } else { "irrelevant" }
+        ));
+        let path = save(
+            &Figure {
+                title: title.clone(),
+                cells: rows,
+            },
+            &figdir,
+            &stem,
+        )?;
+        md_fig.push((title, path.clone()));
+        figures.push(path);
+    }
+
+    // Correct vs irrelevant per CoT level, and base vs instruct, as comparison figures.
+    let mut compare = |title: String,
+                       stem: String,
+                       pairs: Vec<(String, usize, usize)>,
+                       labels: (&str, &str)|
+     -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut row = Vec::new();
+        for (col, a, b) in &pairs {
+            let mut s = series(
+                *a,
+                Statistic::SSum,
+                &["q_proj", "k_proj", "v_proj", "o_proj"],
+                false,
+                &format!(" {}", labels.0),
+            );
+            s.extend(series(
+                *b,
+                Statistic::SSum,
+                &["q_proj", "k_proj", "v_proj", "o_proj"],
+                true,
+                &format!(" {}", labels.1),
+            ));
+            row.push((format!("{col} | nuclear norm"), Statistic::SSum.label(), s));
+        }
+        let path = save(
+            &Figure {
+                title: title.clone(),
+                cells: vec![row],
+            },
+            &figdir,
+            &slug(&stem),
+        )?;
+        md_fig.push((title, path.clone()));
+        figures.push(path);
+        Ok(())
+    };
+    for ((model, group, ds, correct), idx) in &panels {
+        if !*correct {
+            continue;
+        }
+        let Some(wrong) = panels.get(&(model.clone(), group.clone(), ds.clone(), false)) else {
+            continue;
+        };
+        let pairs: Vec<_> = idx
+            .iter()
+            .filter_map(|&a| {
+                let ca = &measured[a].condition;
+                wrong
+                    .iter()
+                    .find(|&&b| {
+                        measured[b].condition.cot == ca.cot
+                            && measured[b].condition.dataset == ca.dataset
+                    })
+                    .map(|&b| (column_label(ca), a, b))
+            })
+            .collect();
+        let t = dataset_title(&measured[idx[0]]);
+        compare(
+            format!("{model} | {t} | correct (solid) vs irrelevant (dashed) responses"),
+            format!("{model}__{t}__correct_vs_irrelevant"),
+            pairs,
+            ("correct", "irrelevant"),
+        )?;
+    }
+    let models: Vec<String> = measured
+        .iter()
+        .map(|m| m.model.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for (base, it) in instruct_pairs(&models) {
+        for ((model, group, ds, correct), idx) in &panels {
+            if model != &base || !*correct {
+                continue;
+            }
+            let Some(other) = panels.get(&(it.clone(), group.clone(), ds.clone(), true)) else {
+                continue;
+            };
+            let pairs: Vec<_> = idx
+                .iter()
+                .filter_map(|&a| {
+                    let ca = &measured[a].condition;
+                    other
+                        .iter()
+                        .find(|&&b| measured[b].condition.id == ca.id)
+                        .map(|&b| (column_label(ca), a, b))
+                })
+                .collect();
+            let t = dataset_title(&measured[idx[0]]);
+            compare(
+                format!("{t} | {base} (solid) vs {it} (dashed) | correct responses"),
+                format!("{base}__vs__{it}__{t}"),
+                pairs,
+                ("base", "instruct"),
+            )?;
+        }
+    }
+
+    // report.md / report.html
+    let md = markdown(&measured, &all, &warnings, &md_fig, out);
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(
+        out.join("report.html"),
+        html(
+            &md_to_html_tables(&measured, &all),
+            &measured,
+            &warnings,
+            &md_fig,
+            out,
+        ),
+    )?;
+    warnings.sort();
+    Ok(ReportSummary {
+        files: measured.len(),
+        figures,
+        warnings,
+        out: out.to_path_buf(),
+    })
+}
+
+fn rel(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// The MAD tables in the paper's form: per (model, data set, correctness): rows CoT level × Q/K/V/O,
+/// columns early / middle / late / all, for the nuclear norm.
+fn mad_tables(
+    measured: &[Measured],
+    all: &[BTreeMap<Statistic, BTreeMap<String, Curve>>],
+) -> Vec<(String, Vec<Vec<String>>, &'static str)> {
+    let mut panels: BTreeMap<PanelKey, Vec<usize>> = BTreeMap::new();
+    for (i, m) in measured.iter().enumerate() {
+        panels.entry(panel_key(m)).or_default().push(i);
+    }
+    let mut out = Vec::new();
+    for ((model, _, _, correct), mut idx) in panels {
+        idx.sort_by_key(|&i| column_order(&measured[i].condition));
+        let mut rows = Vec::new();
+        let mut rule = "paper";
+        for &i in &idx {
+            for (p, label, _) in QKVO {
+                if let Some(c) = all[i][&Statistic::SSum].get(p) {
+                    let ([e, mi, l, a], r) = mad_segments(&c.values);
+                    rule = r;
+                    rows.push(vec![
+                        column_label(&measured[i].condition),
+                        label.to_string(),
+                        format!("{e:.4}"),
+                        format!("{mi:.4}"),
+                        format!("{l:.4}"),
+                        format!("{a:.4}"),
+                    ]);
+                }
+            }
+        }
+        let resp = if correct { "correct" } else { "irrelevant" };
+        out.push((
+            format!(
+                "{model} | {} | {resp} responses",
+                dataset_title(&measured[idx[0]])
+            ),
+            rows,
+            rule,
+        ));
+    }
+    out
+}
+
+fn markdown(
+    measured: &[Measured],
+    all: &[BTreeMap<Statistic, BTreeMap<String, Curve>>],
+    warnings: &[String],
+    figs: &[(String, PathBuf)],
+    out: &Path,
+) -> String {
+    let mut s = String::from("# gradlens report\n\n");
+    s += "Layer-wise gradient statistics of the attention projections (Q, K, V, O) per sample, as in\n\
+          *What Happened in LLMs Layers when Trained for Fast vs. Slow Thinking* (arXiv 2410.23743).\n\
+          For each layer, a curve is the mean over samples of a statistic of that layer's weight gradient:\n\
+          the **nuclear norm** (sum of singular values, `S_sum`) or the **ratio** `S_max / S_sum`. A large,\n\
+          fluctuating nuclear norm across layers means the sample pushes the model hard and unevenly (the\n\
+          paper's \"fast thinking\"); small, flat curves mean stable learning (\"slow thinking\", detailed CoT).\n\
+          **MAD** is the mean absolute difference between consecutive layers' values: how much a curve\n\
+          fluctuates; early / middle / late split the layers as the paper does (rule noted per table).\n\n";
+    s += "## Files and samples\n\n| model | condition | samples measured | skipped (why) | unreadable lines |\n|---|---|---|---|---|\n";
+    for m in measured {
+        let skipped = if m.skipped.is_empty() {
+            "0".to_string()
+        } else {
+            m.skipped
+                .iter()
+                .map(|(r, n)| format!("{n}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            m.model,
+            m.condition.name,
+            m.rows.len(),
+            skipped,
+            m.notes.bad_lines.len()
+        );
+    }
+    if !warnings.is_empty() {
+        s += "\n## Warnings\n\n";
+        for w in warnings {
+            let _ = writeln!(s, "- {w}");
+        }
+    }
+    s += "\n## MAD of the nuclear-norm curves\n\n";
+    for (title, rows, rule) in mad_tables(measured, all) {
+        let _ = writeln!(
+            s,
+            "### {title}\n\nSegments: {} rule.\n\n| CoT / set | proj | early | middle | late | all |\n|---|---|---|---|---|---|",
+            if rule == "paper" {
+                "the paper's"
+            } else {
+                "quarters (L/4, 3L/4)"
+            }
+        );
+        for r in rows {
+            let _ = writeln!(s, "| {} |", r.join(" | "));
+        }
+        s += "\n";
+    }
+    s += "## Figures\n\nEach figure: one column per condition; rows: nuclear norm of Q/K/V/O per layer, then the\nratio S_max/S_sum for Q and K, and for V and O. Comparison figures draw one condition solid and the\nother dashed. Machine-readable: `curves.json`, `mad.csv`.\n\n";
+    for (title, path) in figs {
+        let _ = writeln!(s, "### {title}\n\n![{title}]({})\n", rel(path, out));
+    }
+    s
+}
+
+fn md_to_html_tables(
+    measured: &[Measured],
+    all: &[BTreeMap<Statistic, BTreeMap<String, Curve>>],
+) -> String {
+    let mut s = String::new();
+    for (title, rows, rule) in mad_tables(measured, all) {
+        let _ = write!(
+            s,
+            "<h3>{}</h3><p>Segments: {}.</p><table><tr><th>CoT / set</th><th>proj</th><th>early</th><th>middle</th><th>late</th><th>all</th></tr>",
+            esc(&title),
+            if rule == "paper" {
+                "the paper's rule"
+            } else {
+                "quarters (L/4, 3L/4)"
+            }
+        );
+        for r in rows {
+            s += "<tr>";
+            for c in r {
+                let _ = write!(s, "<td>{}</td>", esc(&c));
+            }
+            s += "</tr>";
+        }
+        s += "</table>";
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn html(
+    tables: &str,
+    measured: &[Measured],
+    warnings: &[String],
+    figs: &[(String, PathBuf)],
+    out: &Path,
+) -> String {
+    let mut s = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>gradlens report</title><style>\
+         body{font-family:sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;color:#222}\
+         table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
+         th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;border:1px solid #eee}\
+         .warn{color:#a33}</style></head><body><h1>gradlens report</h1>",
+    );
+    s += "<p>Layer-wise gradient statistics of the attention projections (Q, K, V, O) per sample, as in <em>What Happened in LLMs Layers \
+          when Trained for Fast vs. Slow Thinking</em> (arXiv 2410.23743). A curve is, per layer, the mean over samples of the \
+          <b>nuclear norm</b> (sum of singular values) of that layer's weight gradient, or of the <b>ratio</b> S_max/S_sum. \
+          <b>MAD</b> is the mean absolute difference between consecutive layers: how much a curve fluctuates across layers \
+          (early / middle / late: the paper's layer split). Large, fluctuating norms: \"fast thinking\"; small, flat ones: \
+          stable learning (detailed CoT).</p><h2>Files and samples</h2><table><tr><th>model</th><th>condition</th>\
+          <th>samples measured</th><th>skipped (why)</th><th>unreadable lines</th></tr>";
+    for m in measured {
+        let skipped = if m.skipped.is_empty() {
+            "0".to_string()
+        } else {
+            m.skipped
+                .iter()
+                .map(|(r, n)| format!("{n}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&m.model),
+            esc(&m.condition.name),
+            m.rows.len(),
+            esc(&skipped),
+            m.notes.bad_lines.len()
+        );
+    }
+    s += "</table>";
+    if !warnings.is_empty() {
+        s += "<h2>Warnings</h2><ul>";
+        for w in warnings {
+            let _ = write!(s, "<li class=\"warn\">{}</li>", esc(w));
+        }
+        s += "</ul>";
+    }
+    s += "<h2>MAD of the nuclear-norm curves</h2>";
+    s += tables;
+    s += "<h2>Figures</h2><p>One column per condition; rows: nuclear norm of Q/K/V/O per layer, then S_max/S_sum for Q and K, and for V and O. \
+          Comparison figures: one condition solid, the other dashed. Vector versions (SVG) and <code>curves.json</code>, \
+          <code>mad.csv</code> lie beside this file.</p>";
+    for (title, path) in figs {
+        let r = rel(path, out);
+        let _ = write!(
+            s,
+            "<h3>{}</h3><a href=\"{r}\"><img src=\"{r}\" alt=\"{}\"></a>",
+            esc(title),
+            esc(title)
+        );
+    }
+    s += "</body></html>\n";
+    s
+}
