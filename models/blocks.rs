@@ -17,6 +17,10 @@ use gradlens_core::Result;
 pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// The checkpoint name of a measured weight: its input and output gradient can be captured
+    /// (the low-rank factors of its gradient).
+    #[module(skip)]
+    pub measured_as: Option<String>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -27,13 +31,43 @@ impl<B: Backend> Linear<B> {
         d_out: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = l.matrix(&format!("{name}.weight"), [d_out, d_in])?;
+        let weight_name = format!("{name}.weight");
+        let weight = l.matrix(&weight_name, [d_out, d_in])?;
+        let measured_as = l.is_selected(&weight_name).then_some(weight_name);
         let bias = if bias {
             Some(l.vector(&format!("{name}.bias"), d_out)?)
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            measured_as,
+        })
+    }
+
+    /// [`Linear::forward`], recording the factors of this weight's gradient when the sequence
+    /// captures them: the input X and a zero "probe" added to the output, whose gradient is Δ
+    /// (the loss gradient w.r.t. the output), so that the weight gradient is G = Δᵀ X.
+    pub fn forward_ctx(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
+        let y = self.forward(x.clone());
+        match (&self.measured_as, ctx.capture) {
+            (Some(name), Some(capture)) => {
+                let [t, out] = y.dims();
+                let probe: Tensor<B, 2> = float_tensor(
+                    TensorData::new(vec![0.0f64; t * out], [t, out]),
+                    &ctx.device,
+                )
+                .require_grad();
+                capture.entries.borrow_mut().push(Captured {
+                    name: name.clone(),
+                    input: x,
+                    probe: probe.clone(),
+                });
+                y + probe
+            }
+            _ => y,
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -178,22 +212,52 @@ impl<B: Backend> Rotary<B> {
     }
 }
 
+/// The input and the output probe of one measured projection in one forward pass.
+pub struct Captured<B: Backend> {
+    pub name: String,
+    /// X: `[tokens, in]`.
+    pub input: Tensor<B, 2>,
+    /// Zero tensor added to the output; its gradient is Δ: `[tokens, out]`.
+    pub probe: Tensor<B, 2>,
+}
+
+/// Collects [`Captured`] factors during one forward pass (in load order).
+pub struct Capture<B: Backend> {
+    pub entries: std::cell::RefCell<Vec<Captured<B>>>,
+}
+
+impl<B: Backend> Default for Capture<B> {
+    fn default() -> Self {
+        Self {
+            entries: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+}
+
 /// Per-sequence tables and masks shared by all layers of one forward pass.
-pub struct SequenceContext<B: Backend> {
+pub struct SequenceContext<'a, B: Backend> {
     pub rotary: Rotary<B>,
     /// `true` where key j is hidden from query i (j > i).
     pub causal: Tensor<B, 2, Bool>,
     pub tokens: usize,
     pub device: B::Device,
+    /// Where measured projections record their gradient factors, when asked.
+    pub capture: Option<&'a Capture<B>>,
 }
 
-impl<B: Backend> SequenceContext<B> {
-    pub fn new(tokens: usize, inv_freq: &[f64], device: &B::Device) -> Self {
+impl<'a, B: Backend> SequenceContext<'a, B> {
+    pub fn new(
+        tokens: usize,
+        inv_freq: &[f64],
+        device: &B::Device,
+        capture: Option<&'a Capture<B>>,
+    ) -> Self {
         Self {
             rotary: Rotary::new(tokens, inv_freq, device),
             causal: Tensor::<B, 2, Bool>::tril_mask([tokens, tokens], 0, device),
             tokens,
             device: device.clone(),
+            capture,
         }
     }
 
@@ -274,7 +338,7 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    pub fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<B>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
         let AttentionOptions {
             heads,
             kv_heads,
@@ -285,11 +349,11 @@ impl<B: Backend> Attention<B> {
         let split = |y: Tensor<B, 2>, n: usize| y.reshape([t, n, head_dim]).swap_dims(0, 1);
         let q = ctx
             .rotary
-            .apply(split(self.q_proj.forward(x.clone()), heads));
+            .apply(split(self.q_proj.forward_ctx(x.clone(), ctx), heads));
         let k = ctx
             .rotary
-            .apply(split(self.k_proj.forward(x.clone()), kv_heads));
-        let v = split(self.v_proj.forward(x), kv_heads);
+            .apply(split(self.k_proj.forward_ctx(x.clone(), ctx), kv_heads));
+        let v = split(self.v_proj.forward_ctx(x, ctx), kv_heads);
         let (k, v) = (
             repeat_kv(k, heads / kv_heads),
             repeat_kv(v, heads / kv_heads),
@@ -309,7 +373,7 @@ impl<B: Backend> Attention<B> {
             .matmul(v)
             .swap_dims(0, 1)
             .reshape([t, heads * head_dim]);
-        self.o_proj.forward(out)
+        self.o_proj.forward_ctx(out, ctx)
     }
 }
 
@@ -377,13 +441,14 @@ impl<B: Backend> GatedMlp<B> {
         })
     }
 
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let gate = self.gate_proj.forward(x.clone());
+    pub fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
+        let gate = self.gate_proj.forward_ctx(x.clone(), ctx);
         let gate = match self.act {
             Activation::Silu => silu(gate),
             Activation::GeluTanh => gelu_approximate(gate),
         };
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        self.down_proj
+            .forward_ctx(gate * self.up_proj.forward_ctx(x, ctx), ctx)
     }
 }
 
@@ -443,7 +508,7 @@ impl<B: Backend> LmHead<B> {
 
 /// A decoder layer: maps the hidden states of one sequence to the next layer's.
 pub trait Layer<B: Backend> {
-    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<B>) -> Tensor<B, 2>;
+    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2>;
 }
 
 /// The decoder every family shares: embedding (optionally scaled), a stack of layers, the final
@@ -466,9 +531,9 @@ pub struct Decoder<B: Backend, L: Module<B>> {
 }
 
 impl<B: Backend, L: Module<B> + Layer<B>> crate::CausalLm<B> for Decoder<B, L> {
-    fn hidden(&self, ids: &[u32]) -> Tensor<B, 2> {
+    fn hidden(&self, ids: &[u32], capture: Option<&Capture<B>>) -> Tensor<B, 2> {
         let device = self.embed_tokens.weight.device();
-        let ctx = SequenceContext::new(ids.len(), &self.inv_freq, &device);
+        let ctx = SequenceContext::new(ids.len(), &self.inv_freq, &device, capture);
         let mut x = self.embed_tokens.forward(ids, &device);
         if let Some(scale) = self.embed_scale {
             x = x * scale;
@@ -503,9 +568,12 @@ pub struct PreNormLayer<B: Backend> {
 }
 
 impl<B: Backend> Layer<B> for PreNormLayer<B> {
-    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<B>) -> Tensor<B, 2> {
+    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
         let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), ctx);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        h.clone()
+            + self
+                .mlp
+                .forward(self.post_attention_layernorm.forward(h), ctx)
     }
 }
 

@@ -18,8 +18,9 @@ use std::path::Path;
 
 /// A causal language model over one sequence (batch 1).
 pub trait CausalLm<B: Backend> {
-    /// Final hidden states `[tokens, hidden]`, after the final norm.
-    fn hidden(&self, ids: &[u32]) -> Tensor<B, 2>;
+    /// Final hidden states `[tokens, hidden]`, after the final norm; with `capture`, every
+    /// measured projection records the factors of its gradient there.
+    fn hidden(&self, ids: &[u32], capture: Option<&blocks::Capture<B>>) -> Tensor<B, 2>;
     /// Logits `[rows, vocab]` of the given hidden rows (the LM head and any final soft-cap): the
     /// caller asks only for the positions it needs.
     fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2>;

@@ -63,6 +63,11 @@ impl<'a, B: Backend> Loader<'a, B> {
         Ok(Param::initialized(ParamId::new(), tensor))
     }
 
+    /// Whether the weight of this name was selected for measurement.
+    pub fn is_selected(&self, name: &str) -> bool {
+        self.selected.iter().any(|s| s.name == name)
+    }
+
     /// A 1-D weight (norm scale, bias): never measured, never requires grad.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<B, 1>>> {
         let data = self.ckpt.take(name, &[len])?;

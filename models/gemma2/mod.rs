@@ -90,10 +90,10 @@ pub struct SandwichLayer<B: Backend> {
 }
 
 impl<B: Backend> Layer<B> for SandwichLayer<B> {
-    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<B>) -> Tensor<B, 2> {
+    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
         let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), ctx);
         let h = x + self.post_attention_layernorm.forward(attn);
-        let mlp = self.mlp.forward(self.pre_feedforward_layernorm.forward(h.clone()));
+        let mlp = self.mlp.forward(self.pre_feedforward_layernorm.forward(h.clone()), ctx);
         h + self.post_feedforward_layernorm.forward(mlp)
     }
 }

@@ -78,6 +78,14 @@ struct GradsArgs {
     /// template that starts with BOS gives one BOS (the paper's way, the default, gives two).
     #[arg(long, requires = "instruct")]
     single_bos: bool,
+    /// Singular values: dense (SVD of the gradient, the paper's way), factored (exact, from the
+    /// gradient's low-rank factors G = Δᵀ X), or auto (factored when the sample has fewer tokens
+    /// than the matrix's smaller side).
+    #[arg(long, default_value = "auto")]
+    spectra: gradlens::stats::Spectra,
+    /// Also write every singular value (above 1e-12·σ_max) to <out>.spectrum.jsonl.
+    #[arg(long)]
+    save_spectrum: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -121,6 +129,8 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     PromptMode::Base
                 },
+                spectra: a.spectra,
+                save_spectrum: a.save_spectrum,
                 progress: !a.quiet && std::io::stderr().is_terminal(),
             };
             let summary = run_grads(&opts)?;

@@ -5,7 +5,7 @@ use crate::data::{Record, load_records};
 use crate::measure::sample_grads;
 use crate::output::{JsonlAppender, done_indices, skipped_path};
 use crate::sample::{Preparation, PromptMode, prepare};
-use crate::stats::{GradStats, grad_stats};
+use crate::stats::{Factors, GradMatrix, GradStats, Spectra, entry_stats, spectrum, stats_from};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
@@ -28,6 +28,8 @@ pub struct GradsOptions {
     pub max_length: usize,
     pub dtype: Dtype,
     pub mode: PromptMode,
+    pub spectra: Spectra,
+    pub save_spectrum: bool,
     pub progress: bool,
 }
 
@@ -64,6 +66,88 @@ pub struct Measurer<B: AutodiffBackend> {
     pub model: LoadedModel<B>,
     pub tokenizer: TextTokenizer,
     pub mode: PromptMode,
+    /// How singular values are computed (default: auto).
+    pub spectra: Spectra,
+    /// Also write every singular value above 1e-12·σ_max to `<out>.spectrum.jsonl`.
+    pub save_spectrum: bool,
+}
+
+/// The part of a sample that needs the model (forward and backward), handed to the statistics.
+pub enum Work {
+    Measured {
+        index: usize,
+        instr: String,
+        output: String,
+        loss: f64,
+        n_tokens: usize,
+        n_loss_tokens: usize,
+        grads: Vec<(String, GradMatrix, Option<Factors>)>,
+    },
+    Skipped {
+        index: usize,
+        reason: String,
+    },
+}
+
+/// One sample's JSONL line and, when asked, its spectrum line.
+pub struct Finished {
+    pub line: Map<String, Value>,
+    pub spectrum: Option<Map<String, Value>>,
+}
+
+/// The statistics of one measured sample (no model needed: runs on a worker thread).
+pub fn finish(
+    work: Work,
+    spectra: Spectra,
+    save_spectrum: bool,
+) -> Result<std::result::Result<Finished, (usize, String)>> {
+    let (index, instr, output, loss, n_tokens, n_loss_tokens, grads) = match work {
+        Work::Skipped { index, reason } => return Ok(Err((index, reason))),
+        Work::Measured {
+            index,
+            instr,
+            output,
+            loss,
+            n_tokens,
+            n_loss_tokens,
+            grads,
+        } => (index, instr, output, loss, n_tokens, n_loss_tokens, grads),
+    };
+    let mut stats = Vec::with_capacity(grads.len());
+    let mut spectrum_line = save_spectrum.then(Map::new);
+    if let Some(l) = &mut spectrum_line {
+        l.insert("index".into(), json!(index));
+    }
+    for (name, g, f) in &grads {
+        let s =
+            spectrum(g, f.as_ref(), spectra).with_context(|| format!("sample {index}: {name}"))?;
+        if let Some(l) = &mut spectrum_line {
+            let floor = 1e-12 * s.first().copied().unwrap_or(0.0);
+            l.insert(
+                name.clone(),
+                json!(
+                    s.iter()
+                        .copied()
+                        .filter(|&x| x > floor)
+                        .collect::<Vec<f64>>()
+                ),
+            );
+        }
+        stats.push((name.clone(), stats_from(entry_stats(g), &s)));
+    }
+    let line = sample_line(
+        index,
+        &instr,
+        &output,
+        loss,
+        n_tokens,
+        n_loss_tokens,
+        &stats,
+    );
+    Ok(Ok(Finished {
+        line,
+        spectrum: spectrum_line,
+    }))
 }
 
 impl<B: AutodiffBackend> Measurer<B> {
@@ -79,18 +163,16 @@ impl<B: AutodiffBackend> Measurer<B> {
             model,
             tokenizer,
             mode,
+            spectra: Spectra::default(),
+            save_spectrum: false,
         })
     }
 
-    /// The JSONL line of one record, or the reason it is skipped.
-    pub fn measure(
-        &self,
-        index: usize,
-        record: &Record,
-    ) -> Result<std::result::Result<Map<String, Value>, String>> {
+    /// Tokenise, forward and backward one record (or say why it is skipped).
+    pub fn forward_backward(&self, index: usize, record: &Record) -> Result<Work> {
         let prepared = match prepare(&self.tokenizer, &self.mode, record)? {
             Preparation::Ready(p) => p,
-            Preparation::Skip(reason) => return Ok(Err(reason)),
+            Preparation::Skip(reason) => return Ok(Work::Skipped { index, reason }),
         };
         let vocab = self.model.model.vocab_size();
         if let Some(&bad) = prepared.ids.iter().find(|&&id| id as usize >= vocab) {
@@ -100,28 +182,40 @@ impl<B: AutodiffBackend> Measurer<B> {
                 self.tokenizer.path().display()
             );
         }
-        let sample = sample_grads(&self.model, &prepared);
+        let sample = sample_grads(&self.model, &prepared, self.spectra != Spectra::Dense);
         if !sample.loss.is_finite() {
-            return Ok(Err(format!("non-finite loss {}", sample.loss)));
+            return Ok(Work::Skipped {
+                index,
+                reason: format!("non-finite loss {}", sample.loss),
+            });
         }
-        let mut stats = Vec::with_capacity(sample.grads.len());
-        for (name, g) in &sample.grads {
-            stats.push((
-                name.clone(),
-                grad_stats(g).with_context(|| format!("sample {index}: {name}"))?,
-            ));
-        }
-        Ok(Ok(sample_line(
+        Ok(Work::Measured {
             index,
-            record,
-            sample.loss,
-            prepared.ids.len(),
-            prepared.n_loss_tokens(),
-            &stats,
-        )))
+            instr: record.instr(),
+            output: record.output.clone(),
+            loss: sample.loss,
+            n_tokens: prepared.ids.len(),
+            n_loss_tokens: prepared.n_loss_tokens(),
+            grads: sample.grads,
+        })
+    }
+
+    /// The JSONL line of one record, or the reason it is skipped (no pipelining).
+    pub fn measure(
+        &self,
+        index: usize,
+        record: &Record,
+    ) -> Result<std::result::Result<Map<String, Value>, String>> {
+        Ok(
+            finish(self.forward_backward(index, record)?, self.spectra, false)?
+                .map(|f| f.line)
+                .map_err(|(_, r)| r),
+        )
     }
 
     /// Measure `records[range]` into `out`, skipping indices already there or in the sidecar.
+    /// The statistics of sample i run on a worker thread while sample i+1 runs forward and
+    /// backward; lines are written in data order.
     pub fn measure_file(
         &self,
         records: &[Record],
@@ -135,59 +229,113 @@ impl<B: AutodiffBackend> Measurer<B> {
         let mut done = done_indices(out)?;
         done.extend(done_indices(&skipped_file)?);
         let pending: Vec<usize> = range.clone().filter(|i| !done.contains(i)).collect();
-        let mut summary = RunSummary {
-            already_done: range.len() - pending.len(),
-            ..Default::default()
-        };
-        if let Some(o) = overall {
-            o.inc(summary.already_done as u64);
-        }
+        let already_done = range.len() - pending.len();
         if let Some(bar) = bar {
             bar.set_length(range.len() as u64);
-            bar.set_position(summary.already_done as u64);
+            bar.set_position(already_done as u64);
             bar.reset_eta();
         }
-        let mut writer = JsonlAppender::open(out)?;
-        let mut skip_writer: Option<JsonlAppender> = None;
-        for index in pending {
-            match self.measure(index, &records[index])? {
-                Ok(line) => {
-                    writer.append(&line)?;
-                    summary.measured += 1;
-                }
-                Err(reason) => {
-                    let msg = format!("{}: sample {index} skipped: {reason}", out.display());
-                    match bar {
-                        Some(b) => b.println(format!("warning: {msg}")),
-                        None => eprintln!("warning: {msg}"),
-                    }
-                    let w = match &mut skip_writer {
-                        Some(w) => w,
-                        None => skip_writer.insert(JsonlAppender::open(&skipped_file)?),
-                    };
-                    let mut line = Map::new();
-                    line.insert("index".into(), json!(index));
-                    line.insert("reason".into(), json!(reason));
-                    w.append(&line)?;
-                    summary.skipped += 1;
-                }
-            }
-            if let Some(bar) = bar {
-                bar.inc(1);
-            }
-            if let Some(o) = overall {
-                o.inc(1);
-            }
+        if let Some(o) = overall {
+            o.inc(already_done as u64);
         }
-        summary.seconds = t0.elapsed().as_secs_f64();
-        Ok(summary)
+        let mut writer = JsonlAppender::open(out)?;
+        let spectrum_file = spectrum_path(out);
+        let (spectra, save_spectrum) = (self.spectra, self.save_spectrum);
+        let (bar, overall) = (bar.cloned(), overall.cloned());
+        let (measured, skipped) = std::thread::scope(|scope| -> Result<(usize, usize)> {
+            // At most one sample waits for its statistics while the next one is computed.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Work>(1);
+            let worker = scope.spawn(move || -> Result<(usize, usize)> {
+                let (mut measured, mut skipped) = (0, 0);
+                let mut skip_writer: Option<JsonlAppender> = None;
+                let mut spectrum_writer = if save_spectrum {
+                    Some(JsonlAppender::open(&spectrum_file)?)
+                } else {
+                    None
+                };
+                for work in rx {
+                    match finish(work, spectra, save_spectrum)? {
+                        Ok(f) => {
+                            if let (Some(w), Some(l)) = (&mut spectrum_writer, &f.spectrum) {
+                                w.append(l)?;
+                            }
+                            writer.append(&f.line)?;
+                            measured += 1;
+                        }
+                        Err((index, reason)) => {
+                            let msg =
+                                format!("{}: sample {index} skipped: {reason}", out.display());
+                            match &bar {
+                                Some(b) => b.println(format!("warning: {msg}")),
+                                None => eprintln!("warning: {msg}"),
+                            }
+                            let w = match &mut skip_writer {
+                                Some(w) => w,
+                                None => skip_writer.insert(JsonlAppender::open(&skipped_file)?),
+                            };
+                            let mut line = Map::new();
+                            line.insert("index".into(), json!(index));
+                            line.insert("reason".into(), json!(reason));
+                            w.append(&line)?;
+                            skipped += 1;
+                        }
+                    }
+                    if let Some(b) = &bar {
+                        b.inc(1);
+                    }
+                    if let Some(o) = &overall {
+                        o.inc(1);
+                    }
+                }
+                Ok((measured, skipped))
+            });
+            let mut failure = None;
+            for index in pending {
+                match self.forward_backward(index, &records[index]) {
+                    Ok(work) => {
+                        if tx.send(work).is_err() {
+                            break; // the worker failed: its error is reported below
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            let counts = worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("the statistics thread panicked"))??;
+            match failure {
+                Some(e) => Err(e),
+                None => Ok(counts),
+            }
+        })?;
+        Ok(RunSummary {
+            measured,
+            skipped,
+            already_done,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
     }
+}
+
+/// `<out>.spectrum.jsonl` beside `<out>.jsonl`.
+pub fn spectrum_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
+    out.with_file_name(format!("{stem}.spectrum.jsonl"))
 }
 
 /// One JSONL line in the paper's format (plus `index`, `n_tokens`, `n_loss_tokens`).
 pub fn sample_line(
     index: usize,
-    record: &Record,
+    instr: &str,
+    output: &str,
     loss: f64,
     n_tokens: usize,
     n_loss_tokens: usize,
@@ -195,8 +343,8 @@ pub fn sample_line(
 ) -> Map<String, Value> {
     let mut line = Map::new();
     line.insert("index".into(), json!(index));
-    line.insert("instruction".into(), json!(record.instr()));
-    line.insert("output".into(), json!(record.output));
+    line.insert("instruction".into(), json!(instr));
+    line.insert("output".into(), json!(output));
     line.insert("loss".into(), json!(loss));
     line.insert("n_tokens".into(), json!(n_tokens));
     line.insert("n_loss_tokens".into(), json!(n_loss_tokens));
@@ -240,7 +388,10 @@ pub fn record_range(len: usize, start: usize, limit: Option<usize>) -> std::ops:
 pub fn run_on<B: AutodiffBackend>(opts: &GradsOptions, device: &B::Device) -> Result<RunSummary> {
     let records = load_records(&opts.data)?;
     let range = record_range(records.len(), opts.start, opts.limit);
-    let measurer = Measurer::<B>::load(&opts.model, opts.max_length, opts.mode.clone(), device)?;
+    let mut measurer =
+        Measurer::<B>::load(&opts.model, opts.max_length, opts.mode.clone(), device)?;
+    measurer.spectra = opts.spectra;
+    measurer.save_spectrum = opts.save_spectrum;
     let bar = opts
         .progress
         .then(|| progress_bar(range.len() as u64, "grads"));

@@ -37,6 +37,92 @@ pub struct GradStats {
 #[error("singular value decomposition did not converge ({0})")]
 pub struct SvdError(String);
 
+/// The factors of one sample's gradient of a linear map `y = x Wᵀ (+ b)` applied at `tokens`
+/// positions: G = Δᵀ X, with X `[tokens, d_in]` the inputs and Δ `[tokens, d_out]` the loss
+/// gradients w.r.t. the outputs (row-major).
+#[derive(Debug, Clone)]
+pub struct Factors {
+    pub tokens: usize,
+    pub d_in: usize,
+    pub d_out: usize,
+    pub x: Vec<f64>,
+    pub delta: Vec<f64>,
+}
+
+/// How singular values are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spectra {
+    /// The SVD of the dense gradient (the paper's way; the reference).
+    Dense,
+    /// From the factors: thin QR of Xᵀ and Δᵀ, then the SVD of the small core R_Δ R_xᵀ. Exact.
+    Factored,
+    /// Factored when the sample has fewer tokens than min(d_out, d_in), else dense.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for Spectra {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dense" => Ok(Spectra::Dense),
+            "factored" => Ok(Spectra::Factored),
+            "auto" => Ok(Spectra::Auto),
+            o => Err(format!(
+                "unknown spectra mode {o:?} (dense, factored, auto)"
+            )),
+        }
+    }
+}
+
+impl Spectra {
+    /// Whether a sample of `tokens` positions needs the factors captured.
+    pub fn wants_factors(self, tokens: usize, min_dim: usize) -> bool {
+        match self {
+            Spectra::Dense => false,
+            Spectra::Factored => true,
+            Spectra::Auto => tokens < min_dim,
+        }
+    }
+}
+
+/// R of the thin QR of `Mᵀ`, where M is row-major `[rows, cols]` (so Mᵀ is `[cols, rows]`):
+/// `[min(cols, rows), rows]`.
+fn thin_r_of_transpose(m: &[f64], rows: usize, cols: usize) -> faer::Mat<f64> {
+    // Mᵀ as a column-major [cols, rows] matrix is exactly M's row-major buffer.
+    let mt = faer::MatRef::from_column_major_slice(m, cols, rows);
+    mt.qr().thin_R().to_owned()
+}
+
+/// Singular values of G = Δᵀ X from the factors, largest first, padded with zeros to
+/// min(d_out, d_in) values (the rank of G is at most the number of tokens).
+pub fn factored_singular_values(f: &Factors) -> Result<Vec<f64>, SvdError> {
+    let r_x = thin_r_of_transpose(&f.x, f.tokens, f.d_in);
+    let r_d = thin_r_of_transpose(&f.delta, f.tokens, f.d_out);
+    let core = &r_d * r_x.transpose();
+    let mut s = core
+        .singular_values()
+        .map_err(|e| SvdError(format!("{e:?}")))?;
+    s.resize(f.d_out.min(f.d_in), 0.0);
+    Ok(s)
+}
+
+/// Singular values by the chosen path.
+pub fn spectrum(g: &GradMatrix, f: Option<&Factors>, mode: Spectra) -> Result<Vec<f64>, SvdError> {
+    match (mode, f) {
+        (Spectra::Dense, _) | (_, None) => singular_values(g),
+        (Spectra::Factored, Some(f)) => factored_singular_values(f),
+        (Spectra::Auto, Some(f)) => {
+            if f.tokens < f.d_out.min(f.d_in) {
+                factored_singular_values(f)
+            } else {
+                singular_values(g)
+            }
+        }
+    }
+}
+
 /// Singular values, largest first (faer, values only).
 pub fn singular_values(g: &GradMatrix) -> Result<Vec<f64>, SvdError> {
     let m = faer::MatRef::from_row_major_slice(&g.data, g.rows, g.cols);

@@ -60,6 +60,9 @@ pub struct SweepFile {
     /// `cpu` (or `cuda` in a build with the cuda feature).
     #[serde(default = "default_backend")]
     pub backend: String,
+    /// `auto` (default), `dense` or `factored`.
+    #[serde(default)]
+    pub spectra: crate::stats::Spectra,
     #[serde(rename = "model")]
     pub models: Vec<ModelSpec>,
 }
@@ -352,8 +355,9 @@ pub fn run_on<B: AutodiffBackend>(
                 },
             )?,
         };
-        let measurer = Measurer::<B>::load(dir, plan.sweep.max_length, mode, device)
+        let mut measurer = Measurer::<B>::load(dir, plan.sweep.max_length, mode, device)
             .with_context(|| format!("model {:?}", spec.name))?;
+        measurer.spectra = plan.sweep.spectra;
         for u in units {
             overall.set_message(format!("{} units done of {}", records.len(), mine.len()));
             let data = load_records(&u.data)?;
