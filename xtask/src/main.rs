@@ -4,6 +4,13 @@
 //!   whole grids of models × conditions (see `sweeps/`); with no `--config`, the embedded default
 //!   (the tiny committed checkpoint on the built-in data set).
 
+mod bench;
+
+/// Large tensors are allocated and freed on every op: mimalloc reuses their pages where the system
+/// allocator returns them to the kernel and page-faults them back (measured in docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use gradlens::sweep::{Plan, check_complete, parse_shard, run, summary_table};
@@ -47,6 +54,28 @@ enum Command {
         #[arg(long)]
         no_report: bool,
     },
+    /// Benchmark gradlens against the paper's PyTorch pipeline on the same checkpoint and samples.
+    Bench {
+        /// Shapes: tiny (the fixture) and/or qwen2-0.5b (a random checkpoint of Qwen2-0.5B's shape).
+        #[arg(long, num_args = 1.., default_values_t = vec!["tiny".to_string(), "qwen2-0.5b".to_string()])]
+        shape: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        #[arg(long, default_value_t = 1024)]
+        max_length: usize,
+        /// Threads for both sides (RAYON_NUM_THREADS, torch.set_num_threads).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Data file (default: the paper's aqua Detailed CoT in the data root).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The Python with torch and transformers (the reference side is skipped without them).
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Where the random checkpoints go.
+        #[arg(long, default_value = "target/bench")]
+        workdir: PathBuf,
+    },
     /// Curves, MAD tables, figures and report.md/html from measurement JSONL.
     Report {
         /// Folders (searched recursively) or JSONL files.
@@ -72,7 +101,7 @@ fn report(inputs: &[PathBuf], out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the repo")
@@ -80,7 +109,16 @@ fn repo_root() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    match run_cli(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Command::Bench { threads, .. } = &cli.command {
+        // Before any thread pool starts.
+        // SAFETY: single-threaded at this point.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        }
+    }
+    match run_cli(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -168,6 +206,37 @@ fn run_cli(cli: Cli) -> Result<()> {
                 report(&[plan.out.clone()], &plan.out.join("report"))?;
             }
             Ok(())
+        }
+        Command::Bench {
+            shape,
+            samples,
+            max_length,
+            threads,
+            data,
+            python,
+            workdir,
+        } => {
+            let data = match data {
+                Some(d) => d,
+                None => {
+                    let root = std::env::var_os("GRADLENS_DATA")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| repo_root().join("../shared/paper-data"));
+                    root.join("cot_500/aqua_train_with_cot_gpt4o.json")
+                }
+            };
+            if !data.is_file() {
+                bail!("{}: no such data file (give --data or GRADLENS_DATA)", data.display());
+            }
+            bench::run(&bench::BenchArgs {
+                shapes: shape,
+                samples,
+                max_length,
+                threads,
+                data,
+                python,
+                workdir,
+            })
         }
         Command::Report { inputs, out } => {
             let out = out.unwrap_or_else(|| inputs[0].join("report"));

@@ -1,5 +1,10 @@
 //! The `gradlens` command line.
 
+/// Large tensors are allocated and freed on every op: mimalloc reuses their pages where the system
+/// allocator returns them to the kernel and page-faults them back (measured in docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use gradlens::backend::Dtype;

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""The reference side of `cargo xtask bench`: the paper's pipeline (PyTorch + transformers; full SVD
+of every measured gradient, as code_gradient/get_gradient_values.py does) or the svdvals variant a
+careful PyTorch user would write, on the same checkpoint and samples as gradlens. Prints one JSON line.
+
+    pip install torch transformers tokenizers safetensors
+"""
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variant", choices=["paper", "svdvals"], default="paper")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    tok = PreTrainedTokenizerFast.from_pretrained(a.model)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad = False
+    for name, p in model.named_parameters():
+        if p.ndim > 1 and (p.shape[0] == p.shape[1] or "self_attn" in name):
+            p.requires_grad = True
+    records = json.load(open(a.data))[: a.samples]
+    fb = st = 0.0
+    n = 0
+    for r in records:
+        instr = r["instruction"] + ("\n" + r["input"] if r.get("input") else "")
+        text = instr + "\n" + r["output"]
+        ids = tok.encode(text, return_tensors="pt", truncation=True, max_length=a.max_length)
+        start = len(tok.encode(text[: text.rfind(r["output"])]))
+        labels = ids.clone()
+        labels[0, :start] = -100
+        t0 = time.perf_counter()
+        out = model(ids, labels=labels)
+        out.loss.backward()
+        t1 = time.perf_counter()
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                g = p.grad
+                _ = (g.mean().item(), g.max().item(), g.min().item(), torch.linalg.norm(g).item())
+                if a.variant == "paper":
+                    _, s, _ = torch.linalg.svd(g)
+                else:
+                    s = torch.linalg.svdvals(g)
+                _ = (s.sum().item(), s.max().item(), s.min().item())
+        model.zero_grad()
+        t2 = time.perf_counter()
+        fb += t1 - t0
+        st += t2 - t1
+        n += 1
+    print(json.dumps({"variant": a.variant, "samples": n, "fwd_bwd_s": fb / n, "spectra_s": st / n,
+                      "samples_per_s": n / (fb + st), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+if __name__ == "__main__":
+    main()
