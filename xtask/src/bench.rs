@@ -50,7 +50,10 @@ impl Normal {
         while out.len() < n * 4 {
             let (u1, u2) = (self.uniform(), self.uniform());
             let r = (-2.0 * u1.ln()).sqrt();
-            for z in [r * (2.0 * std::f64::consts::PI * u2).cos(), r * (2.0 * std::f64::consts::PI * u2).sin()] {
+            for z in [
+                r * (2.0 * std::f64::consts::PI * u2).cos(),
+                r * (2.0 * std::f64::consts::PI * u2).sin(),
+            ] {
                 if out.len() < n * 4 {
                     out.extend_from_slice(&((z as f32) * std).to_le_bytes());
                 }
@@ -62,7 +65,12 @@ impl Normal {
 
 /// Write a random-initialised Qwen2 checkpoint of `shape` (f32 safetensors, tied embeddings as
 /// Qwen2-0.5B) with the tiny fixture's tokenizer, unless it exists.
-pub fn random_checkpoint(shape: &Shape, dir: &Path, tokenizer_from: &Path, seed: u64) -> Result<()> {
+pub fn random_checkpoint(
+    shape: &Shape,
+    dir: &Path,
+    tokenizer_from: &Path,
+    seed: u64,
+) -> Result<()> {
     if dir.join("model.safetensors").is_file() {
         return Ok(());
     }
@@ -73,10 +81,16 @@ pub fn random_checkpoint(shape: &Shape, dir: &Path, tokenizer_from: &Path, seed:
     let ones = |n: usize| 1f32.to_le_bytes().repeat(n);
     let zeros = |n: usize| vec![0u8; n * 4];
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    tensors.push(("model.embed_tokens.weight".into(), vec![s.vocab, s.hidden], rng.fill(s.vocab * s.hidden, 0.02)));
+    tensors.push((
+        "model.embed_tokens.weight".into(),
+        vec![s.vocab, s.hidden],
+        rng.fill(s.vocab * s.hidden, 0.02),
+    ));
     for i in 0..s.layers {
         let p = format!("model.layers.{i}");
-        let mut mat = |name: &str, r: usize, c: usize| (format!("{p}.{name}"), vec![r, c], rng.fill(r * c, 0.02));
+        let mut mat = |name: &str, r: usize, c: usize| {
+            (format!("{p}.{name}"), vec![r, c], rng.fill(r * c, 0.02))
+        };
         let list = vec![
             mat("self_attn.q_proj.weight", s.hidden, s.hidden),
             mat("self_attn.k_proj.weight", s.kv_heads * d, s.hidden),
@@ -87,16 +101,42 @@ pub fn random_checkpoint(shape: &Shape, dir: &Path, tokenizer_from: &Path, seed:
             mat("mlp.down_proj.weight", s.hidden, s.inter),
         ];
         tensors.extend(list);
-        tensors.push((format!("{p}.self_attn.q_proj.bias"), vec![s.hidden], zeros(s.hidden)));
-        tensors.push((format!("{p}.self_attn.k_proj.bias"), vec![s.kv_heads * d], zeros(s.kv_heads * d)));
-        tensors.push((format!("{p}.self_attn.v_proj.bias"), vec![s.kv_heads * d], zeros(s.kv_heads * d)));
-        tensors.push((format!("{p}.input_layernorm.weight"), vec![s.hidden], ones(s.hidden)));
-        tensors.push((format!("{p}.post_attention_layernorm.weight"), vec![s.hidden], ones(s.hidden)));
+        tensors.push((
+            format!("{p}.self_attn.q_proj.bias"),
+            vec![s.hidden],
+            zeros(s.hidden),
+        ));
+        tensors.push((
+            format!("{p}.self_attn.k_proj.bias"),
+            vec![s.kv_heads * d],
+            zeros(s.kv_heads * d),
+        ));
+        tensors.push((
+            format!("{p}.self_attn.v_proj.bias"),
+            vec![s.kv_heads * d],
+            zeros(s.kv_heads * d),
+        ));
+        tensors.push((
+            format!("{p}.input_layernorm.weight"),
+            vec![s.hidden],
+            ones(s.hidden),
+        ));
+        tensors.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![s.hidden],
+            ones(s.hidden),
+        ));
     }
     tensors.push(("model.norm.weight".into(), vec![s.hidden], ones(s.hidden)));
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
-        .map(|(n, shape, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap()))
+        .map(|(n, shape, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
     let config = serde_json::json!({
@@ -106,7 +146,10 @@ pub fn random_checkpoint(shape: &Shape, dir: &Path, tokenizer_from: &Path, seed:
         "max_position_embeddings": 32768, "tie_word_embeddings": true, "hidden_act": "silu",
         "torch_dtype": "float32", "use_sliding_window": false
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(tokenizer_from.join(f), dir.join(f))?;
     }
@@ -116,8 +159,16 @@ pub fn random_checkpoint(shape: &Shape, dir: &Path, tokenizer_from: &Path, seed:
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|k| k.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
@@ -133,7 +184,8 @@ pub struct Row {
 fn gradlens_rows(model: &Path, data: &Path, samples: usize, max_length: usize) -> Result<Vec<Row>> {
     let records = load_records(data)?;
     let n = samples.min(records.len());
-    let mut measurer = Measurer::<CpuF32>::load(model, max_length, PromptMode::Base, &Default::default())?;
+    let mut measurer =
+        Measurer::<CpuF32>::load(model, max_length, PromptMode::Base, &Default::default())?;
     let mut rows = Vec::new();
     for mode in [Spectra::Dense, Spectra::Factored] {
         measurer.spectra = mode;
@@ -176,10 +228,22 @@ fn gradlens_rows(model: &Path, data: &Path, samples: usize, max_length: usize) -
     Ok(rows)
 }
 
-fn python_rows(python: &str, model: &Path, data: &Path, samples: usize, max_length: usize, threads: usize) -> Result<Vec<Row>> {
-    let ok = Command::new(python).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success());
+fn python_rows(
+    python: &str,
+    model: &Path,
+    data: &Path,
+    samples: usize,
+    max_length: usize,
+    threads: usize,
+) -> Result<Vec<Row>> {
+    let ok = Command::new(python)
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("note: {python} cannot import torch and transformers: the PyTorch side is skipped (pip install torch transformers tokenizers safetensors)");
+        eprintln!(
+            "note: {python} cannot import torch and transformers: the PyTorch side is skipped (pip install torch transformers tokenizers safetensors)"
+        );
         return Ok(Vec::new());
     }
     let script = crate::repo_root().join("scripts/bench_reference.py");
@@ -191,17 +255,33 @@ fn python_rows(python: &str, model: &Path, data: &Path, samples: usize, max_leng
             .arg(model)
             .arg("--data")
             .arg(data)
-            .args(["--samples", &samples.to_string(), "--max-length", &max_length.to_string(), "--threads", &threads.to_string(), "--variant", variant])
+            .args([
+                "--samples",
+                &samples.to_string(),
+                "--max-length",
+                &max_length.to_string(),
+                "--threads",
+                &threads.to_string(),
+                "--variant",
+                variant,
+            ])
             .env("OMP_NUM_THREADS", threads.to_string())
             .output()
             .context("running the PyTorch reference")?;
         if !out.status.success() {
-            bail!("PyTorch reference failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "PyTorch reference failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let line = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or("{}"))?;
         rows.push(Row {
-            name: if variant == "paper" { "PyTorch + transformers, the paper's method (full SVD)".into() } else { "PyTorch + transformers, svdvals".into() },
+            name: if variant == "paper" {
+                "PyTorch + transformers, the paper's method (full SVD)".into()
+            } else {
+                "PyTorch + transformers, svdvals".into()
+            },
             samples_per_s: v["samples_per_s"].as_f64().unwrap_or(f64::NAN),
             fwd_bwd_s: v["fwd_bwd_s"].as_f64().unwrap_or(f64::NAN),
             spectra_s: v["spectra_s"].as_f64().unwrap_or(f64::NAN),
@@ -229,25 +309,59 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "tiny" => tiny.clone(),
             "qwen2-0.5b" => {
                 let dir = a.workdir.join("qwen2-0.5b");
-                eprintln!("random checkpoint with Qwen2-0.5B's shape: {} (made once)", dir.display());
+                eprintln!(
+                    "random checkpoint with Qwen2-0.5B's shape: {} (made once)",
+                    dir.display()
+                );
                 random_checkpoint(&QWEN2_05B, &dir, &tiny, 0)?;
                 dir
             }
             other => bail!("unknown shape {other:?} (tiny, qwen2-0.5b)"),
         };
-        eprintln!("[{shape}] gradlens: {} samples of {}, max_length {}, {} threads", a.samples, a.data.display(), a.max_length, a.threads);
+        eprintln!(
+            "[{shape}] gradlens: {} samples of {}, max_length {}, {} threads",
+            a.samples,
+            a.data.display(),
+            a.max_length,
+            a.threads
+        );
         let mut rows = gradlens_rows(&model, &a.data, a.samples, a.max_length)?;
         eprintln!("[{shape}] PyTorch reference");
-        rows.extend(python_rows(&a.python, &model, &a.data, a.samples, a.max_length, a.threads)?);
-        let base = |needle: &str| rows.iter().find(|r| r.name.contains(needle)).map(|r| r.samples_per_s);
+        rows.extend(python_rows(
+            &a.python,
+            &model,
+            &a.data,
+            a.samples,
+            a.max_length,
+            a.threads,
+        )?);
+        let base = |needle: &str| {
+            rows.iter()
+                .find(|r| r.name.contains(needle))
+                .map(|r| r.samples_per_s)
+        };
         let (paper, svdvals) = (base("full SVD"), base("svdvals"));
-        println!("\n{shape}: {} samples, max_length {}, {} threads", a.samples, a.max_length, a.threads);
-        println!("{:<56} {:>10} {:>11} {:>11} {:>9} {:>9} {:>9}", "pipeline", "samples/s", "fwd+bwd s", "spectra s", "peak MB", "×paper", "×svdvals");
+        println!(
+            "\n{shape}: {} samples, max_length {}, {} threads",
+            a.samples, a.max_length, a.threads
+        );
+        println!(
+            "{:<56} {:>10} {:>11} {:>11} {:>9} {:>9} {:>9}",
+            "pipeline", "samples/s", "fwd+bwd s", "spectra s", "peak MB", "×paper", "×svdvals"
+        );
         for r in &rows {
-            let ratio = |b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", r.samples_per_s / b));
+            let ratio = |b: Option<f64>| {
+                b.map_or("-".to_string(), |b| format!("{:.2}", r.samples_per_s / b))
+            };
             println!(
                 "{:<56} {:>10.3} {:>11.3} {:>11.3} {:>9.0} {:>9} {:>9}",
-                r.name, r.samples_per_s, r.fwd_bwd_s, r.spectra_s, r.peak_mb, ratio(paper), ratio(svdvals)
+                r.name,
+                r.samples_per_s,
+                r.fwd_bwd_s,
+                r.spectra_s,
+                r.peak_mb,
+                ratio(paper),
+                ratio(svdvals)
             );
         }
     }

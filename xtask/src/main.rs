@@ -226,7 +226,10 @@ fn run_cli(cli: Cli) -> Result<()> {
                 }
             };
             if !data.is_file() {
-                bail!("{}: no such data file (give --data or GRADLENS_DATA)", data.display());
+                bail!(
+                    "{}: no such data file (give --data or GRADLENS_DATA)",
+                    data.display()
+                );
             }
             bench::run(&bench::BenchArgs {
                 shapes: shape,
