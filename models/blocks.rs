@@ -484,11 +484,12 @@ impl<B: Backend> LmHead<B> {
     pub fn load(
         l: &mut Loader<'_, B>,
         embed: &Embedding<B>,
-        tied: bool,
+        tie_word_embeddings: bool,
         vocab: usize,
         hidden: usize,
     ) -> Result<Self> {
-        if tied {
+        // Tied when the config says so, or when the checkpoint has no head of its own.
+        if tie_word_embeddings || !l.checkpoint().contains("lm_head.weight") {
             // Some tied checkpoints still store a copy of the head: accept and ignore it.
             l.ignore("lm_head.weight");
             Ok(Self {
@@ -565,6 +566,48 @@ pub struct PreNormLayer<B: Backend> {
     pub mlp: GatedMlp<B>,
     pub input_layernorm: RmsNorm<B>,
     pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// Sizes and kinds of the parts of a [`PreNormLayer`] (everything but the attention options).
+#[derive(Debug, Clone, Copy)]
+pub struct PreNormSpec {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub eps: f64,
+    pub norm: NormKind,
+    pub act: Activation,
+    pub mlp_bias: bool,
+}
+
+impl<B: Backend> PreNormLayer<B> {
+    /// Loads `{prefix}.self_attn`, `{prefix}.mlp` and the two norms, in the checkpoint's order.
+    pub fn load(
+        l: &mut Loader<'_, B>,
+        prefix: &str,
+        spec: &PreNormSpec,
+        attn: AttentionOptions,
+    ) -> Result<Self> {
+        let (h, eps, norm) = (spec.hidden, spec.eps, spec.norm);
+        Ok(Self {
+            self_attn: Attention::load(l, &format!("{prefix}.self_attn"), h, attn)?,
+            mlp: GatedMlp::load(
+                l,
+                &format!("{prefix}.mlp"),
+                h,
+                spec.intermediate,
+                spec.act,
+                spec.mlp_bias,
+            )?,
+            input_layernorm: RmsNorm::load(l, &format!("{prefix}.input_layernorm"), h, eps, norm)?,
+            post_attention_layernorm: RmsNorm::load(
+                l,
+                &format!("{prefix}.post_attention_layernorm"),
+                h,
+                eps,
+                norm,
+            )?,
+        })
+    }
 }
 
 impl<B: Backend> Layer<B> for PreNormLayer<B> {

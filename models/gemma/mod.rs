@@ -13,8 +13,8 @@
 //! rope_theta 10000, tie_word_embeddings true, attention_bias false.
 
 use crate::blocks::{
-    Activation, Attention, AttentionOptions, Decoder, Embedding, GatedMlp, LmHead, NormKind,
-    PreNormLayer, RmsNorm, inverse_frequencies,
+    Activation, AttentionOptions, Decoder, Embedding, LmHead, NormKind,
+    PreNormLayer, PreNormSpec, RmsNorm, inverse_frequencies,
 };
 use crate::{FamilyModel, Loader, config};
 use burn::tensor::backend::Backend;
@@ -76,6 +76,14 @@ pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &P
     let h = c.hidden_size;
     let eps = c.rms_norm_eps;
     let norm = NormKind::OnePlusWeight;
+    let spec = PreNormSpec {
+        hidden: h,
+        intermediate: c.intermediate_size,
+        eps,
+        norm: norm,
+        act,
+        mlp_bias: false,
+    };
     let embed_tokens = Embedding::load(l, "model.embed_tokens", c.vocab_size, h)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
@@ -90,16 +98,10 @@ pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &P
             qkv_bias: c.attention_bias,
             o_bias: c.attention_bias,
         };
-        layers.push(PreNormLayer {
-            self_attn: Attention::load(l, &format!("{p}.self_attn"), h, opts)?,
-            mlp: GatedMlp::load(l, &format!("{p}.mlp"), h, c.intermediate_size, act, false)?,
-            input_layernorm: RmsNorm::load(l, &format!("{p}.input_layernorm"), h, eps, norm)?,
-            post_attention_layernorm: RmsNorm::load(l, &format!("{p}.post_attention_layernorm"), h, eps, norm)?,
-        });
+        layers.push(PreNormLayer::load(l, &p, &spec, opts)?);
     }
     let final_norm = RmsNorm::load(l, "model.norm", h, eps, norm)?;
-    let tied = c.tie_word_embeddings || !l.checkpoint().contains("lm_head.weight");
-    let lm_head = LmHead::load(l, &embed_tokens, tied, c.vocab_size, h)?;
+    let lm_head = LmHead::load(l, &embed_tokens, c.tie_word_embeddings, c.vocab_size, h)?;
     let model = Decoder {
         embed_tokens,
         layers,

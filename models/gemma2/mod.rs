@@ -138,8 +138,7 @@ pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &P
         });
     }
     let final_norm = RmsNorm::load(l, "model.norm", h, eps, norm)?;
-    let tied = c.tie_word_embeddings || !l.checkpoint().contains("lm_head.weight");
-    let lm_head = LmHead::load(l, &embed_tokens, tied, c.vocab_size, h)?;
+    let lm_head = LmHead::load(l, &embed_tokens, c.tie_word_embeddings, c.vocab_size, h)?;
     let model = Decoder {
         embed_tokens,
         layers,

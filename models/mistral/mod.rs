@@ -12,7 +12,7 @@
 //! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu".
 
 use crate::blocks::{
-    Attention, AttentionOptions, Decoder, Embedding, GatedMlp, LmHead, NormKind, PreNormLayer,
+    AttentionOptions, Decoder, Embedding, LmHead, NormKind, PreNormLayer, PreNormSpec,
     RmsNorm, inverse_frequencies,
 };
 use crate::{FamilyModel, Loader, config};
@@ -72,6 +72,14 @@ pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &P
 
     let h = c.hidden_size;
     let eps = c.rms_norm_eps;
+    let spec = PreNormSpec {
+        hidden: h,
+        intermediate: c.intermediate_size,
+        eps,
+        norm: NormKind::Plain,
+        act,
+        mlp_bias: false,
+    };
     let embed_tokens = Embedding::load(l, "model.embed_tokens", c.vocab_size, h)?;
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
@@ -86,16 +94,10 @@ pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &P
             qkv_bias: false,
             o_bias: false,
         };
-        layers.push(PreNormLayer {
-            self_attn: Attention::load(l, &format!("{p}.self_attn"), h, opts)?,
-            mlp: GatedMlp::load(l, &format!("{p}.mlp"), h, c.intermediate_size, act, false)?,
-            input_layernorm: RmsNorm::load(l, &format!("{p}.input_layernorm"), h, eps, NormKind::Plain)?,
-            post_attention_layernorm: RmsNorm::load(l, &format!("{p}.post_attention_layernorm"), h, eps, NormKind::Plain)?,
-        });
+        layers.push(PreNormLayer::load(l, &p, &spec, opts)?);
     }
     let norm = RmsNorm::load(l, "model.norm", h, eps, NormKind::Plain)?;
-    let tied = c.tie_word_embeddings || !l.checkpoint().contains("lm_head.weight");
-    let lm_head = LmHead::load(l, &embed_tokens, tied, c.vocab_size, h)?;
+    let lm_head = LmHead::load(l, &embed_tokens, c.tie_word_embeddings, c.vocab_size, h)?;
     let model = Decoder {
         embed_tokens,
         layers,
