@@ -88,17 +88,7 @@ enum Command {
 }
 
 fn report(inputs: &[PathBuf], out: &Path) -> Result<()> {
-    let r = gradlens::reporting::build(inputs, out)?;
-    for w in &r.warnings {
-        eprintln!("warning: {w}");
-    }
-    println!(
-        "report of {} file(s), {} figure(s): {}",
-        r.files,
-        r.figures.len(),
-        out.join("report.html").display()
-    );
-    Ok(())
+    gradlens::reporting::build_and_print(inputs, out).map(|_| ())
 }
 
 pub(crate) fn repo_root() -> PathBuf {

@@ -144,16 +144,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Report { inputs, out } => {
             let out = out.unwrap_or_else(|| inputs[0].join("report"));
-            let r = gradlens::reporting::build(&inputs, &out)?;
-            for w in &r.warnings {
-                eprintln!("warning: {w}");
-            }
-            println!(
-                "report of {} file(s), {} figure(s): {}",
-                r.files,
-                r.figures.len(),
-                out.join("report.html").display()
-            );
+            gradlens::reporting::build_and_print(&inputs, &out)?;
             Ok(())
         }
         Command::Compare {

@@ -701,6 +701,21 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
     })
 }
 
+/// [`build`], then the warnings on stderr and one line saying where the report is (for the CLIs).
+pub fn build_and_print(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
+    let r = build(inputs, out)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "report of {} file(s), {} figure(s): {}",
+        r.files,
+        r.figures.len(),
+        out.join("report.html").display()
+    );
+    Ok(r)
+}
+
 fn rel(path: &Path, base: &Path) -> String {
     path.strip_prefix(base)
         .unwrap_or(path)
