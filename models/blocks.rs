@@ -50,18 +50,34 @@ impl<B: Backend> Linear<B> {
     /// captures them: the input X and a zero "probe" added to the output, whose gradient is Δ
     /// (the loss gradient w.r.t. the output), so that the weight gradient is G = Δᵀ X.
     pub fn forward_ctx(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
+        self.forward_shared(x, ctx, &SharedInput::default())
+    }
+
+    /// [`Linear::forward_ctx`] for projections that read the same input (q, k and v; gate and
+    /// up): X is recorded once, so it is copied to the host and factorised once.
+    pub fn forward_shared(
+        &self,
+        x: Tensor<B, 2>,
+        ctx: &SequenceContext<'_, B>,
+        shared: &SharedInput,
+    ) -> Tensor<B, 2> {
         let y = self.forward(x.clone());
         match (&self.measured_as, ctx.capture) {
             (Some(name), Some(capture)) => {
                 let [t, out] = y.dims();
-                let probe: Tensor<B, 2> = float_tensor(
-                    TensorData::new(vec![0.0f64; t * out], [t, out]),
-                    &ctx.device,
-                )
-                .require_grad();
+                let probe: Tensor<B, 2> = zeros([t, out], &ctx.device).require_grad();
+                let input = match shared.0.get() {
+                    Some(slot) => slot,
+                    None => {
+                        let mut inputs = capture.inputs.borrow_mut();
+                        inputs.push(x);
+                        shared.0.set(Some(inputs.len() - 1));
+                        inputs.len() - 1
+                    }
+                };
                 capture.entries.borrow_mut().push(Captured {
                     name: name.clone(),
-                    input: x,
+                    input,
                     probe: probe.clone(),
                 });
                 y + probe
@@ -104,7 +120,11 @@ impl<B: Backend> RmsNorm<B> {
         eps: f64,
         kind: NormKind,
     ) -> Result<Self> {
-        let weight = l.vector(&format!("{name}.weight"), dim)?;
+        let identity = match kind {
+            NormKind::Plain => 1.0,
+            NormKind::OnePlusWeight => 0.0,
+        };
+        let weight = l.norm_scale(&format!("{name}.weight"), dim, identity)?;
         Ok(Self { weight, eps, kind })
     }
 
@@ -215,8 +235,8 @@ impl<B: Backend> Rotary<B> {
 /// The input and the output probe of one measured projection in one forward pass.
 pub struct Captured<B: Backend> {
     pub name: String,
-    /// X: `[tokens, in]`.
-    pub input: Tensor<B, 2>,
+    /// Index into [`Capture::inputs`] of X: `[tokens, in]`.
+    pub input: usize,
     /// Zero tensor added to the output; its gradient is Δ: `[tokens, out]`.
     pub probe: Tensor<B, 2>,
 }
@@ -224,15 +244,22 @@ pub struct Captured<B: Backend> {
 /// Collects [`Captured`] factors during one forward pass (in load order).
 pub struct Capture<B: Backend> {
     pub entries: std::cell::RefCell<Vec<Captured<B>>>,
+    /// The distinct inputs X (q, k and v share one).
+    pub inputs: std::cell::RefCell<Vec<Tensor<B, 2>>>,
 }
 
 impl<B: Backend> Default for Capture<B> {
     fn default() -> Self {
         Self {
             entries: std::cell::RefCell::new(Vec::new()),
+            inputs: std::cell::RefCell::new(Vec::new()),
         }
     }
 }
+
+/// Marks projections of one input within a forward pass (see [`Linear::forward_shared`]).
+#[derive(Default)]
+pub struct SharedInput(std::cell::Cell<Option<usize>>);
 
 /// Per-sequence tables and masks shared by all layers of one forward pass.
 pub struct SequenceContext<'a, B: Backend> {
@@ -267,15 +294,12 @@ impl<'a, B: Backend> SequenceContext<'a, B> {
         let mut v = Vec::with_capacity(t * t);
         for i in 0..t {
             for j in 0..t {
-                v.push(j > i || i - j >= window);
+                v.push(i64::from(j > i || i - j >= window));
             }
         }
-        use burn::tensor::Element;
-        let dtype = <B::BoolElem as Element>::dtype();
-        Tensor::from_data(
-            TensorData::new(v, [t, t]).convert::<B::BoolElem>(),
-            (&self.device, dtype),
-        )
+        // Through an int tensor: bool tensors from host data are not supported by every backend
+        // (burn-cuda stores bools as u8 and rejects them).
+        int_tensor::<B, 2>(v, [t, t], &self.device).greater_elem(0)
     }
 }
 
@@ -347,13 +371,16 @@ impl<B: Backend> Attention<B> {
         } = self.opts;
         let t = ctx.tokens;
         let split = |y: Tensor<B, 2>, n: usize| y.reshape([t, n, head_dim]).swap_dims(0, 1);
-        let q = ctx
-            .rotary
-            .apply(split(self.q_proj.forward_ctx(x.clone(), ctx), heads));
-        let k = ctx
-            .rotary
-            .apply(split(self.k_proj.forward_ctx(x.clone(), ctx), kv_heads));
-        let v = split(self.v_proj.forward_ctx(x, ctx), kv_heads);
+        let shared = SharedInput::default();
+        let q = ctx.rotary.apply(split(
+            self.q_proj.forward_shared(x.clone(), ctx, &shared),
+            heads,
+        ));
+        let k = ctx.rotary.apply(split(
+            self.k_proj.forward_shared(x.clone(), ctx, &shared),
+            kv_heads,
+        ));
+        let v = split(self.v_proj.forward_shared(x, ctx, &shared), kv_heads);
         let (k, v) = (
             repeat_kv(k, heads / kv_heads),
             repeat_kv(v, heads / kv_heads),
@@ -442,13 +469,14 @@ impl<B: Backend> GatedMlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
-        let gate = self.gate_proj.forward_ctx(x.clone(), ctx);
+        let shared = SharedInput::default();
+        let gate = self.gate_proj.forward_shared(x.clone(), ctx, &shared);
         let gate = match self.act {
             Activation::Silu => silu(gate),
             Activation::GeluTanh => gelu_approximate(gate),
         };
         self.down_proj
-            .forward_ctx(gate * self.up_proj.forward_ctx(x, ctx), ctx)
+            .forward_ctx(gate * self.up_proj.forward_shared(x, ctx, &shared), ctx)
     }
 }
 
@@ -489,7 +517,7 @@ impl<B: Backend> LmHead<B> {
         hidden: usize,
     ) -> Result<Self> {
         // Tied when the config says so, or when the checkpoint has no head of its own.
-        if tie_word_embeddings || !l.checkpoint().contains("lm_head.weight") {
+        if tie_word_embeddings || !l.contains("lm_head.weight") {
             // Some tied checkpoints still store a copy of the head: accept and ignore it.
             l.ignore("lm_head.weight");
             Ok(Self {
@@ -632,6 +660,12 @@ pub fn float_tensor<B: Backend, const D: usize>(
     use burn::tensor::Element;
     let dtype = <B::FloatElem as Element>::dtype();
     Tensor::from_data(data.convert::<B::FloatElem>(), (device, dtype))
+}
+
+/// Zeros in the backend's own float dtype (see [`float_tensor`]).
+pub fn zeros<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+    use burn::tensor::Element;
+    Tensor::zeros(shape, (device, <B::FloatElem as Element>::dtype()))
 }
 
 /// An int tensor in the backend's own int dtype (see [`float_tensor`]).

@@ -72,6 +72,33 @@ pub fn load<B: Backend>(
     })
 }
 
+/// The tensors a checkpoint of this config needs, as the family's own `load` asks for them (name,
+/// shape, and a norm scale's identity value): the basis of random initialisation. No weights
+/// are read or allocated.
+pub fn describe(config_path: &Path) -> Result<(String, Vec<gradlens_core::Described>)> {
+    type Probe = burn::backend::NdArray<f32>;
+    let mut ckpt = Checkpoint::describe(config_path)?;
+    let model_type = ckpt.model_type()?.to_string();
+    let config = ckpt.config().clone();
+    let never = |_: &str, _: [usize; 2]| false;
+    let mut loader = Loader::<Probe>::new(&mut ckpt, &Default::default(), &never);
+    match dispatch::<Probe>(&model_type, &mut loader, &config, config_path) {
+        Some(result) => {
+            result?;
+        }
+        None => {
+            return Err(CheckpointError::UnsupportedModel {
+                path: config_path.to_path_buf(),
+                model_type,
+                supported: SUPPORTED.to_vec(),
+            });
+        }
+    }
+    drop(loader);
+    let described = ckpt.described().unwrap_or_default().to_vec();
+    Ok((model_type, described))
+}
+
 /// `model_type` → family folder. Each line declares the family's module and registers it.
 macro_rules! registry {
     ($($model_type:literal => $family:ident),* $(,)?) => {

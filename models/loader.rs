@@ -75,6 +75,24 @@ impl<'a, B: Backend> Loader<'a, B> {
         Ok(Param::initialized(ParamId::new(), tensor))
     }
 
+    /// A norm's scale vector, `identity` being the value that leaves its input unchanged (used
+    /// by random initialisation, see [`crate::describe`]).
+    pub fn norm_scale(
+        &mut self,
+        name: &str,
+        len: usize,
+        identity: f64,
+    ) -> Result<Param<Tensor<B, 1>>> {
+        let p = self.vector(name, len)?;
+        self.ckpt.note_identity(name, identity);
+        Ok(p)
+    }
+
+    /// Whether the checkpoint stores a tensor of this name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.ckpt.contains(name)
+    }
+
     /// Accept a tensor the model does not use (e.g. a stored copy of a tied head).
     pub fn ignore(&mut self, name: &str) {
         self.ckpt.ignore_where(|n| n == name);

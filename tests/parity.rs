@@ -122,7 +122,8 @@ pub fn check_jsonl<B: AutodiffBackend>(name: &str, rtol: f64, instruct: bool) {
 /// to 1e-10 relative in f64 on every sample; and the whole JSONL computed with factored spectra
 /// equals the transformers reference.
 pub fn check_factored(name: &str) {
-    use gradlens::stats::{Spectra, factored_singular_values, singular_values};
+    use gradlens::measure::HostGrads;
+    use gradlens::stats::{Spectra, SpectrumSource, factored_singular_values, singular_values};
     let max_length = expected_logits(name)["max_length"].as_u64().unwrap() as usize;
     let mut measurer = Measurer::<CpuF64>::load(
         &fixture(name),
@@ -134,15 +135,29 @@ pub fn check_factored(name: &str) {
     let records = load_records(&tiny_data()).unwrap();
     let mut checked = 0;
     for (i, r) in records.iter().enumerate() {
-        let gradlens::grads::Work::Measured { grads, .. } =
-            measurer.forward_backward(i, r).unwrap()
-        else {
+        let mut run = |spectra| {
+            measurer.spectra = spectra;
+            match measurer.forward_backward(i, r).unwrap() {
+                gradlens::grads::Work::Measured {
+                    grads: HostGrads::F64(g),
+                    ..
+                } => Some(g),
+                gradlens::grads::Work::Measured { .. } => panic!("f64 model, f32 gradients"),
+                gradlens::grads::Work::Skipped { .. } => None,
+            }
+        };
+        let (Some(dense), Some(factored)) = (run(Spectra::Dense), run(Spectra::Factored)) else {
             continue;
         };
-        for (pname, g, f) in &grads {
-            let f = f
-                .as_ref()
-                .expect("factors captured for every measured weight");
+        for (gd, gf) in dense.iter().zip(&factored) {
+            let pname = &gd.name;
+            assert_eq!(pname, &gf.name);
+            let (SpectrumSource::Dense(g), SpectrumSource::Factored(f)) = (&gd.source, &gf.source)
+            else {
+                panic!("{name} {i} {pname}: dense and factored sources expected");
+            };
+            // The entry statistics do not depend on the path.
+            assert_eq!(gd.entries, gf.entries, "{name} {i} {pname}: entries");
             let (d, fa) = (
                 singular_values(g).unwrap(),
                 factored_singular_values(f).unwrap(),

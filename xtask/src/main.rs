@@ -4,8 +4,6 @@
 //!   whole grids of models × conditions (see `sweeps/`); with no `--config`, the embedded default
 //!   (the tiny committed checkpoint on the built-in data set).
 
-mod bench;
-
 /// Large tensors are allocated and freed on every op: mimalloc reuses their pages where the system
 /// allocator returns them to the kernel and page-faults them back (measured in docs/performance.md).
 #[global_allocator]
@@ -54,28 +52,9 @@ enum Command {
         #[arg(long)]
         no_report: bool,
     },
-    /// Benchmark gradlens against the paper's PyTorch pipeline on the same checkpoint and samples.
-    Bench {
-        /// Shapes: tiny (the fixture) and/or qwen2-0.5b (a random checkpoint of Qwen2-0.5B's shape).
-        #[arg(long, num_args = 1.., default_values_t = vec!["tiny".to_string(), "qwen2-0.5b".to_string()])]
-        shape: Vec<String>,
-        #[arg(long, default_value_t = 20)]
-        samples: usize,
-        #[arg(long, default_value_t = 1024)]
-        max_length: usize,
-        /// Threads for both sides (RAYON_NUM_THREADS, torch.set_num_threads).
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        /// Data file (default: the paper's aqua Detailed CoT in the data root).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// The Python with torch and transformers (the reference side is skipped without them).
-        #[arg(long, default_value = "python3")]
-        python: String,
-        /// Where the random checkpoints go.
-        #[arg(long, default_value = "target/bench")]
-        workdir: PathBuf,
-    },
+    /// Benchmark gradlens against the paper's PyTorch pipeline on the same checkpoint and samples
+    /// (see `gradlens bench`; this runs from the repository root with its defaults).
+    Bench(gradlens::bench::BenchArgs),
     /// Curves, MAD tables, figures and report.md/html from measurement JSONL.
     Report {
         /// Folders (searched recursively) or JSONL files.
@@ -100,7 +79,9 @@ pub(crate) fn repo_root() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Bench { threads, .. } = &cli.command {
+    if let Command::Bench(gradlens::bench::BenchArgs { threads, .. }) = &cli.command
+        && *threads > 0
+    {
         // Before any thread pool starts.
         // SAFETY: single-threaded at this point.
         #[allow(unsafe_code)]
@@ -197,39 +178,9 @@ fn run_cli(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench {
-            shape,
-            samples,
-            max_length,
-            threads,
-            data,
-            python,
-            workdir,
-        } => {
-            let data = match data {
-                Some(d) => d,
-                None => {
-                    let root = std::env::var_os("GRADLENS_DATA")
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| repo_root().join("../shared/paper-data"));
-                    root.join("cot_500/aqua_train_with_cot_gpt4o.json")
-                }
-            };
-            if !data.is_file() {
-                bail!(
-                    "{}: no such data file (give --data or GRADLENS_DATA)",
-                    data.display()
-                );
-            }
-            bench::run(&bench::BenchArgs {
-                shapes: shape,
-                samples,
-                max_length,
-                threads,
-                data,
-                python,
-                workdir,
-            })
+        Command::Bench(args) => {
+            std::env::set_current_dir(repo_root())?;
+            gradlens::bench::run(&args, &repo_root()).map(|_| ())
         }
         Command::Report { inputs, out } => {
             let out = out.unwrap_or_else(|| inputs[0].join("report"));

@@ -7,7 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use gradlens::backend::Dtype;
+use gradlens::backend::{Device, Dtype};
 use gradlens::grads::{GradsOptions, run_grads};
 use gradlens::sample::{InstructOptions, PromptMode};
 use std::io::IsTerminal;
@@ -38,6 +38,48 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A random-initialised checkpoint from a config.json (any supported family), e.g. to
+    /// benchmark a real shape without downloading weights.
+    Init {
+        /// A config.json, or a directory holding one (see configs/shapes/).
+        #[arg(long)]
+        config: PathBuf,
+        /// Seed: the same seed and config give the same weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output checkpoint directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage dtype of the weights: f32, or bf16 (half the size; cast on load).
+        #[arg(long, default_value = "f32")]
+        dtype: gradlens::init::StoreDtype,
+        /// Copy tokenizer.json and tokenizer_config.json from this directory (e.g.
+        /// configs/tokenizer).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Replace an existing model.safetensors.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Measure every committed fixture (fixtures/*/expected, the transformers float64 reference)
+    /// on a backend and compare: the parity check of a GPU build.
+    Check {
+        /// The fixtures directory.
+        #[arg(long, default_value = "fixtures")]
+        fixtures: PathBuf,
+        /// The paper's data (for the references on its first samples), when present.
+        #[arg(long, default_value = "../shared/paper-data")]
+        paper_data: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        backend: Device,
+        #[arg(long, default_value = "f32")]
+        dtype: Dtype,
+        /// Relative tolerance (default: 1e-4 for f32, 1e-9 for f64).
+        #[arg(long)]
+        rtol: Option<f64>,
+    },
+    /// Benchmark against the paper's PyTorch pipeline (same checkpoint, same samples, one run).
+    Bench(gradlens::bench::BenchArgs),
     /// Compare two measurement JSONL files (e.g. against the transformers reference).
     Compare {
         /// The reference JSONL.
@@ -75,6 +117,9 @@ struct GradsArgs {
     /// Compute dtype: f32 (as the paper) or f64 (reference precision).
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
+    /// Where the model runs: cpu, or cuda / cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    backend: Device,
     /// Instruct model: render the checkpoint's chat template (system "You are a helpful
     /// assistant." — none for Gemma families — and the instruction as user turn), then the output.
     #[arg(long)]
@@ -124,6 +169,7 @@ fn run(cli: Cli) -> Result<()> {
                 limit: a.limit,
                 max_length: a.max_length,
                 dtype: a.dtype,
+                backend: a.backend,
                 mode: if a.instruct {
                     PromptMode::instruct_from_dir(
                         &a.model,
@@ -145,6 +191,83 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report { inputs, out } => {
             let out = out.unwrap_or_else(|| inputs[0].join("report"));
             gradlens::reporting::build_and_print(&inputs, &out)?;
+            Ok(())
+        }
+        Command::Init {
+            config,
+            seed,
+            out,
+            dtype,
+            tokenizer,
+            force,
+        } => {
+            let t0 = std::time::Instant::now();
+            let s = gradlens::init::init_checkpoint(&gradlens::init::InitOptions {
+                config,
+                out,
+                seed,
+                dtype,
+                tokenizer,
+                force,
+            })?;
+            eprintln!(
+                "{}: {} checkpoint, {} tensors, {:.3} B parameters, {:.2} GB, in {:.1} s",
+                s.path.display(),
+                s.model_type,
+                s.tensors,
+                s.parameters as f64 / 1e9,
+                s.bytes as f64 / 1e9,
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Check {
+            fixtures,
+            paper_data,
+            backend,
+            dtype,
+            rtol,
+        } => {
+            let rtol = rtol.unwrap_or(match dtype {
+                Dtype::F32 => 1e-4,
+                Dtype::F64 => 1e-9,
+            });
+            let checks = gradlens::fixtures::check_fixtures(&gradlens::fixtures::CheckArgs {
+                fixtures,
+                paper_data: paper_data.is_dir().then_some(paper_data),
+                backend,
+                dtype,
+                rtol,
+            })?;
+            let bad = checks.iter().filter(|c| !c.errors.is_empty()).count();
+            let worst = checks
+                .iter()
+                .filter_map(|c| c.deviation)
+                .fold(0.0f64, f64::max);
+            println!(
+                "parity on {backend} {dtype} at rtol {rtol:e}: {}/{} comparisons agree \
+                 (largest relative deviation {worst:.1e})",
+                checks.len() - bad,
+                checks.len()
+            );
+            for c in checks.iter().filter(|c| !c.errors.is_empty()) {
+                for e in c.errors.iter().take(5) {
+                    println!("  {} {} {:?}: {e}", c.fixture, c.data, c.spectra);
+                }
+            }
+            anyhow::ensure!(bad == 0, "{bad} comparison(s) differ");
+            Ok(())
+        }
+        Command::Bench(args) => {
+            if args.threads > 0 {
+                // Before any thread pool starts (faer's and NdArray's rayon pool).
+                // SAFETY: single-threaded at this point.
+                #[allow(unsafe_code)]
+                unsafe {
+                    std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+                }
+            }
+            gradlens::bench::run(&args, &std::env::current_dir()?)?;
             Ok(())
         }
         Command::Compare {

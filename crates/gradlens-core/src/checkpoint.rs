@@ -36,6 +36,18 @@ pub struct Checkpoint {
     files: Vec<WeightFile>,
     entries: BTreeMap<String, Entry>,
     taken: BTreeSet<String>,
+    /// `Some` for [`Checkpoint::describe`]: no weights, every requested tensor is recorded.
+    described: Option<Vec<Described>>,
+}
+
+/// A tensor a family asks for, recorded by [`Checkpoint::describe`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Described {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// The value of a scale vector that leaves its input unchanged (1 for `w·x`, 0 for Gemma's
+    /// `(1+w)·x`), when the family says so; `None` for weights and biases.
+    pub identity: Option<f64>,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -157,7 +169,49 @@ impl Checkpoint {
             files,
             entries,
             taken: BTreeSet::new(),
+            described: None,
         })
+    }
+
+    /// A checkpoint without weights for `config` (read from `config_path`): a family's `load`
+    /// run against it records the name and shape of every tensor it needs (see
+    /// [`Checkpoint::described`]) and gets one-element placeholders, so that the parameter list
+    /// of any shape costs no memory. Every optional tensor counts as present.
+    pub fn describe(config_path: impl AsRef<Path>) -> Result<Self> {
+        let config_path = config_path.as_ref().to_path_buf();
+        let config = read_json(&config_path)?;
+        if !config.is_object() {
+            return Err(CheckpointError::Config {
+                path: config_path,
+                message: "expected a JSON object".into(),
+            });
+        }
+        Ok(Self {
+            dir: config_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            config_path,
+            config,
+            files: Vec::new(),
+            entries: BTreeMap::new(),
+            taken: BTreeSet::new(),
+            described: Some(Vec::new()),
+        })
+    }
+
+    /// The tensors recorded by a [`Checkpoint::describe`] checkpoint, in request order.
+    pub fn described(&self) -> Option<&[Described]> {
+        self.described.as_deref()
+    }
+
+    /// Record the identity value of a scale vector (describe mode only; a no-op otherwise).
+    pub fn note_identity(&mut self, name: &str, identity: f64) {
+        if let Some(d) = &mut self.described
+            && let Some(t) = d.iter_mut().rev().find(|t| t.name == name)
+        {
+            t.identity = Some(identity);
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -185,7 +239,7 @@ impl Checkpoint {
 
     /// Whether the checkpoint stores a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
+        self.described.is_some() || self.entries.contains_key(name)
     }
 
     /// The stored dtypes of all tensors, for reporting.
@@ -198,6 +252,14 @@ impl Checkpoint {
 
     /// Read tensor `name`, check its shape, and convert it to f32 (f64 when stored as f64).
     pub fn take(&mut self, name: &str, expected_shape: &[usize]) -> Result<HostTensor> {
+        if let Some(d) = &mut self.described {
+            d.push(Described {
+                name: name.to_string(),
+                shape: expected_shape.to_vec(),
+                identity: None,
+            });
+            return Ok(TensorData::new(vec![0f32], vec![1; expected_shape.len()]));
+        }
         let entry = self
             .entries
             .get(name)
@@ -266,6 +328,11 @@ impl Checkpoint {
 
     /// Mark tensors the model deliberately does not use (e.g. stored rotary tables) as accounted for.
     pub fn ignore_where(&mut self, pred: impl Fn(&str) -> bool) {
+        if let Some(d) = &mut self.described {
+            // A deliberately unused tensor (a tied head's stored copy) is not part of the model.
+            d.retain(|t| !pred(&t.name));
+            return;
+        }
         let names: Vec<String> = self.entries.keys().filter(|n| pred(n)).cloned().collect();
         self.taken.extend(names);
     }

@@ -9,7 +9,7 @@
 mod checkpoint;
 mod error;
 
-pub use checkpoint::{Checkpoint, HostTensor, StoredDtype};
+pub use checkpoint::{Checkpoint, Described, HostTensor, StoredDtype};
 pub use error::{CheckpointError, Result};
 
 use serde::de::DeserializeOwned;

@@ -36,3 +36,110 @@ impl fmt::Display for Dtype {
 pub type CpuF32 = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 /// The CPU backend with autodiff, in f64 (the reference-grade path).
 pub type CpuF64 = burn::backend::Autodiff<burn::backend::NdArray<f64>>;
+
+/// The CUDA backend with autodiff, in f32 (burn-cuda with kernel fusion; `cuda` feature).
+#[cfg(feature = "cuda")]
+pub type CudaF32 = burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>;
+
+/// Where the model runs: `cpu` (Burn's NdArray) or `cuda[:N]` (burn-cuda, GPU N).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(Device::Cuda(i)),
+                _ => Err(format!(
+                    "unknown backend {other:?} (expected cpu, cuda or cuda:N)"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(0) => f.write_str("cuda"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Whether this build includes the CUDA backend.
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Work generic over the autodiff backend, run by [`dispatch`] on the chosen device and dtype.
+pub trait BackendJob {
+    type Output;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: &B::Device,
+    ) -> anyhow::Result<Self::Output>;
+}
+
+/// Check that `device` with `dtype` is available in this build, with a clear error otherwise.
+pub fn check(device: Device, dtype: Dtype) -> anyhow::Result<()> {
+    match (device, dtype) {
+        (Device::Cpu, _) => Ok(()),
+        (Device::Cuda(_), _) if !CUDA_BUILT => anyhow::bail!(
+            "backend {device}: this gradlens was built without CUDA support; rebuild with \
+             `cargo build --release --features cuda` (needs no CUDA toolkit to build; running \
+             needs an NVIDIA driver with CUDA 13.0 or newer)"
+        ),
+        (Device::Cuda(_), Dtype::F64) => anyhow::bail!(
+            "backend {device}: f64 runs on the CPU only (the reference path); use --dtype f32 on CUDA"
+        ),
+        (Device::Cuda(i), Dtype::F32) => cuda_available(i),
+    }
+}
+
+/// A clear error (not a panic deep in the driver bindings) when no usable GPU is there.
+#[cfg(feature = "cuda")]
+fn cuda_available(index: usize) -> anyhow::Result<()> {
+    // SAFETY: only tries to dlopen the driver library (libcuda); no CUDA call is made.
+    #[allow(unsafe_code)]
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !present {
+        anyhow::bail!(
+            "backend cuda: the NVIDIA driver library (libcuda.so) was not found: no GPU driver on \
+             this machine, or it is outside the library path (LD_LIBRARY_PATH)"
+        );
+    }
+    cudarc::driver::result::init()
+        .map_err(|e| anyhow::anyhow!("backend cuda: the CUDA driver failed to start: {e:?}"))?;
+    let n = cudarc::driver::result::device::get_count()
+        .map_err(|e| anyhow::anyhow!("backend cuda: cannot count GPUs: {e:?}"))?;
+    if index >= n.max(0) as usize {
+        anyhow::bail!("backend cuda:{index}: this machine has {n} GPU(s)");
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_available(_: usize) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// Run `job` on `device` in `dtype`.
+pub fn dispatch<J: BackendJob>(device: Device, dtype: Dtype, job: J) -> anyhow::Result<J::Output> {
+    check(device, dtype)?;
+    match (device, dtype) {
+        (Device::Cpu, Dtype::F32) => job.run::<CpuF32>(&Default::default()),
+        (Device::Cpu, Dtype::F64) => job.run::<CpuF64>(&Default::default()),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda(i), Dtype::F32) => {
+            job.run::<CudaF32>(&burn::backend::cuda::CudaDevice::new(i))
+        }
+        _ => unreachable!("rejected by check()"),
+    }
+}

@@ -124,3 +124,56 @@ pub fn compare_files(expected: &Path, actual: &Path, rtol: f64) -> anyhow::Resul
     }
     Ok(errs)
 }
+
+/// The smallest relative tolerance under which every number of `actual` agrees with `expected`
+/// (the rule of [`compare_line`]): how far two runs are apart. `None` when the files' indices or
+/// parameters differ.
+pub fn max_deviation(expected: &Path, actual: &Path) -> anyhow::Result<Option<f64>> {
+    let e = read_jsonl_by_index(expected)?;
+    let a = read_jsonl_by_index(actual)?;
+    if e.keys().ne(a.keys()) {
+        return Ok(None);
+    }
+    let mut worst = 0.0f64;
+    for (i, ev) in &e {
+        let av = &a[i];
+        let (Some(eo), Some(ao)) = (ev.as_object(), av.as_object()) else {
+            return Ok(None);
+        };
+        for (key, x) in eo {
+            let y = &ao.get(key);
+            match (x, y) {
+                (Value::Object(es), Some(Value::Object(as_))) => {
+                    let scale_m = num(x, "M_max")
+                        .unwrap_or(0.0)
+                        .abs()
+                        .max(num(x, "M_min").unwrap_or(0.0).abs());
+                    let s_max = num(x, "S_max").unwrap_or(0.0).abs();
+                    for (stat, xv) in es {
+                        let (Some(p), Some(q)) =
+                            (xv.as_f64(), as_.get(stat).and_then(Value::as_f64))
+                        else {
+                            return Ok(None);
+                        };
+                        let scale = match stat.as_str() {
+                            "M_mean" | "M_max" | "M_min" => scale_m,
+                            "S_min" => s_max,
+                            _ => p.abs(),
+                        };
+                        if (p - q).abs() > 0.0 {
+                            worst = worst.max((p - q).abs() / scale.max(f64::MIN_POSITIVE));
+                        }
+                    }
+                }
+                (Value::Number(n), Some(Value::Number(m))) if n.is_f64() => {
+                    let (p, q) = (n.as_f64().unwrap_or(0.0), m.as_f64().unwrap_or(f64::NAN));
+                    if (p - q).abs() > 0.0 || q.is_nan() {
+                        worst = worst.max((p - q).abs() / p.abs().max(f64::MIN_POSITIVE));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(worst))
+}

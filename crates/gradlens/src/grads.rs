@@ -1,11 +1,11 @@
 //! `gradlens grads`: measure every sample of a data file into a resumable JSONL.
 
-use crate::backend::{CpuF32, CpuF64, Dtype};
+use crate::backend::{BackendJob, Device, Dtype, dispatch};
 use crate::data::{Record, load_records};
-use crate::measure::sample_grads;
+use crate::measure::{HostGrads, sample_grads};
 use crate::output::{JsonlAppender, done_indices, skipped_path};
 use crate::sample::{Preparation, PromptMode, prepare};
-use crate::stats::{Factors, GradMatrix, GradStats, Spectra, entry_stats, spectrum, stats_from};
+use crate::stats::{GradStats, Spectra, stats_from};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
@@ -27,6 +27,8 @@ pub struct GradsOptions {
     pub limit: Option<usize>,
     pub max_length: usize,
     pub dtype: Dtype,
+    /// Where the model runs (cpu, cuda).
+    pub backend: Device,
     pub mode: PromptMode,
     pub spectra: Spectra,
     pub save_spectrum: bool,
@@ -81,7 +83,7 @@ pub enum Work {
         loss: f64,
         n_tokens: usize,
         n_loss_tokens: usize,
-        grads: Vec<(String, GradMatrix, Option<Factors>)>,
+        grads: HostGrads,
     },
     Skipped {
         index: usize,
@@ -98,7 +100,6 @@ pub struct Finished {
 /// The statistics of one measured sample (no model needed: runs on a worker thread).
 pub fn finish(
     work: Work,
-    spectra: Spectra,
     save_spectrum: bool,
 ) -> Result<std::result::Result<Finished, (usize, String)>> {
     let (index, instr, output, loss, n_tokens, n_loss_tokens, grads) = match work {
@@ -113,14 +114,13 @@ pub fn finish(
             grads,
         } => (index, instr, output, loss, n_tokens, n_loss_tokens, grads),
     };
+    let spectra_values = grads.spectra().with_context(|| format!("sample {index}"))?;
     let mut stats = Vec::with_capacity(grads.len());
     let mut spectrum_line = save_spectrum.then(Map::new);
     if let Some(l) = &mut spectrum_line {
         l.insert("index".into(), json!(index));
     }
-    for (name, g, f) in &grads {
-        let s =
-            spectrum(g, f.as_ref(), spectra).with_context(|| format!("sample {index}: {name}"))?;
+    for ((name, entries), s) in grads.entries().into_iter().zip(&spectra_values) {
         if let Some(l) = &mut spectrum_line {
             let floor = 1e-12 * s.first().copied().unwrap_or(0.0);
             l.insert(
@@ -133,7 +133,7 @@ pub fn finish(
                 ),
             );
         }
-        stats.push((name.clone(), stats_from(entry_stats(g), &s)));
+        stats.push((name, stats_from(entries, s)));
     }
     let line = sample_line(
         index,
@@ -182,7 +182,7 @@ impl<B: AutodiffBackend> Measurer<B> {
                 self.tokenizer.path().display()
             );
         }
-        let sample = sample_grads(&self.model, &prepared, self.spectra != Spectra::Dense);
+        let sample = sample_grads(&self.model, &prepared, self.spectra);
         if !sample.loss.is_finite() {
             return Ok(Work::Skipped {
                 index,
@@ -200,17 +200,27 @@ impl<B: AutodiffBackend> Measurer<B> {
         })
     }
 
+    /// Forward and backward of one record without any statistics (for the benchmark); `None`
+    /// when the record is skipped.
+    pub fn forward_backward_only(&self, record: &Record) -> Result<Option<usize>> {
+        match prepare(&self.tokenizer, &self.mode, record)? {
+            Preparation::Ready(p) => {
+                crate::measure::forward_backward_only(&self.model, &p);
+                Ok(Some(p.ids.len()))
+            }
+            Preparation::Skip(_) => Ok(None),
+        }
+    }
+
     /// The JSONL line of one record, or the reason it is skipped (no pipelining).
     pub fn measure(
         &self,
         index: usize,
         record: &Record,
     ) -> Result<std::result::Result<Map<String, Value>, String>> {
-        Ok(
-            finish(self.forward_backward(index, record)?, self.spectra, false)?
-                .map(|f| f.line)
-                .map_err(|(_, r)| r),
-        )
+        Ok(finish(self.forward_backward(index, record)?, false)?
+            .map(|f| f.line)
+            .map_err(|(_, r)| r))
     }
 
     /// Measure `records[range]` into `out`, skipping indices already there or in the sidecar.
@@ -240,7 +250,7 @@ impl<B: AutodiffBackend> Measurer<B> {
         }
         let mut writer = JsonlAppender::open(out)?;
         let spectrum_file = spectrum_path(out);
-        let (spectra, save_spectrum) = (self.spectra, self.save_spectrum);
+        let save_spectrum = self.save_spectrum;
         let (bar, overall) = (bar.cloned(), overall.cloned());
         let (measured, skipped) = std::thread::scope(|scope| -> Result<(usize, usize)> {
             // At most one sample waits for its statistics while the next one is computed.
@@ -254,7 +264,7 @@ impl<B: AutodiffBackend> Measurer<B> {
                     None
                 };
                 for work in rx {
-                    match finish(work, spectra, save_spectrum)? {
+                    match finish(work, save_spectrum)? {
                         Ok(f) => {
                             if let (Some(w), Some(l)) = (&mut spectrum_writer, &f.spectrum) {
                                 w.append(l)?;
@@ -372,10 +382,14 @@ pub fn progress_bar(len: u64, label: &str) -> ProgressBar {
 
 /// Run `gradlens grads` with the given options.
 pub fn run_grads(opts: &GradsOptions) -> Result<RunSummary> {
-    match opts.dtype {
-        Dtype::F32 => run_on::<CpuF32>(opts, &Default::default()),
-        Dtype::F64 => run_on::<CpuF64>(opts, &Default::default()),
+    struct Job<'a>(&'a GradsOptions);
+    impl BackendJob for Job<'_> {
+        type Output = RunSummary;
+        fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<RunSummary> {
+            run_on::<B>(self.0, device)
+        }
     }
+    dispatch(opts.backend, opts.dtype, Job(opts))
 }
 
 /// The records to measure: `[start, start + limit)` within the file.

@@ -7,11 +7,14 @@
 //! matrices) is summarised by its entries and its singular values (faer).
 
 pub mod backend;
+pub mod bench;
 pub mod chat;
 pub mod compare;
 pub mod data;
 pub mod datasets;
+pub mod fixtures;
 pub mod grads;
+pub mod init;
 pub mod measure;
 pub mod output;
 pub mod report;

@@ -2,19 +2,17 @@
 //! (and, when asked, the low-rank factors of each gradient).
 
 use crate::sample::Prepared;
-use crate::stats::{Factors, GradMatrix};
-use burn::tensor::Tensor;
+use crate::stats::{
+    EntryStats, Factors, HostMatrix, MeasuredGrad, Real, Spectra, SpectrumSource, SvdError,
+    spectra_of,
+};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Element, Tensor};
 use gradlens_models::LoadedModel;
-use gradlens_models::blocks::{Capture, int_tensor};
-
-/// The loss and the gradients of one sample, on the host.
-pub struct SampleGrads {
-    pub loss: f64,
-    /// In checkpoint order, named as in the checkpoint; with the factors Δ and X when captured.
-    pub grads: Vec<(String, GradMatrix, Option<Factors>)>,
-}
+use gradlens_models::blocks::{Capture, int_tensor, zeros};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Mean negative log-likelihood of the response tokens; logits are formed only at the positions
 /// that carry loss.
@@ -36,77 +34,214 @@ pub fn response_loss<B: AutodiffBackend>(
     log_softmax(logits, 1).gather(1, targets).mean().neg()
 }
 
-fn host<B: burn::tensor::backend::Backend>(t: Tensor<B, 2>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .expect("f64 data")
+/// The gradients of one sample on the host, in the compute dtype.
+pub enum HostGrads {
+    F32(Vec<MeasuredGrad<f32>>),
+    F64(Vec<MeasuredGrad<f64>>),
 }
 
-/// Forward, backward, and the gradients of every measured weight copied to the host in f64;
-/// with `factors`, also each gradient's factors (G = Δᵀ X).
+impl HostGrads {
+    pub fn len(&self) -> usize {
+        match self {
+            HostGrads::F32(g) => g.len(),
+            HostGrads::F64(g) => g.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Names and entry statistics, in order.
+    pub fn entries(&self) -> Vec<(String, EntryStats)> {
+        match self {
+            HostGrads::F32(g) => g.iter().map(|g| (g.name.clone(), g.entries)).collect(),
+            HostGrads::F64(g) => g.iter().map(|g| (g.name.clone(), g.entries)).collect(),
+        }
+    }
+    /// Singular values of every gradient, in order (see [`spectra_of`]).
+    pub fn spectra(&self) -> Result<Vec<Vec<f64>>, SvdError> {
+        match self {
+            HostGrads::F32(g) => spectra_of(g),
+            HostGrads::F64(g) => spectra_of(g),
+        }
+    }
+}
+
+/// The loss and the gradients of one sample.
+pub struct SampleGrads {
+    pub loss: f64,
+    /// In checkpoint order, named as in the checkpoint.
+    pub grads: HostGrads,
+}
+
+fn download<B: Backend, T: Real + Element>(t: Tensor<B, 2>) -> HostMatrix<T> {
+    let [rows, cols] = t.dims();
+    let data = t
+        .into_data()
+        .convert::<T>()
+        .into_vec::<T>()
+        .expect("float data");
+    HostMatrix { rows, cols, data }
+}
+
+/// Forward and backward; the entry statistics of every measured weight's gradient are reduced
+/// where the gradient is (one transfer for all of them), and only what the singular values need
+/// is copied to the host: the dense gradient, or its factors Δ and X (G = Δᵀ X) when `spectra`
+/// chooses the factored path for that weight (each distinct X once).
 pub fn sample_grads<B: AutodiffBackend>(
     model: &LoadedModel<B>,
     sample: &Prepared,
-    factors: bool,
+    spectra: Spectra,
 ) -> SampleGrads {
-    let capture = factors.then(Capture::<B>::default);
+    if <B::FloatElem as Element>::dtype() == DType::F64 {
+        let (loss, g) = collect::<B, f64>(model, sample, spectra);
+        SampleGrads {
+            loss,
+            grads: HostGrads::F64(g),
+        }
+    } else {
+        let (loss, g) = collect::<B, f32>(model, sample, spectra);
+        SampleGrads {
+            loss,
+            grads: HostGrads::F32(g),
+        }
+    }
+}
+
+fn collect<B: AutodiffBackend, T: Real + Element>(
+    model: &LoadedModel<B>,
+    sample: &Prepared,
+    spectra: Spectra,
+) -> (f64, Vec<MeasuredGrad<T>>) {
+    let tokens = sample.ids.len();
+    let t0 = std::time::Instant::now();
+    let wants = |dims: [usize; 2]| spectra.factored(tokens, dims[0], dims[1]);
+    let any_factored = model.selected.iter().any(|s| wants(s.tensor.dims()));
+    let capture = any_factored.then(Capture::<B>::default);
     let loss = response_loss(model, sample, capture.as_ref());
+    let mut grads = loss.backward();
     let loss_value = loss
-        .clone()
         .into_data()
         .convert::<f64>()
         .to_vec::<f64>()
         .expect("f64 data")[0];
-    let mut grads = loss.backward();
-    let mut captured: std::collections::HashMap<String, Factors> = std::collections::HashMap::new();
+    // Reading the loss waits for the device: on CUDA the first samples of a run spend minutes here
+    // compiling and tuning kernels.
+    tracing::debug!(
+        tokens,
+        loss = loss_value,
+        "forward and backward done in {:.3} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let device = model.device.clone();
+    let zeros_like = |dims: [usize; 2]| zeros::<B::InnerBackend, 2>(dims, &device);
+
+    // The factors of the weights that take the factored path.
+    let mut factors: HashMap<String, Factors<T>> = HashMap::new();
     if let Some(c) = capture {
+        let inputs = c.inputs.into_inner();
+        let mut host_inputs: Vec<Option<Arc<HostMatrix<T>>>> = vec![None; inputs.len()];
         for e in c.entries.into_inner() {
-            let [t, d_in] = e.input.dims();
-            let d_out = e.probe.dims()[1];
+            let [t, d_out] = e.probe.dims();
+            let d_in = inputs[e.input].dims()[1];
+            if !wants([d_out, d_in]) {
+                continue;
+            }
             let delta = e
                 .probe
                 .grad_remove(&mut grads)
-                .map(host)
-                .unwrap_or_else(|| vec![0.0; t * d_out]);
-            let x = host(e.input.inner());
-            captured.insert(
+                .unwrap_or_else(|| zeros_like([t, d_out]));
+            let x = host_inputs[e.input]
+                .get_or_insert_with(|| Arc::new(download(inputs[e.input].clone().inner())))
+                .clone();
+            factors.insert(
                 e.name,
                 Factors {
-                    tokens: t,
-                    d_in,
-                    d_out,
                     x,
-                    delta,
+                    delta: download(delta),
                 },
             );
         }
     }
-    let grads = model
+
+    // Every gradient's entry statistics in one transfer: [sum, max, min, Σx²] per weight.
+    let mut reductions = Vec::with_capacity(model.selected.len());
+    let mut dense = Vec::with_capacity(model.selected.len());
+    for s in &model.selected {
+        let dims = s.tensor.dims();
+        // A weight the loss does not reach has a zero gradient (as a zero-filled .grad).
+        let g = s
+            .tensor
+            .grad_remove(&mut grads)
+            .unwrap_or_else(|| zeros_like(dims));
+        let flat: Tensor<B::InnerBackend, 1> = g.clone().reshape([dims[0] * dims[1]]);
+        reductions.push(Tensor::cat(
+            vec![
+                flat.clone().sum(),
+                flat.clone().max(),
+                flat.clone().min(),
+                flat.powi_scalar(2).sum(),
+            ],
+            0,
+        ));
+        dense.push((!factors.contains_key(&s.name)).then(|| download::<_, T>(g)));
+    }
+    let reduced: Vec<f64> = if reductions.is_empty() {
+        Vec::new()
+    } else {
+        Tensor::cat(reductions, 0)
+            .into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .expect("f64 data")
+    };
+    tracing::debug!(
+        "gradients reduced and copied to the host in {:.3} s after the start of the sample",
+        t0.elapsed().as_secs_f64()
+    );
+    let measured = model
         .selected
         .iter()
-        .map(|s| {
+        .zip(dense)
+        .enumerate()
+        .map(|(i, (s, dense))| {
             let [rows, cols] = s.tensor.dims();
-            let g = s
-                .tensor
-                .grad_remove(&mut grads)
-                .map(host)
-                // A weight the loss does not reach has a zero gradient (as a zero-filled .grad).
-                .unwrap_or_else(|| vec![0.0; rows * cols]);
-            let f = captured.remove(&s.name);
-            (
-                s.name.clone(),
-                GradMatrix {
-                    rows,
-                    cols,
-                    data: g,
-                },
-                f,
-            )
+            let r = &reduced[4 * i..4 * i + 4];
+            let entries = EntryStats {
+                mean: r[0] / (rows * cols) as f64,
+                max: r[1],
+                min: r[2],
+                frobenius: r[3].max(0.0).sqrt(),
+            };
+            let source = match dense {
+                Some(m) => SpectrumSource::Dense(m),
+                None => SpectrumSource::Factored(factors.remove(&s.name).expect("factors")),
+            };
+            MeasuredGrad {
+                name: s.name.clone(),
+                rows,
+                cols,
+                entries,
+                source,
+            }
         })
         .collect();
-    SampleGrads {
-        loss: loss_value,
-        grads,
+    (loss_value, measured)
+}
+
+/// Forward and backward only (the benchmark's "forward+backward alone"): the loss and one scalar
+/// that depends on every measured gradient, read back so that the device has finished.
+pub fn forward_backward_only<B: AutodiffBackend>(model: &LoadedModel<B>, sample: &Prepared) -> f64 {
+    let loss = response_loss(model, sample, None);
+    let mut grads = loss.backward();
+    let mut total = loss.inner();
+    for s in &model.selected {
+        if let Some(g) = s.tensor.grad_remove(&mut grads) {
+            total = total + g.sum();
+        }
     }
+    total
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .expect("f64 data")[0]
 }

@@ -3,12 +3,35 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A gradient on the host, row-major `[rows, cols]` as the checkpoint stores the weight.
+/// A float type the host-side linear algebra runs in: the model's compute dtype (f32 on CUDA and
+/// for `--dtype f32`, f64 for the reference path).
+pub trait Real:
+    faer::traits::RealField + Copy + Send + Sync + Into<f64> + std::fmt::Debug + 'static
+{
+}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// A matrix on the host, row-major `[rows, cols]` (a gradient as the checkpoint stores the weight,
+/// or a factor `[tokens, dim]`).
 #[derive(Debug, Clone)]
-pub struct GradMatrix {
+pub struct HostMatrix<T> {
     pub rows: usize,
     pub cols: usize,
-    pub data: Vec<f64>,
+    pub data: Vec<T>,
+}
+
+/// A gradient on the host.
+pub type GradMatrix<T = f64> = HostMatrix<T>;
+
+/// Mean, max and min of a gradient's entries and its Frobenius norm (computed where the gradient
+/// is, accumulated in the compute dtype; on the CPU in f64 from the host copy).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EntryStats {
+    pub mean: f64,
+    pub max: f64,
+    pub min: f64,
+    pub frobenius: f64,
 }
 
 /// The seven statistics of the paper, under the paper's key names.
@@ -38,15 +61,41 @@ pub struct GradStats {
 pub struct SvdError(String);
 
 /// The factors of one sample's gradient of a linear map `y = x Wᵀ (+ b)` applied at `tokens`
-/// positions: G = Δᵀ X, with X `[tokens, d_in]` the inputs and Δ `[tokens, d_out]` the loss
-/// gradients w.r.t. the outputs (row-major).
+/// positions: G = Δᵀ X, with X `[tokens, d_in]` the inputs (shared by projections of the same
+/// input, e.g. q, k and v) and Δ `[tokens, d_out]` the loss gradients w.r.t. the outputs.
 #[derive(Debug, Clone)]
-pub struct Factors {
-    pub tokens: usize,
-    pub d_in: usize,
-    pub d_out: usize,
-    pub x: Vec<f64>,
-    pub delta: Vec<f64>,
+pub struct Factors<T> {
+    pub x: std::sync::Arc<HostMatrix<T>>,
+    pub delta: HostMatrix<T>,
+}
+
+impl<T> Factors<T> {
+    pub fn tokens(&self) -> usize {
+        self.delta.rows
+    }
+    pub fn d_in(&self) -> usize {
+        self.x.cols
+    }
+    pub fn d_out(&self) -> usize {
+        self.delta.cols
+    }
+}
+
+/// One measured weight of one sample: entry statistics and what its singular values come from.
+#[derive(Debug, Clone)]
+pub struct MeasuredGrad<T> {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub entries: EntryStats,
+    pub source: SpectrumSource<T>,
+}
+
+/// The dense gradient (the paper's way) or its factors.
+#[derive(Debug, Clone)]
+pub enum SpectrumSource<T> {
+    Dense(HostMatrix<T>),
+    Factored(Factors<T>),
 }
 
 /// How singular values are computed.
@@ -77,71 +126,109 @@ impl std::str::FromStr for Spectra {
 }
 
 impl Spectra {
-    /// Whether a sample of `tokens` positions needs the factors captured.
-    pub fn wants_factors(self, tokens: usize, min_dim: usize) -> bool {
+    /// Whether a weight `[d_out, d_in]` measured over `tokens` positions gets its singular values
+    /// from the factors.
+    pub fn factored(self, tokens: usize, d_out: usize, d_in: usize) -> bool {
         match self {
             Spectra::Dense => false,
             Spectra::Factored => true,
-            Spectra::Auto => tokens < min_dim,
+            Spectra::Auto => tokens < d_out.min(d_in),
         }
     }
 }
 
 /// R of the thin QR of `Mᵀ`, where M is row-major `[rows, cols]` (so Mᵀ is `[cols, rows]`):
 /// `[min(cols, rows), rows]`.
-fn thin_r_of_transpose(m: &[f64], rows: usize, cols: usize) -> faer::Mat<f64> {
+pub fn thin_r_of_transpose<T: Real>(m: &HostMatrix<T>) -> faer::Mat<T> {
     // Mᵀ as a column-major [cols, rows] matrix is exactly M's row-major buffer.
-    let mt = faer::MatRef::from_column_major_slice(m, cols, rows);
+    let mt = faer::MatRef::from_column_major_slice(&m.data, m.cols, m.rows);
     mt.qr().thin_R().to_owned()
+}
+
+/// Singular values of G = Δᵀ X from R_x (the R of Xᵀ's thin QR, see [`thin_r_of_transpose`]) and
+/// Δ, largest first, padded with zeros to min(d_out, d_in) values.
+pub fn factored_singular_values_with<T: Real>(
+    r_x: &faer::Mat<T>,
+    f: &Factors<T>,
+) -> Result<Vec<f64>, SvdError> {
+    let r_d = thin_r_of_transpose(&f.delta);
+    let core = &r_d * r_x.transpose();
+    let mut s: Vec<f64> = core
+        .singular_values()
+        .map_err(|e| SvdError(format!("{e:?}")))?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    s.resize(f.d_out().min(f.d_in()), 0.0);
+    Ok(s)
 }
 
 /// Singular values of G = Δᵀ X from the factors, largest first, padded with zeros to
 /// min(d_out, d_in) values (the rank of G is at most the number of tokens).
-pub fn factored_singular_values(f: &Factors) -> Result<Vec<f64>, SvdError> {
-    let r_x = thin_r_of_transpose(&f.x, f.tokens, f.d_in);
-    let r_d = thin_r_of_transpose(&f.delta, f.tokens, f.d_out);
-    let core = &r_d * r_x.transpose();
-    let mut s = core
-        .singular_values()
-        .map_err(|e| SvdError(format!("{e:?}")))?;
-    s.resize(f.d_out.min(f.d_in), 0.0);
-    Ok(s)
+pub fn factored_singular_values<T: Real>(f: &Factors<T>) -> Result<Vec<f64>, SvdError> {
+    factored_singular_values_with(&thin_r_of_transpose(&f.x), f)
 }
 
-/// Singular values by the chosen path.
-pub fn spectrum(g: &GradMatrix, f: Option<&Factors>, mode: Spectra) -> Result<Vec<f64>, SvdError> {
-    match (mode, f) {
-        (Spectra::Dense, _) | (_, None) => singular_values(g),
-        (Spectra::Factored, Some(f)) => factored_singular_values(f),
-        (Spectra::Auto, Some(f)) => {
-            if f.tokens < f.d_out.min(f.d_in) {
-                factored_singular_values(f)
-            } else {
-                singular_values(g)
-            }
+/// The singular values of every measured weight of one sample, in order: the weights run in
+/// parallel (rayon), each inner factorisation on one thread, and each shared input X is
+/// factorised once.
+pub fn spectra_of<T: Real>(grads: &[MeasuredGrad<T>]) -> Result<Vec<Vec<f64>>, SvdError> {
+    use rayon::prelude::*;
+    use std::sync::Arc;
+    faer::set_global_parallelism(faer::Par::Seq);
+    let mut inputs: Vec<&Arc<HostMatrix<T>>> = Vec::new();
+    for g in grads {
+        if let SpectrumSource::Factored(f) = &g.source
+            && !inputs.iter().any(|x| Arc::ptr_eq(x, &f.x))
+        {
+            inputs.push(&f.x);
         }
     }
+    let r: Vec<faer::Mat<T>> = inputs.par_iter().map(|x| thin_r_of_transpose(x)).collect();
+    grads
+        .par_iter()
+        .map(|g| match &g.source {
+            SpectrumSource::Dense(m) => singular_values(m),
+            SpectrumSource::Factored(f) => {
+                let i = inputs
+                    .iter()
+                    .position(|x| Arc::ptr_eq(x, &f.x))
+                    .expect("input listed");
+                factored_singular_values_with(&r[i], f)
+            }
+        })
+        .collect()
 }
 
 /// Singular values, largest first (faer, values only).
-pub fn singular_values(g: &GradMatrix) -> Result<Vec<f64>, SvdError> {
+pub fn singular_values<T: Real>(g: &HostMatrix<T>) -> Result<Vec<f64>, SvdError> {
     let m = faer::MatRef::from_row_major_slice(&g.data, g.rows, g.cols);
-    m.singular_values().map_err(|e| SvdError(format!("{e:?}")))
+    Ok(m.singular_values()
+        .map_err(|e| SvdError(format!("{e:?}")))?
+        .into_iter()
+        .map(Into::into)
+        .collect())
 }
 
-/// Entry statistics and the Frobenius norm (accumulated in f64).
-pub fn entry_stats(g: &GradMatrix) -> (f64, f64, f64, f64) {
+/// Entry statistics and the Frobenius norm of a host matrix (accumulated in f64).
+pub fn entry_stats<T: Real>(g: &HostMatrix<T>) -> EntryStats {
     let mut sum = 0.0;
     let mut sq = 0.0;
     let mut max = f64::NEG_INFINITY;
     let mut min = f64::INFINITY;
     for &x in &g.data {
+        let x: f64 = x.into();
         sum += x;
         sq += x * x;
         max = max.max(x);
         min = min.min(x);
     }
-    (sum / g.data.len() as f64, max, min, sq.sqrt())
+    EntryStats {
+        mean: sum / g.data.len() as f64,
+        max,
+        min,
+        frobenius: sq.sqrt(),
+    }
 }
 
 /// Effective rank `exp(−Σ p_i ln p_i)` with `p_i = σ_i / Σσ` (0 for a zero matrix).
@@ -169,13 +256,12 @@ pub fn stable_rank(s: &[f64]) -> f64 {
 }
 
 /// The statistics of one gradient from its entries and its singular values (largest first).
-pub fn stats_from(entries: (f64, f64, f64, f64), s: &[f64]) -> GradStats {
-    let (m_mean, m_max, m_min, frobenius_norm) = entries;
+pub fn stats_from(entries: EntryStats, s: &[f64]) -> GradStats {
     GradStats {
-        m_mean,
-        m_max,
-        m_min,
-        frobenius_norm,
+        m_mean: entries.mean,
+        m_max: entries.max,
+        m_min: entries.min,
+        frobenius_norm: entries.frobenius,
         s_sum: s.iter().sum(),
         s_max: s.first().copied().unwrap_or(0.0),
         s_min: s.last().copied().unwrap_or(0.0),
@@ -185,6 +271,6 @@ pub fn stats_from(entries: (f64, f64, f64, f64), s: &[f64]) -> GradStats {
 }
 
 /// All statistics of one gradient (dense path: the SVD of the matrix itself).
-pub fn grad_stats(g: &GradMatrix) -> Result<GradStats, SvdError> {
+pub fn grad_stats<T: Real>(g: &HostMatrix<T>) -> Result<GradStats, SvdError> {
     Ok(stats_from(entry_stats(g), &singular_values(g)?))
 }

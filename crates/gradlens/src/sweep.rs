@@ -2,7 +2,7 @@
 //! layout `<out>/<task folder>/<model name>/grads_<file stem>.jsonl`, resumable at sample level,
 //! deterministically shardable, with a `run.json` recording what ran.
 
-use crate::backend::{CpuF32, CpuF64, Dtype};
+use crate::backend::{BackendJob, Device, Dtype, dispatch};
 use crate::data::load_records;
 use crate::datasets::{Condition, Manifest};
 use crate::grads::{Measurer, progress_bar};
@@ -156,17 +156,12 @@ impl Plan {
                 );
             }
         }
-        match sweep.backend.as_str() {
-            "cpu" => {}
-            "cuda" => bail!(
-                "{}: backend \"cuda\" needs a gradlens built with the cuda feature (cargo build --release --features cuda)",
-                sweep_path.display()
-            ),
-            other => bail!(
-                "{}: unknown backend {other:?} (cpu, cuda)",
-                sweep_path.display()
-            ),
-        }
+        let device: Device = sweep
+            .backend
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{}: {e}", sweep_path.display()))?;
+        crate::backend::check(device, sweep.dtype)
+            .with_context(|| sweep_path.display().to_string())?;
         let manifest = Manifest::load(&normalize(&base_dir.join(&sweep.manifest)))?;
         let conditions = manifest.select(&sweep.conditions)?;
 
@@ -310,10 +305,15 @@ fn unix_time() -> u64 {
 /// Run the units of `shard` (all when `None`), each model loaded once, with an overall and a
 /// per-file progress bar; write `run.json` (or `run-shard-I-of-N.json`).
 pub fn run(plan: &Plan, shard: Option<usize>, progress: bool) -> Result<Vec<UnitRecord>> {
-    match plan.sweep.dtype {
-        Dtype::F32 => run_on::<CpuF32>(plan, shard, progress, &Default::default()),
-        Dtype::F64 => run_on::<CpuF64>(plan, shard, progress, &Default::default()),
+    struct Job<'a>(&'a Plan, Option<usize>, bool);
+    impl BackendJob for Job<'_> {
+        type Output = Vec<UnitRecord>;
+        fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<Vec<UnitRecord>> {
+            run_on::<B>(self.0, self.1, self.2, device)
+        }
     }
+    let device: Device = plan.sweep.backend.parse().map_err(anyhow::Error::msg)?;
+    dispatch(device, plan.sweep.dtype, Job(plan, shard, progress))
 }
 
 pub fn run_on<B: AutodiffBackend>(

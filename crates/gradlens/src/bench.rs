@@ -1,0 +1,552 @@
+//! The benchmark (`gradlens bench`, `cargo xtask bench`): gradlens against the paper's pipeline in
+//! PyTorch + transformers (full SVD of every gradient) and the svdvals variant, on the same
+//! checkpoint and samples, in one run, on the CPU or on CUDA. Prints samples/s, forward+backward
+//! and spectra seconds per sample, peak memory, and the ratios.
+//!
+//! Rows, each after `--warmup` untimed samples (CUDA compiles and autotunes its kernels then):
+//! - forward+backward alone (the floor: no statistics, one scalar read back);
+//! - factored and dense spectra, sequential (forward+backward, then the statistics: the split);
+//! - auto spectra, pipelined: what `gradlens grads` does (statistics of sample i on the CPU
+//!   threads while sample i+1 runs forward and backward);
+//! - the PyTorch reference (scripts/bench_reference.py), when torch and transformers import.
+
+use crate::backend::{BackendJob, Device, Dtype, dispatch};
+use crate::data::{Record, load_records};
+use crate::grads::{Measurer, Work, finish};
+use crate::sample::PromptMode;
+use crate::stats::Spectra;
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Checkpoints to measure: a checkpoint directory, a config.json (a random checkpoint is made
+    /// from it once in --workdir, see `gradlens init`), or `tiny` (the fixture qwen2-tiny).
+    #[arg(long = "model", num_args = 1.., default_values_t = vec!["tiny".to_string(), "configs/shapes/qwen2-0.5b.json".to_string()])]
+    pub models: Vec<String>,
+    /// Samples timed per gradlens row (the first N records of --data).
+    #[arg(long, default_value_t = 20)]
+    pub samples: usize,
+    /// Samples of the sequential rows (split of forward+backward and spectra); default --samples.
+    #[arg(long)]
+    pub sequential_samples: Option<usize>,
+    /// Samples of each PyTorch row (the first of the same records); default --samples.
+    #[arg(long)]
+    pub reference_samples: Option<usize>,
+    /// Untimed samples first (CUDA compiles and autotunes kernels on first use).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub max_length: usize,
+    /// cpu or cuda[:N]; the PyTorch side runs on the same kind of device.
+    #[arg(long, default_value = "cpu")]
+    pub backend: Device,
+    /// Rows to run: fwd-bwd, factored, dense, auto, paper, svdvals.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fwd-bwd,factored,dense,auto,paper,svdvals"
+    )]
+    pub rows: Vec<String>,
+    /// CPU threads for both sides (RAYON_NUM_THREADS, torch.set_num_threads); 0 = all.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Data file (default: the paper's aqua Detailed CoT under ../shared/paper-data or
+    /// $GRADLENS_DATA).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The Python with torch and transformers (the reference side is skipped without them).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Where random checkpoints go.
+    #[arg(long, default_value = "target/bench")]
+    pub workdir: PathBuf,
+    /// Tokenizer for random checkpoints made from a config.
+    #[arg(long, default_value = "configs/tokenizer")]
+    pub tokenizer: PathBuf,
+    /// Also write the rows as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One row of the result table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    pub model: String,
+    pub name: String,
+    pub samples: usize,
+    pub samples_per_s: f64,
+    pub fwd_bwd_s: f64,
+    pub spectra_s: f64,
+    pub mean_tokens: f64,
+    /// Peak host memory (VmHWM) so far.
+    pub peak_rss_mb: f64,
+    /// Peak GPU memory during the row (nvidia-smi), when on CUDA.
+    pub peak_gpu_mb: f64,
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|k| k.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Polls `nvidia-smi` every 100 ms and keeps the highest memory use since the last reset.
+struct GpuMemory {
+    peak: Arc<AtomicU64>,
+    child: Option<std::process::Child>,
+}
+
+impl GpuMemory {
+    fn start(device: Device) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let Device::Cuda(i) = device else {
+            return Self { peak, child: None };
+        };
+        let child = Command::new("nvidia-smi")
+            .args([
+                "--query-gpu=memory.used",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "100",
+                "-i",
+                &i.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok();
+        let mut child = child;
+        if let Some(out) = child.as_mut().and_then(|c| c.stdout.take()) {
+            let p = peak.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines().map_while(|l| l.ok()) {
+                    if let Ok(mb) = line.trim().parse::<u64>() {
+                        p.fetch_max(mb, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        Self { peak, child }
+    }
+    fn reset(&self) {
+        self.peak.store(0, Ordering::Relaxed);
+    }
+    fn peak_mb(&self) -> f64 {
+        match self.child {
+            // Let the poller see the last 100 ms.
+            Some(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                self.peak.load(Ordering::Relaxed) as f64
+            }
+            None => f64::NAN,
+        }
+    }
+}
+
+impl Drop for GpuMemory {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Resolve `--model` entries to checkpoint directories (making random ones from configs).
+fn checkpoint_dir(spec: &str, a: &BenchArgs, root: &Path) -> Result<PathBuf> {
+    if spec == "tiny" {
+        return Ok(root.join("fixtures/qwen2-tiny"));
+    }
+    let p = PathBuf::from(spec);
+    if p.is_dir() {
+        return Ok(p);
+    }
+    if p.is_file() {
+        let name = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let dir = a.workdir.join(&name);
+        if !dir.join("model.safetensors").is_file() {
+            let t0 = Instant::now();
+            eprintln!("random checkpoint from {}: {}", p.display(), dir.display());
+            let s = crate::init::init_checkpoint(&crate::init::InitOptions {
+                config: p.clone(),
+                out: dir.clone(),
+                seed: 0,
+                dtype: crate::init::StoreDtype::Bf16,
+                tokenizer: Some(a.tokenizer.clone()),
+                force: false,
+            })?;
+            eprintln!(
+                "  {:.3} B parameters in {:.1} s",
+                s.parameters as f64 / 1e9,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        return Ok(dir);
+    }
+    bail!("{spec}: neither `tiny`, a checkpoint directory nor a config.json")
+}
+
+struct GradlensRows<'a> {
+    a: &'a BenchArgs,
+    model: &'a Path,
+    label: &'a str,
+    records: &'a [Record],
+    gpu: &'a GpuMemory,
+}
+
+impl BackendJob for GradlensRows<'_> {
+    type Output = Vec<Row>;
+    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<Vec<Row>> {
+        let GradlensRows {
+            a,
+            model,
+            label,
+            records,
+            gpu,
+        } = self;
+        let t0 = Instant::now();
+        let mut m = Measurer::<B>::load(model, a.max_length, PromptMode::Base, device)?;
+        eprintln!("[{label}] loaded in {:.1} s", t0.elapsed().as_secs_f64());
+        let w = a.warmup.min(records.len());
+        let timed = &records[w..records.len().min(w + a.samples)];
+        if timed.is_empty() {
+            bail!("no samples left after {w} warm-up sample(s)");
+        }
+        let seq_n = a.sequential_samples.unwrap_or(a.samples).min(timed.len());
+        let backend = a.backend.to_string();
+        let mut rows = Vec::new();
+        let mut row = |name: String, n: usize, secs: f64, fb: f64, st: f64, tokens: f64| {
+            let r = Row {
+                model: label.to_string(),
+                name,
+                samples: n,
+                samples_per_s: n as f64 / secs,
+                fwd_bwd_s: fb,
+                spectra_s: st,
+                mean_tokens: tokens,
+                peak_rss_mb: peak_rss_mb(),
+                peak_gpu_mb: gpu.peak_mb(),
+            };
+            eprintln!(
+                "[{label}] {}: {:.3} samples/s over {} samples",
+                r.name, r.samples_per_s, n
+            );
+            rows.push(r);
+        };
+        // Warm-up: every path once.
+        let t0 = Instant::now();
+        for (i, r) in records.iter().take(w).enumerate() {
+            m.forward_backward_only(r)?;
+            m.spectra = Spectra::Factored;
+            let work = m.forward_backward(i, r)?;
+            finish(work, false)?.map_err(|(_, r)| anyhow::anyhow!(r))?;
+        }
+        if w > 0 {
+            eprintln!(
+                "[{label}] warm-up ({w} sample(s), kernels compiled and tuned): {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        let wants = |r: &str| a.rows.iter().any(|x| x == r);
+        if wants("fwd-bwd") {
+            gpu.reset();
+            let (t0, mut tokens) = (Instant::now(), 0usize);
+            for r in timed {
+                tokens += m
+                    .forward_backward_only(r)?
+                    .context("bench sample skipped")?;
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            let n = timed.len();
+            row(
+                format!("gradlens {backend} f32, forward+backward only"),
+                n,
+                secs,
+                secs / n as f64,
+                0.0,
+                tokens as f64 / n as f64,
+            );
+        }
+        for (key, mode) in [("factored", Spectra::Factored), ("dense", Spectra::Dense)] {
+            if !wants(key) || seq_n == 0 {
+                continue;
+            }
+            gpu.reset();
+            m.spectra = mode;
+            let (mut fb, mut st, mut tokens) = (0.0, 0.0, 0usize);
+            for (i, r) in timed.iter().take(seq_n).enumerate() {
+                let t0 = Instant::now();
+                let work = m.forward_backward(w + i, r)?;
+                let t1 = Instant::now();
+                if let Work::Measured { n_tokens, .. } = &work {
+                    tokens += n_tokens;
+                } else {
+                    bail!("bench sample {} skipped", w + i);
+                }
+                finish(work, false)?.map_err(|(_, r)| anyhow::anyhow!(r))?;
+                fb += (t1 - t0).as_secs_f64();
+                st += t1.elapsed().as_secs_f64();
+            }
+            row(
+                format!("gradlens {backend} f32, {key} spectra, sequential"),
+                seq_n,
+                fb + st,
+                fb / seq_n as f64,
+                st / seq_n as f64,
+                tokens as f64 / seq_n as f64,
+            );
+        }
+        if wants("auto") {
+            gpu.reset();
+            m.spectra = Spectra::Auto;
+            let tmp = std::env::temp_dir().join(format!(
+                "gradlens-bench-{}-{label}.jsonl",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&tmp);
+            let t0 = Instant::now();
+            let s = m.measure_file(timed, 0..timed.len(), &tmp, None, None)?;
+            let secs = t0.elapsed().as_secs_f64();
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(crate::output::skipped_path(&tmp));
+            row(
+                format!("gradlens {backend} f32, auto spectra, pipelined (end to end)"),
+                s.measured,
+                secs,
+                f64::NAN,
+                f64::NAN,
+                f64::NAN,
+            );
+        }
+        Ok(rows)
+    }
+}
+
+fn python_rows(
+    a: &BenchArgs,
+    root: &Path,
+    model: &Path,
+    label: &str,
+    data: &Path,
+) -> Result<Vec<Row>> {
+    let variants: Vec<&str> = ["paper", "svdvals"]
+        .into_iter()
+        .filter(|v| a.rows.iter().any(|r| r == v))
+        .collect();
+    if variants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ok = Command::new(&a.python)
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "note: {} cannot import torch and transformers: the PyTorch side is skipped \
+             (pip install torch transformers tokenizers safetensors)",
+            a.python
+        );
+        return Ok(Vec::new());
+    }
+    let script = root.join("scripts/bench_reference.py");
+    let n = a.reference_samples.unwrap_or(a.samples);
+    let device = match a.backend {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+    };
+    let mut rows = Vec::new();
+    for variant in variants {
+        eprintln!("[{label}] PyTorch reference ({variant}, {n} samples, {device})");
+        let mut cmd = Command::new(&a.python);
+        if a.threads > 0 {
+            cmd.env("OMP_NUM_THREADS", a.threads.to_string());
+        }
+        let out = cmd
+            .arg(&script)
+            .arg("--model")
+            .arg(model)
+            .arg("--data")
+            .arg(data)
+            .args([
+                "--samples",
+                &n.to_string(),
+                "--warmup",
+                &a.warmup.to_string(),
+                "--max-length",
+                &a.max_length.to_string(),
+                "--threads",
+                &a.threads.to_string(),
+                "--variant",
+                variant,
+                "--device",
+                &device,
+            ])
+            .output()
+            .context("running the PyTorch reference")?;
+        if !out.status.success() {
+            bail!(
+                "PyTorch reference failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let line = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or("{}"))?;
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        rows.push(Row {
+            model: label.to_string(),
+            name: if variant == "paper" {
+                format!("PyTorch {device}, the paper's method (full SVD)")
+            } else {
+                format!("PyTorch {device}, svdvals")
+            },
+            samples: v["samples"].as_u64().unwrap_or(0) as usize,
+            samples_per_s: f("samples_per_s"),
+            fwd_bwd_s: f("fwd_bwd_s"),
+            spectra_s: f("spectra_s"),
+            mean_tokens: f("mean_tokens"),
+            peak_rss_mb: f("peak_rss_mb"),
+            peak_gpu_mb: f("peak_gpu_mb"),
+        });
+    }
+    Ok(rows)
+}
+
+/// The default data file: the paper's aqua Detailed CoT.
+pub fn default_data(root: &Path) -> PathBuf {
+    std::env::var_os("GRADLENS_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/paper-data"))
+        .join("cot_500/aqua_train_with_cot_gpt4o.json")
+}
+
+/// Run the benchmark from the repository root `root`; prints the table and returns the rows.
+pub fn run(a: &BenchArgs, root: &Path) -> Result<Vec<Row>> {
+    crate::backend::check(a.backend, Dtype::F32)?;
+    let data = a.data.clone().unwrap_or_else(|| default_data(root));
+    if !data.is_file() {
+        bail!(
+            "{}: no such data file (give --data or GRADLENS_DATA)",
+            data.display()
+        );
+    }
+    let records = load_records(&data)?;
+    let gpu = GpuMemory::start(a.backend);
+    let mut all = Vec::new();
+    for spec in &a.models {
+        let dir = checkpoint_dir(spec, a, root)?;
+        let label = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.clone());
+        eprintln!(
+            "[{label}] gradlens on {}: {} samples of {} (+{} warm-up), max_length {}",
+            a.backend,
+            a.samples,
+            data.display(),
+            a.warmup,
+            a.max_length
+        );
+        let rows = dispatch(
+            a.backend,
+            Dtype::F32,
+            GradlensRows {
+                a,
+                model: &dir,
+                label: &label,
+                records: &records,
+                gpu: &gpu,
+            },
+        )?;
+        all.extend(rows);
+        all.extend(python_rows(a, root, &dir, &label, &data)?);
+    }
+    print_table(&all, a);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&all)?)
+            .with_context(|| format!("{}: cannot write", p.display()))?;
+    }
+    Ok(all)
+}
+
+/// The result table, with ratios against the paper's pipeline and the svdvals variant (same model).
+pub fn print_table(rows: &[Row], a: &BenchArgs) {
+    let models: Vec<&str> = {
+        let mut m: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+        m.dedup();
+        m
+    };
+    for model in models {
+        let rows: Vec<&Row> = rows.iter().filter(|r| r.model == model).collect();
+        let base = |needle: &str| {
+            rows.iter()
+                .find(|r| r.name.contains(needle))
+                .map(|r| r.samples_per_s)
+        };
+        let (paper, svdvals) = (base("full SVD"), base("svdvals"));
+        let fwd = rows
+            .iter()
+            .find(|r| r.name.contains("forward+backward only"))
+            .map(|r| r.samples_per_s);
+        println!(
+            "\n{model}: max_length {}, warm-up {}, {} CPU threads, backend {}",
+            a.max_length,
+            a.warmup,
+            if a.threads == 0 {
+                "all".to_string()
+            } else {
+                a.threads.to_string()
+            },
+            a.backend
+        );
+        println!(
+            "{:<58} {:>4} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>7}",
+            "pipeline",
+            "n",
+            "tokens",
+            "samples/s",
+            "fwd+bwd s",
+            "spectra s",
+            "host MB",
+            "GPU MB",
+            "×paper",
+            "×svdvals",
+            "÷fwdbwd"
+        );
+        for r in rows {
+            let ratio = |b: Option<f64>| {
+                b.map_or("-".to_string(), |b| format!("{:.2}", r.samples_per_s / b))
+            };
+            let slow = fwd.map_or("-".to_string(), |f| format!("{:.2}", f / r.samples_per_s));
+            println!(
+                "{:<58} {:>4} {:>6.0} {:>9.3} {:>9.3} {:>9.3} {:>8.0} {:>8.0} {:>7} {:>8} {:>7}",
+                r.name,
+                r.samples,
+                r.mean_tokens,
+                r.samples_per_s,
+                r.fwd_bwd_s,
+                r.spectra_s,
+                r.peak_rss_mb,
+                r.peak_gpu_mb,
+                ratio(paper),
+                ratio(svdvals),
+                slow
+            );
+        }
+    }
+}
