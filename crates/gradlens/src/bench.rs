@@ -165,6 +165,20 @@ impl Drop for GpuMemory {
     }
 }
 
+/// Whether `dir` holds a random checkpoint made from `config` with `tokenizer` (same config keys
+/// apart from torch_dtype, same tokenizer.json), so that it can be reused.
+fn made_from(dir: &Path, config: &Path, tokenizer: &Path) -> bool {
+    let read = |p: &Path| -> Option<serde_json::Value> {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+        v.as_object_mut()?.remove("torch_dtype");
+        Some(v)
+    };
+    dir.join("model.safetensors").is_file()
+        && read(&dir.join("config.json")).is_some_and(|c| Some(c) == read(config))
+        && std::fs::read(dir.join("tokenizer.json"))
+            .is_ok_and(|t| std::fs::read(tokenizer.join("tokenizer.json")).is_ok_and(|u| t == u))
+}
+
 /// Resolve `--model` entries to checkpoint directories (making random ones from configs).
 fn checkpoint_dir(spec: &str, a: &BenchArgs, root: &Path) -> Result<PathBuf> {
     if spec == "tiny" {
@@ -180,7 +194,7 @@ fn checkpoint_dir(spec: &str, a: &BenchArgs, root: &Path) -> Result<PathBuf> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
         let dir = a.workdir.join(&name);
-        if !dir.join("model.safetensors").is_file() {
+        if !made_from(&dir, &p, &a.tokenizer) {
             let t0 = Instant::now();
             eprintln!("random checkpoint from {}: {}", p.display(), dir.display());
             let s = crate::init::init_checkpoint(&crate::init::InitOptions {
@@ -189,7 +203,7 @@ fn checkpoint_dir(spec: &str, a: &BenchArgs, root: &Path) -> Result<PathBuf> {
                 seed: 0,
                 dtype: crate::init::StoreDtype::Bf16,
                 tokenizer: Some(a.tokenizer.clone()),
-                force: false,
+                force: true,
             })?;
             eprintln!(
                 "  {:.3} B parameters in {:.1} s",
