@@ -340,3 +340,62 @@ fn start_and_limit_select_records() {
     assert!(r.status.success());
     assert_eq!(indices(&out), vec![2, 3, 4, 0, 1]);
 }
+
+/// `--backend cuda` in a build without the feature (the test build) says how to build it; f64 on
+/// CUDA is refused; an unknown backend names the choices.
+#[test]
+fn backend_errors() {
+    let out = scratch("cli-backend").join("g.jsonl");
+    let r = grads(
+        &fixture("qwen2-tiny"),
+        &tiny_data(),
+        &out,
+        &["--backend", "cuda"],
+    );
+    if cfg!(feature = "cuda") {
+        // A CUDA build on a machine without a driver: still one error line, no panic.
+        if !r.status.success() {
+            assert_clear_error(&r, &["backend cuda"]);
+        }
+    } else {
+        assert_clear_error(&r, &["backend cuda", "--features cuda"]);
+    }
+    let r = grads(
+        &fixture("qwen2-tiny"),
+        &tiny_data(),
+        &out,
+        &["--backend", "tpu"],
+    );
+    assert!(!r.status.success());
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("cpu, cuda or cuda:N"), "{stderr}");
+}
+
+/// `gradlens init` then `gradlens grads` on the new checkpoint, from the command line.
+#[test]
+fn init_then_grads() {
+    let dir = scratch("cli-init");
+    let model = dir.join("model");
+    let r = gradlens()
+        .args([
+            "init", "--seed", "3", "--dtype", "bf16", "--force", "--config",
+        ])
+        .arg(fixture("llama31-tiny").join("config.json"))
+        .arg("--tokenizer")
+        .arg(fixture("llama31-tiny"))
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out = dir.join("g.jsonl");
+    let _ = std::fs::remove_file(&out);
+    let r = grads(
+        &model,
+        &tiny_data(),
+        &out,
+        &["--limit", "2", "--max-length", "96"],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(indices(&out), vec![0, 1]);
+}

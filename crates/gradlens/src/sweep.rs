@@ -160,7 +160,7 @@ impl Plan {
             .backend
             .parse()
             .map_err(|e: String| anyhow::anyhow!("{}: {e}", sweep_path.display()))?;
-        crate::backend::check(device, sweep.dtype)
+        crate::backend::check_build(device, sweep.dtype)
             .with_context(|| sweep_path.display().to_string())?;
         let manifest = Manifest::load(&normalize(&base_dir.join(&sweep.manifest)))?;
         let conditions = manifest.select(&sweep.conditions)?;
