@@ -320,3 +320,43 @@ mod instruct {
         );
     }
 }
+
+/// Padding the sequence (as CUDA runs do by default, to a multiple of 64 tokens) leaves the loss
+/// and every statistic as the unpadded reference has them: f64, 1e-9, every fixture, both paths.
+#[test]
+fn padded_sequences_give_the_reference_numbers() {
+    use gradlens::stats::Spectra;
+    let records = load_records(&tiny_data()).unwrap();
+    for name in [
+        "qwen2-tiny",
+        "qwen2-tiny-bf16-sharded",
+        "llama2-tiny",
+        "llama31-tiny",
+        "mistral-tiny",
+        "gemma-tiny",
+        "gemma2-tiny",
+    ] {
+        let max_length = expected_logits(name)["max_length"].as_u64().unwrap() as usize;
+        let mut m = Measurer::<CpuF64>::load(
+            &fixture(name),
+            max_length,
+            PromptMode::Base,
+            &Default::default(),
+        )
+        .unwrap();
+        m.pad_to = 64;
+        for spectra in [Spectra::Dense, Spectra::Factored] {
+            m.spectra = spectra;
+            let out = scratch(&format!("padded-{name}-{spectra:?}")).join("grads.jsonl");
+            m.measure_file(&records, 0..records.len(), &out, None, None)
+                .unwrap();
+            let errs =
+                compare_files(&fixture(name).join("expected/grads.jsonl"), &out, F64_RTOL).unwrap();
+            assert!(
+                errs.is_empty(),
+                "{name} padded ({spectra:?}): {}",
+                errs.join("\n")
+            );
+        }
+    }
+}

@@ -77,6 +77,9 @@ enum Command {
         /// Relative tolerance (default: 1e-4 for f32, 1e-9 for f64).
         #[arg(long)]
         rtol: Option<f64>,
+        /// Sequence padding, as for `grads` (default: 64 on CUDA, none on the CPU).
+        #[arg(long)]
+        pad_to: Option<usize>,
     },
     /// Benchmark against the paper's PyTorch pipeline (same checkpoint, same samples, one run).
     Bench(gradlens::bench::BenchArgs),
@@ -136,6 +139,11 @@ struct GradsArgs {
     /// Also write every singular value (above 1e-12·σ_max) to <out>.spectrum.jsonl.
     #[arg(long)]
     save_spectrum: bool,
+    /// Pad each sequence with trailing tokens to a multiple of N (the loss and the gradients are
+    /// unchanged: causal attention hides the padding, which carries no loss). Default: 64 on CUDA
+    /// (fewer distinct shapes to compile kernels for), 1 (none) on the CPU.
+    #[arg(long)]
+    pad_to: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -182,6 +190,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 spectra: a.spectra,
                 save_spectrum: a.save_spectrum,
+                pad_to: a.pad_to,
                 progress: !a.quiet && std::io::stderr().is_terminal(),
             };
             let summary = run_grads(&opts)?;
@@ -227,6 +236,7 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             dtype,
             rtol,
+            pad_to,
         } => {
             let rtol = rtol.unwrap_or(match dtype {
                 Dtype::F32 => 1e-4,
@@ -238,6 +248,7 @@ fn run(cli: Cli) -> Result<()> {
                 backend,
                 dtype,
                 rtol,
+                pad_to,
             })?;
             let bad = checks.iter().filter(|c| !c.errors.is_empty()).count();
             let worst = checks

@@ -75,6 +75,17 @@ impl fmt::Display for Device {
     }
 }
 
+impl Device {
+    /// The default sequence padding (see `Prepared::padded_ids`): on CUDA every new sequence length
+    /// compiles and tunes kernels, so lengths are rounded up to a multiple of 64; none on the CPU.
+    pub fn default_pad_to(self) -> usize {
+        match self {
+            Device::Cpu => 1,
+            Device::Cuda(_) => 64,
+        }
+    }
+}
+
 /// Whether this build includes the CUDA backend.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 

@@ -41,6 +41,8 @@ pub struct CheckArgs {
     pub backend: Device,
     pub dtype: Dtype,
     pub rtol: f64,
+    /// Sequence padding (None: the backend's default).
+    pub pad_to: Option<usize>,
 }
 
 struct Job<'a>(&'a CheckArgs, Vec<PathBuf>);
@@ -81,6 +83,7 @@ impl BackendJob for Job<'_> {
                 let records = load_records(&data)?;
                 let n_expected = std::fs::read_to_string(&expected)?.lines().count();
                 let mut m = Measurer::<B>::load(&dir, max_length, PromptMode::Base, device)?;
+                m.pad_to = a.pad_to.unwrap_or(a.backend.default_pad_to());
                 // The tiny data holds skipped samples too: measure it whole; the paper's files
                 // only as far as the reference goes.
                 let n = if data_name == "tiny" {

@@ -32,6 +32,8 @@ pub struct GradsOptions {
     pub mode: PromptMode,
     pub spectra: Spectra,
     pub save_spectrum: bool,
+    /// Pad sequences to a multiple of this (default: 64 on CUDA, none on the CPU).
+    pub pad_to: Option<usize>,
     pub progress: bool,
 }
 
@@ -72,6 +74,9 @@ pub struct Measurer<B: AutodiffBackend> {
     pub spectra: Spectra,
     /// Also write every singular value above 1e-12·σ_max to `<out>.spectrum.jsonl`.
     pub save_spectrum: bool,
+    /// Pad each sequence to a multiple of this many tokens (1: none; see
+    /// [`crate::sample::Prepared::padded_ids`]).
+    pub pad_to: usize,
 }
 
 /// The part of a sample that needs the model (forward and backward), handed to the statistics.
@@ -165,6 +170,7 @@ impl<B: AutodiffBackend> Measurer<B> {
             mode,
             spectra: Spectra::default(),
             save_spectrum: false,
+            pad_to: 1,
         })
     }
 
@@ -182,7 +188,7 @@ impl<B: AutodiffBackend> Measurer<B> {
                 self.tokenizer.path().display()
             );
         }
-        let sample = sample_grads(&self.model, &prepared, self.spectra);
+        let sample = sample_grads(&self.model, &prepared, self.spectra, self.pad_to);
         if !sample.loss.is_finite() {
             return Ok(Work::Skipped {
                 index,
@@ -205,7 +211,7 @@ impl<B: AutodiffBackend> Measurer<B> {
     pub fn forward_backward_only(&self, record: &Record) -> Result<Option<usize>> {
         match prepare(&self.tokenizer, &self.mode, record)? {
             Preparation::Ready(p) => {
-                crate::measure::forward_backward_only(&self.model, &p);
+                crate::measure::forward_backward_only(&self.model, &p, self.pad_to);
                 Ok(Some(p.ids.len()))
             }
             Preparation::Skip(_) => Ok(None),
@@ -406,6 +412,7 @@ pub fn run_on<B: AutodiffBackend>(opts: &GradsOptions, device: &B::Device) -> Re
         Measurer::<B>::load(&opts.model, opts.max_length, opts.mode.clone(), device)?;
     measurer.spectra = opts.spectra;
     measurer.save_spectrum = opts.save_spectrum;
+    measurer.pad_to = opts.pad_to.unwrap_or(opts.backend.default_pad_to());
     let bar = opts
         .progress
         .then(|| progress_bar(range.len() as u64, "grads"));

@@ -16,15 +16,17 @@ use std::sync::Arc;
 
 /// Mean negative log-likelihood of the response tokens; logits are formed only at the positions
 /// that carry loss.
+/// With `pad_to` > 1 the sequence is padded (see [`Prepared::padded_ids`]); the loss is the same.
 pub fn response_loss<B: AutodiffBackend>(
     model: &LoadedModel<B>,
     sample: &Prepared,
     capture: Option<&Capture<B>>,
+    pad_to: usize,
 ) -> Tensor<B, 1> {
     let device = model.device.clone();
     let first = sample.first_loss_position();
     let n = sample.n_loss_tokens();
-    let hidden = model.model.hidden(&sample.ids, capture);
+    let hidden = model.model.hidden(&sample.padded_ids(pad_to), capture);
     let logits = model.model.logits(hidden.narrow(0, first, n));
     let targets: Vec<i64> = sample.ids[first + 1..first + 1 + n]
         .iter()
@@ -91,15 +93,16 @@ pub fn sample_grads<B: AutodiffBackend>(
     model: &LoadedModel<B>,
     sample: &Prepared,
     spectra: Spectra,
+    pad_to: usize,
 ) -> SampleGrads {
     if <B::FloatElem as Element>::dtype() == DType::F64 {
-        let (loss, g) = collect::<B, f64>(model, sample, spectra);
+        let (loss, g) = collect::<B, f64>(model, sample, spectra, pad_to);
         SampleGrads {
             loss,
             grads: HostGrads::F64(g),
         }
     } else {
-        let (loss, g) = collect::<B, f32>(model, sample, spectra);
+        let (loss, g) = collect::<B, f32>(model, sample, spectra, pad_to);
         SampleGrads {
             loss,
             grads: HostGrads::F32(g),
@@ -111,13 +114,14 @@ fn collect<B: AutodiffBackend, T: Real + Element>(
     model: &LoadedModel<B>,
     sample: &Prepared,
     spectra: Spectra,
+    pad_to: usize,
 ) -> (f64, Vec<MeasuredGrad<T>>) {
-    let tokens = sample.ids.len();
+    let tokens = sample.padded_ids(pad_to).len();
     let t0 = std::time::Instant::now();
     let wants = |dims: [usize; 2]| spectra.factored(tokens, dims[0], dims[1]);
     let any_factored = model.selected.iter().any(|s| wants(s.tensor.dims()));
     let capture = any_factored.then(Capture::<B>::default);
-    let loss = response_loss(model, sample, capture.as_ref());
+    let loss = response_loss(model, sample, capture.as_ref(), pad_to);
     let mut grads = loss.backward();
     let loss_value = loss
         .into_data()
@@ -230,8 +234,12 @@ fn collect<B: AutodiffBackend, T: Real + Element>(
 
 /// Forward and backward only (the benchmark's "forward+backward alone"): the loss and one scalar
 /// that depends on every measured gradient, read back so that the device has finished.
-pub fn forward_backward_only<B: AutodiffBackend>(model: &LoadedModel<B>, sample: &Prepared) -> f64 {
-    let loss = response_loss(model, sample, None);
+pub fn forward_backward_only<B: AutodiffBackend>(
+    model: &LoadedModel<B>,
+    sample: &Prepared,
+    pad_to: usize,
+) -> f64 {
+    let loss = response_loss(model, sample, None, pad_to);
     let mut grads = loss.backward();
     let mut total = loss.inner();
     for s in &model.selected {

@@ -125,6 +125,18 @@ impl Prepared {
         self.start.max(1) - 1
     }
 
+    /// The ids followed by `0`s up to the next multiple of `multiple` (≤ 1: unchanged). Causal
+    /// attention keeps the real positions blind to the padding, which carries no loss, so the
+    /// loss and every weight gradient are those of the unpadded sample; the GPU then sees a few
+    /// sequence lengths instead of one per sample (kernels are compiled and tuned per shape).
+    pub fn padded_ids(&self, multiple: usize) -> Vec<u32> {
+        let mut ids = self.ids.clone();
+        if multiple > 1 {
+            ids.resize(ids.len().div_ceil(multiple) * multiple, 0);
+        }
+        ids
+    }
+
     /// Number of positions that carry loss (t + 1 ≥ start and t + 1 < len).
     pub fn n_loss_tokens(&self) -> usize {
         self.ids.len().saturating_sub(self.start.max(1))

@@ -358,6 +358,11 @@ pub fn run_on<B: AutodiffBackend>(
         let mut measurer = Measurer::<B>::load(dir, plan.sweep.max_length, mode, device)
             .with_context(|| format!("model {:?}", spec.name))?;
         measurer.spectra = plan.sweep.spectra;
+        measurer.pad_to = plan
+            .sweep
+            .backend
+            .parse::<crate::backend::Device>()
+            .map_or(1, |d| d.default_pad_to());
         for u in units {
             overall.set_message(format!("{} units done of {}", records.len(), mine.len()));
             let data = load_records(&u.data)?;
