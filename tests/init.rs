@@ -6,19 +6,9 @@ use gradlens::data::load_records;
 use gradlens::grads::Measurer;
 use gradlens::init::{InitOptions, StoreDtype, init_checkpoint};
 use gradlens::sample::PromptMode;
-use gradlens_tests::{fixture, repo_root, scratch, tiny_data};
+use gradlens_tests::{fixture, fixture_names, repo_root, scratch, tiny_data};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-const FIXTURES: &[&str] = &[
-    "qwen2-tiny",
-    "qwen2-tiny-bf16-sharded",
-    "llama2-tiny",
-    "llama31-tiny",
-    "mistral-tiny",
-    "gemma-tiny",
-    "gemma2-tiny",
-];
 
 /// name → shape of every tensor stored in a checkpoint directory (single file or shards).
 fn stored(dir: &Path) -> BTreeMap<String, Vec<usize>> {
@@ -40,7 +30,7 @@ fn stored(dir: &Path) -> BTreeMap<String, Vec<usize>> {
 /// (names and shapes); the random checkpoint loads and measures a sample.
 #[test]
 fn init_matches_every_fixture_layout_and_loads() {
-    for name in FIXTURES {
+    for name in &fixture_names() {
         let src = fixture(name);
         let (model_type, described) = gradlens_models::describe(&src.join("config.json")).unwrap();
         let want = stored(&src);

@@ -11,7 +11,7 @@ use gradlens::grads::Measurer;
 use gradlens::output::skipped_path;
 use gradlens::sample::PromptMode;
 use gradlens_models::paper_selector;
-use gradlens_tests::{fixture, paper_data, scratch, tiny_data};
+use gradlens_tests::{fixture, fixture_names, paper_data, scratch, tiny_data};
 use serde_json::Value;
 
 const F64_RTOL: f64 = 1e-9;
@@ -327,15 +327,7 @@ mod instruct {
 fn padded_sequences_give_the_reference_numbers() {
     use gradlens::stats::Spectra;
     let records = load_records(&tiny_data()).unwrap();
-    for name in [
-        "qwen2-tiny",
-        "qwen2-tiny-bf16-sharded",
-        "llama2-tiny",
-        "llama31-tiny",
-        "mistral-tiny",
-        "gemma-tiny",
-        "gemma2-tiny",
-    ] {
+    for name in &fixture_names() {
         let max_length = expected_logits(name)["max_length"].as_u64().unwrap() as usize;
         let mut m = Measurer::<CpuF64>::load(
             &fixture(name),

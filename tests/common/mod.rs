@@ -16,6 +16,15 @@ pub fn fixture(name: &str) -> PathBuf {
     repo_root().join("fixtures").join(name)
 }
 
+/// The names of the committed fixtures (the directories holding an `expected/` reference).
+pub fn fixture_names() -> Vec<String> {
+    let dirs = gradlens::fixtures::fixture_dirs(&repo_root().join("fixtures")).unwrap();
+    assert!(!dirs.is_empty(), "no fixtures found");
+    dirs.iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// The committed tiny data set of the fixtures.
 pub fn tiny_data() -> PathBuf {
     fixture("data").join("tiny.json")

@@ -35,6 +35,19 @@ fn num(v: &Value, key: &str) -> Option<f64> {
 }
 
 /// Differences between one expected and one actual line (empty when they agree).
+/// What a statistic's difference is measured against (see [`compare_line`]): the entries' scale
+/// for `M_*`, `S_max` for `S_min`, the expected value itself otherwise.
+fn stat_scale(stats: &Value, stat: &str, expected: f64) -> f64 {
+    match stat {
+        "M_mean" | "M_max" | "M_min" => num(stats, "M_max")
+            .unwrap_or(0.0)
+            .abs()
+            .max(num(stats, "M_min").unwrap_or(0.0).abs()),
+        "S_min" => num(stats, "S_max").unwrap_or(0.0).abs(),
+        _ => expected.abs(),
+    }
+}
+
 pub fn compare_line(expected: &Value, actual: &Value, rtol: f64) -> Vec<String> {
     let mut errs = Vec::new();
     let (Some(e), Some(a)) = (expected.as_object(), actual.as_object()) else {
@@ -63,22 +76,13 @@ pub fn compare_line(expected: &Value, actual: &Value, rtol: f64) -> Vec<String> 
         };
         match ev {
             Value::Object(es) => {
-                let scale_m = num(ev, "M_max")
-                    .unwrap_or(0.0)
-                    .abs()
-                    .max(num(ev, "M_min").unwrap_or(0.0).abs());
-                let s_max = num(ev, "S_max").unwrap_or(0.0).abs();
                 for (stat, x) in es {
                     let (Some(x), Some(y)) = (x.as_f64(), av.get(stat).and_then(Value::as_f64))
                     else {
                         errs.push(format!("{key}.{stat}: missing or not a number"));
                         continue;
                     };
-                    let tol = match stat.as_str() {
-                        "M_mean" | "M_max" | "M_min" => rtol * scale_m,
-                        "S_min" => rtol * s_max,
-                        _ => rtol * x.abs(),
-                    };
+                    let tol = rtol * stat_scale(ev, stat, x);
                     if !((x - y).abs() <= tol) {
                         errs.push(format!(
                             "{key}.{stat}: expected {x:e}, got {y:e} (|diff| {:e} > {tol:e})",
@@ -144,22 +148,13 @@ pub fn max_deviation(expected: &Path, actual: &Path) -> anyhow::Result<Option<f6
             let y = &ao.get(key);
             match (x, y) {
                 (Value::Object(es), Some(Value::Object(as_))) => {
-                    let scale_m = num(x, "M_max")
-                        .unwrap_or(0.0)
-                        .abs()
-                        .max(num(x, "M_min").unwrap_or(0.0).abs());
-                    let s_max = num(x, "S_max").unwrap_or(0.0).abs();
                     for (stat, xv) in es {
                         let (Some(p), Some(q)) =
                             (xv.as_f64(), as_.get(stat).and_then(Value::as_f64))
                         else {
                             return Ok(None);
                         };
-                        let scale = match stat.as_str() {
-                            "M_mean" | "M_max" | "M_min" => scale_m,
-                            "S_min" => s_max,
-                            _ => p.abs(),
-                        };
+                        let scale = stat_scale(x, stat, p);
                         if (p - q).abs() > 0.0 {
                             worst = worst.max((p - q).abs() / scale.max(f64::MIN_POSITIVE));
                         }
