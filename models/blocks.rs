@@ -6,8 +6,9 @@
 //! All blocks work on one sequence (batch 1) as `[tokens, features]` tensors.
 
 use crate::loader::Loader;
+use crate::ops::{ModelBackend, softmax};
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu_approximate, softmax};
+use burn::tensor::activation::gelu_approximate;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
 use gradlens_core::Result;
@@ -264,8 +265,12 @@ pub struct SharedInput(std::cell::Cell<Option<usize>>);
 /// Per-sequence tables and masks shared by all layers of one forward pass.
 pub struct SequenceContext<'a, B: Backend> {
     pub rotary: Rotary<B>,
-    /// `true` where key j is hidden from query i (j > i).
-    pub causal: Tensor<B, 2, Bool>,
+    /// Added to the attention scores: 0 where key j is visible from query i (j ≤ i), −∞ where
+    /// it is hidden. An addition, not a masked fill, so the backward pass has nothing to do for
+    /// it (the softmax already gives the hidden scores a zero gradient).
+    pub causal_bias: Tensor<B, 2>,
+    /// The sliding-window bias of the last window asked for (Gemma 2 alternates per layer).
+    sliding_bias: std::cell::RefCell<Option<(usize, Tensor<B, 2>)>>,
     pub tokens: usize,
     pub device: B::Device,
     /// Where measured projections record their gradient factors, when asked.
@@ -281,10 +286,25 @@ impl<'a, B: Backend> SequenceContext<'a, B> {
     ) -> Self {
         Self {
             rotary: Rotary::new(tokens, inv_freq, device),
-            causal: Tensor::<B, 2, Bool>::tril_mask([tokens, tokens], 0, device),
+            causal_bias: mask_bias(Tensor::<B, 2, Bool>::tril_mask([tokens, tokens], 0, device)),
+            sliding_bias: Default::default(),
             tokens,
             device: device.clone(),
             capture,
+        }
+    }
+
+    /// [`SequenceContext::sliding_mask`] as an additive bias (0 visible, −∞ hidden), built once per
+    /// window and sequence.
+    pub fn sliding_bias(&self, window: usize) -> Tensor<B, 2> {
+        let mut cached = self.sliding_bias.borrow_mut();
+        match cached.as_ref() {
+            Some((w, bias)) if *w == window => bias.clone(),
+            _ => {
+                let bias = mask_bias(self.sliding_mask(window));
+                *cached = Some((window, bias.clone()));
+                bias
+            }
         }
     }
 
@@ -301,6 +321,11 @@ impl<'a, B: Backend> SequenceContext<'a, B> {
         // (burn-cuda stores bools as u8 and rejects them).
         int_tensor::<B, 2>(v, [t, t], &self.device).greater_elem(0)
     }
+}
+
+/// 0 where `hidden` is false, −∞ where it is true.
+fn mask_bias<B: Backend>(hidden: Tensor<B, 2, Bool>) -> Tensor<B, 2> {
+    zeros(hidden.dims(), &hidden.device()).mask_fill(hidden, f64::NEG_INFINITY)
 }
 
 /// Options that differ between families' attention.
@@ -332,7 +357,7 @@ pub struct Attention<B: Backend> {
     pub opts: AttentionOptions,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: ModelBackend> Attention<B> {
     /// Loads `{prefix}.{q,k,v,o}_proj` in the checkpoint's order.
     pub fn load(
         l: &mut Loader<'_, B>,
@@ -386,16 +411,16 @@ impl<B: Backend> Attention<B> {
             repeat_kv(v, heads / kv_heads),
         );
 
-        let mut scores = q.matmul(k.swap_dims(1, 2)) * self.opts.scale;
+        // The scale on q ([heads, T, D]) rather than on the scores ([heads, T, T]).
+        let mut scores = (q * self.opts.scale).matmul(k.swap_dims(1, 2));
         if let Some(cap) = self.opts.logit_softcap {
             scores = softcap(scores, cap);
         }
-        let mask = match self.opts.sliding_window {
-            Some(w) if w < t => ctx.sliding_mask(w),
-            _ => ctx.causal.clone(),
+        let bias = match self.opts.sliding_window {
+            Some(w) if w < t => ctx.sliding_bias(w),
+            _ => ctx.causal_bias.clone(),
         };
-        let scores = scores.mask_fill(mask.unsqueeze_dim(0), f64::NEG_INFINITY);
-        let probs = softmax(scores, 2);
+        let probs = softmax(scores + bias.unsqueeze_dim(0), 2);
         let out = probs
             .matmul(v)
             .swap_dims(0, 1)
@@ -423,12 +448,16 @@ pub enum Activation {
     GeluTanh,
 }
 
-/// `x · σ(x)` with `σ(x) = (1 + tanh(x/2)) / 2`: exact in f64 and stable for any x.
-///
-/// Burn 0.21's own `sigmoid` (and so `silu`) computes in f32 whatever the dtype, which costs an
-/// f64 model its precision (seen as 3e-8 relative errors against the float64 reference).
+/// `x · σ(x)`. In f32, Burn's `sigmoid`: one differentiated op (a fused kernel on backends that
+/// have one). In f64, `σ(x) = (1 + tanh(x/2)) / 2`, exact and stable for any x: Burn 0.21's own
+/// `sigmoid` computes in f32 whatever the dtype, which would cost an f64 model its precision (seen
+/// as 3e-8 relative errors against the float64 reference).
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let sigmoid = ((x.clone() * 0.5).tanh() + 1.0) * 0.5;
+    let sigmoid = if x.dtype() == burn::tensor::DType::F32 {
+        burn::tensor::activation::sigmoid(x.clone())
+    } else {
+        ((x.clone() * 0.5).tanh() + 1.0) * 0.5
+    };
     x * sigmoid
 }
 
@@ -559,7 +588,7 @@ pub struct Decoder<B: Backend, L: Module<B>> {
     pub final_logit_softcap: Option<f64>,
 }
 
-impl<B: Backend, L: Module<B> + Layer<B>> crate::CausalLm<B> for Decoder<B, L> {
+impl<B: ModelBackend, L: Module<B> + Layer<B>> crate::CausalLm<B> for Decoder<B, L> {
     fn hidden(&self, ids: &[u32], capture: Option<&Capture<B>>) -> Tensor<B, 2> {
         let device = self.embed_tokens.weight.device();
         let ctx = SequenceContext::new(ids.len(), &self.inv_freq, &device, capture);
@@ -607,7 +636,7 @@ pub struct PreNormSpec {
     pub mlp_bias: bool,
 }
 
-impl<B: Backend> PreNormLayer<B> {
+impl<B: ModelBackend> PreNormLayer<B> {
     /// Loads `{prefix}.self_attn`, `{prefix}.mlp` and the two norms, in the checkpoint's order.
     pub fn load(
         l: &mut Loader<'_, B>,
@@ -638,7 +667,7 @@ impl<B: Backend> PreNormLayer<B> {
     }
 }
 
-impl<B: Backend> Layer<B> for PreNormLayer<B> {
+impl<B: ModelBackend> Layer<B> for PreNormLayer<B> {
     fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
         let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), ctx);
         h.clone()

@@ -8,8 +8,10 @@
 pub mod blocks;
 pub mod config;
 pub mod loader;
+pub mod ops;
 
 pub use loader::{Loader, Selected, Selector, paper_selector};
+pub use ops::ModelBackend;
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -42,7 +44,7 @@ pub type FamilyModel<B> = (Box<dyn CausalLm<B>>, usize);
 
 /// Load a checkpoint directory onto `device` in the compute dtype of `B`; the parameters that
 /// `selector` picks require gradients, everything else is frozen.
-pub fn load<B: Backend>(
+pub fn load<B: ModelBackend>(
     dir: &Path,
     device: &B::Device,
     selector: &Selector,
@@ -107,7 +109,7 @@ macro_rules! registry {
         /// The `model_type` values gradlens supports.
         pub const SUPPORTED: &[&str] = &[$($model_type),*];
 
-        fn dispatch<B: Backend>(
+        fn dispatch<B: ModelBackend>(
             model_type: &str,
             loader: &mut Loader<'_, B>,
             config: &serde_json::Value,

@@ -3,8 +3,8 @@
 //! Every test is written once, generic over the backend, and instantiated per fixture and dtype:
 //! `f64` must agree at relative 1e-9, `f32` at 1e-4 (rule in `gradlens::compare`).
 
-use burn::tensor::backend::AutodiffBackend;
-use gradlens::backend::{CpuF32, CpuF64};
+use gradlens::backend::GradBackend;
+use gradlens::backend::{CpuF32, CpuF64, FlexF32};
 use gradlens::compare::{compare_files, read_jsonl_by_index};
 use gradlens::data::load_records;
 use gradlens::grads::Measurer;
@@ -23,7 +23,7 @@ fn expected_logits(name: &str) -> Value {
 }
 
 /// Logits at a few positions of the first sample equal the reference's.
-pub fn check_logits<B: AutodiffBackend>(name: &str, rtol: f64) {
+pub fn check_logits<B: GradBackend>(name: &str, rtol: f64) {
     let exp = expected_logits(name);
     let loaded =
         gradlens_models::load::<B>(&fixture(name), &Default::default(), &paper_selector).unwrap();
@@ -62,7 +62,7 @@ pub fn check_logits<B: AutodiffBackend>(name: &str, rtol: f64) {
 
 /// The whole measurement (loss, n_tokens, every statistic of every measured parameter, the
 /// skipped samples) equals the reference's.
-pub fn check_jsonl<B: AutodiffBackend>(name: &str, rtol: f64, instruct: bool) {
+pub fn check_jsonl<B: GradBackend>(name: &str, rtol: f64, instruct: bool) {
     let max_length = expected_logits(name)["max_length"].as_u64().unwrap() as usize;
     let suffix = if instruct { "_instruct" } else { "" };
     let mode = if instruct {
@@ -193,7 +193,7 @@ pub fn check_factored(name: &str) {
 
 /// `fixtures/<name>/expected/grads_<tag>.jsonl` holds the reference (numbers only) of the first
 /// samples of the paper's `file` at max_length 1024.
-pub fn check_paper_samples<B: AutodiffBackend>(name: &str, file: &str, tag: &str, rtol: f64) {
+pub fn check_paper_samples<B: GradBackend>(name: &str, file: &str, tag: &str, rtol: f64) {
     let Some(root) = paper_data() else { return };
     let expected = fixture(name).join(format!("expected/grads_{tag}.jsonl"));
     let n = std::fs::read_to_string(&expected).unwrap().lines().count();
@@ -237,6 +237,21 @@ macro_rules! parity_tests {
             fn paper_detailed_cot_f32() { check_paper_samples::<CpuF32>($fixture, DETAILED, "aqua_detailed", F32_RTOL) }
             #[test]
             fn paper_answer_only_f64() { check_paper_samples::<CpuF64>($fixture, ANSWER_ONLY, "aqua_none", F64_RTOL) }
+            // The same model code on Burn's Flex backend (f32 only).
+            #[test]
+            fn logits_flex_f32() { check_logits::<FlexF32>($fixture, F32_RTOL) }
+            #[test]
+            fn jsonl_flex_f32() { check_jsonl::<FlexF32>($fixture, F32_RTOL, false) }
+            // And on LibTorch (`cargo test --features tch`, with libtorch 2.9.0 at hand).
+            #[cfg(feature = "tch")]
+            #[test]
+            fn logits_libtorch_f64() { check_logits::<gradlens::backend::TorchF64>($fixture, F64_RTOL) }
+            #[cfg(feature = "tch")]
+            #[test]
+            fn jsonl_libtorch_f64() { check_jsonl::<gradlens::backend::TorchF64>($fixture, F64_RTOL, false) }
+            #[cfg(feature = "tch")]
+            #[test]
+            fn jsonl_libtorch_f32() { check_jsonl::<gradlens::backend::TorchF32>($fixture, F32_RTOL, false) }
         }
     )*};
 }

@@ -12,12 +12,12 @@
 //! vocab_size. Defaults as transformers': num_key_value_heads 16, head_dim 256, rms_norm_eps 1e-6,
 //! rope_theta 10000, tie_word_embeddings true, attention_bias false.
 
+use crate::ops::ModelBackend;
 use crate::blocks::{
     Activation, AttentionOptions, Decoder, Embedding, LmHead, NormKind,
     PreNormLayer, PreNormSpec, RmsNorm, inverse_frequencies,
 };
 use crate::{FamilyModel, Loader, config};
-use burn::tensor::backend::Backend;
 use gradlens_core::{Result, parse_config};
 use serde::Deserialize;
 use std::path::Path;
@@ -64,7 +64,7 @@ pub(crate) fn gemma_activation(path: &Path, act: Option<&str>, activation: Optio
     }
 }
 
-pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
+pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
     let c: GemmaConfig = parse_config(path, raw)?;
     let heads = c.num_attention_heads;
     let kv_heads = c.num_key_value_heads.unwrap_or(heads);

@@ -12,6 +12,7 @@
 //! Defaults as transformers': num_key_value_heads 4, head_dim 256, rms_norm_eps 1e-6,
 //! rope_theta 10000, hidden_activation "gelu_pytorch_tanh", tie_word_embeddings true.
 
+use crate::ops::ModelBackend;
 use crate::blocks::{
     Attention, AttentionOptions, Decoder, Embedding, GatedMlp, Layer, LmHead, NormKind, RmsNorm,
     SequenceContext, inverse_frequencies,
@@ -89,7 +90,7 @@ pub struct SandwichLayer<B: Backend> {
     pub post_feedforward_layernorm: RmsNorm<B>,
 }
 
-impl<B: Backend> Layer<B> for SandwichLayer<B> {
+impl<B: ModelBackend> Layer<B> for SandwichLayer<B> {
     fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
         let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), ctx);
         let h = x + self.post_attention_layernorm.forward(attn);
@@ -98,7 +99,7 @@ impl<B: Backend> Layer<B> for SandwichLayer<B> {
     }
 }
 
-pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
+pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
     let c: Gemma2Config = parse_config(path, raw)?;
     let heads = c.num_attention_heads;
     let kv_heads = c.num_key_value_heads.unwrap_or(heads);

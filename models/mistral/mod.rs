@@ -11,12 +11,12 @@
 //! Required keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
 //! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu".
 
+use crate::ops::ModelBackend;
 use crate::blocks::{
     AttentionOptions, Decoder, Embedding, LmHead, NormKind, PreNormLayer, PreNormSpec,
     RmsNorm, inverse_frequencies,
 };
 use crate::{FamilyModel, Loader, config};
-use burn::tensor::backend::Backend;
 use gradlens_core::{Result, parse_config};
 use serde::Deserialize;
 use std::path::Path;
@@ -54,7 +54,7 @@ fn default_window() -> Option<usize> {
     Some(4096)
 }
 
-pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
+pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
     let c: MistralConfig = parse_config(path, raw)?;
     let heads = c.num_attention_heads;
     let kv_heads = c.num_key_value_heads.unwrap_or(heads);

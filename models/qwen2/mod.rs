@@ -10,12 +10,12 @@
 //! Required keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
 //! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu", max_window_layers 28.
 
+use crate::ops::ModelBackend;
 use crate::blocks::{
     AttentionOptions, Decoder, Embedding, LmHead, NormKind, PreNormLayer, PreNormSpec,
     RmsNorm, inverse_frequencies,
 };
 use crate::{FamilyModel, Loader, config};
-use burn::tensor::backend::Backend;
 use gradlens_core::{Result, parse_config};
 use serde::Deserialize;
 use std::path::Path;
@@ -51,7 +51,7 @@ fn default_max_window_layers() -> usize {
     28
 }
 
-pub fn load<B: Backend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
+pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
     let c: Qwen2Config = parse_config(path, raw)?;
     let heads = c.num_attention_heads;
     let kv_heads = c.num_key_value_heads.unwrap_or(heads);

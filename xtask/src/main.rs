@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         // SAFETY: single-threaded at this point.
         #[allow(unsafe_code)]
         unsafe {
-            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+            gradlens::backend::limit_cpu_threads(*threads);
         }
     }
     match run_cli(cli) {

@@ -270,13 +270,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
-            if args.threads > 0 {
-                // Before any thread pool starts (faer's and NdArray's rayon pool).
-                // SAFETY: single-threaded at this point.
-                #[allow(unsafe_code)]
-                unsafe {
-                    std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
-                }
+            // Before any thread pool starts (faer's and NdArray's rayon pool, LibTorch's).
+            // SAFETY: single-threaded at this point.
+            #[allow(unsafe_code)]
+            unsafe {
+                gradlens::backend::limit_cpu_threads(args.threads);
             }
             gradlens::bench::run(&args, &std::env::current_dir()?)?;
             Ok(())

@@ -341,8 +341,8 @@ fn start_and_limit_select_records() {
     assert_eq!(indices(&out), vec![2, 3, 4, 0, 1]);
 }
 
-/// `--backend cuda` in a build without the feature (the test build) says how to build it; f64 on
-/// CUDA is refused; an unknown backend names the choices.
+/// `--backend cuda` (and `libtorch`) in a build without the feature (the test build) says how to
+/// build it; f64 on Flex is refused; an unknown backend names the choices.
 #[test]
 fn backend_errors() {
     let out = scratch("cli-backend").join("g.jsonl");
@@ -368,7 +368,27 @@ fn backend_errors() {
     );
     assert!(!r.status.success());
     let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(stderr.contains("cpu, cuda or cuda:N"), "{stderr}");
+    assert!(
+        stderr.contains("cpu, flex, libtorch, cuda or cuda:N"),
+        "{stderr}"
+    );
+    // LibTorch in a build without it says how to build it; Flex is f32 only.
+    let r = grads(
+        &fixture("qwen2-tiny"),
+        &tiny_data(),
+        &out,
+        &["--backend", "libtorch"],
+    );
+    if !cfg!(feature = "tch") {
+        assert_clear_error(&r, &["backend libtorch", "--features tch"]);
+    }
+    let r = grads(
+        &fixture("qwen2-tiny"),
+        &tiny_data(),
+        &out,
+        &["--backend", "flex", "--dtype", "f64"],
+    );
+    assert_clear_error(&r, &["backend flex", "f32 only"]);
 }
 
 /// `gradlens init` then `gradlens grads` on the new checkpoint, from the command line.

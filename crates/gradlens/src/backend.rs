@@ -37,15 +37,29 @@ pub type CpuF32 = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 /// The CPU backend with autodiff, in f64 (the reference-grade path).
 pub type CpuF64 = burn::backend::Autodiff<burn::backend::NdArray<f64>>;
 
+/// Burn's Flex CPU backend (gemm-based matmuls, SIMD) with autodiff, in f32.
+pub type FlexF32 = burn::backend::Autodiff<burn::backend::Flex>;
+
+/// Burn's LibTorch backend (PyTorch's own CPU kernels through `tch`; `tch` feature) with
+/// autodiff, in f32.
+#[cfg(feature = "tch")]
+pub type TorchF32 = burn::backend::Autodiff<burn::backend::LibTorch<f32>>;
+/// Burn's LibTorch backend with autodiff, in f64.
+#[cfg(feature = "tch")]
+pub type TorchF64 = burn::backend::Autodiff<burn::backend::LibTorch<f64>>;
+
 /// The CUDA backend with autodiff, in f32 (burn-cuda with kernel fusion; `cuda` feature).
 #[cfg(feature = "cuda")]
 pub type CudaF32 = burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>;
 
-/// Where the model runs: `cpu` (Burn's NdArray) or `cuda[:N]` (burn-cuda, GPU N).
+/// Where the model runs: `cpu` (Burn's NdArray), `flex` (Burn's Flex CPU backend), `libtorch`
+/// (Burn's LibTorch backend on the CPU) or `cuda[:N]` (burn-cuda, GPU N).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
     #[default]
     Cpu,
+    Flex,
+    Torch,
     Cuda(usize),
 }
 
@@ -54,11 +68,13 @@ impl FromStr for Device {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "cpu" => Ok(Device::Cpu),
+            "flex" => Ok(Device::Flex),
+            "libtorch" | "tch" => Ok(Device::Torch),
             "cuda" | "gpu" => Ok(Device::Cuda(0)),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(i)) => Ok(Device::Cuda(i)),
                 _ => Err(format!(
-                    "unknown backend {other:?} (expected cpu, cuda or cuda:N)"
+                    "unknown backend {other:?} (expected cpu, flex, libtorch, cuda or cuda:N)"
                 )),
             },
         }
@@ -69,6 +85,8 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => f.write_str("cpu"),
+            Device::Flex => f.write_str("flex"),
+            Device::Torch => f.write_str("libtorch"),
             Device::Cuda(0) => f.write_str("cuda"),
             Device::Cuda(i) => write!(f, "cuda:{i}"),
         }
@@ -80,7 +98,7 @@ impl Device {
     /// compiles and tunes kernels, so lengths are rounded up to a multiple of 64; none on the CPU.
     pub fn default_pad_to(self) -> usize {
         match self {
-            Device::Cpu => 1,
+            Device::Cpu | Device::Flex | Device::Torch => 1,
             Device::Cuda(_) => 64,
         }
     }
@@ -88,14 +106,40 @@ impl Device {
 
 /// Whether this build includes the CUDA backend.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+/// Whether this build includes the LibTorch backend.
+pub const TORCH_BUILT: bool = cfg!(feature = "tch");
+
+/// Limit the CPU threads of every backend and of the spectra (rayon's pool, and LibTorch's
+/// intra-op pool when built in).
+///
+/// # Safety
+/// Sets an environment variable: call it before any other thread has started.
+#[allow(unsafe_code)]
+pub unsafe fn limit_cpu_threads(n: usize) {
+    if n == 0 {
+        return;
+    }
+    // SAFETY: the caller guarantees no other thread runs yet.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("OMP_NUM_THREADS", n.to_string());
+    }
+    #[cfg(feature = "tch")]
+    tch::set_num_threads(n as i32);
+}
+
+/// What gradlens runs a model on: an autodiff backend whose models have the fused softmax nodes
+/// (`gradlens_models::ops`). Every backend [`dispatch`] picks is one.
+pub trait GradBackend:
+    burn::tensor::backend::AutodiffBackend + gradlens_models::ModelBackend
+{
+}
+impl<B: burn::tensor::backend::AutodiffBackend + gradlens_models::ModelBackend> GradBackend for B {}
 
 /// Work generic over the autodiff backend, run by [`dispatch`] on the chosen device and dtype.
 pub trait BackendJob {
     type Output;
-    fn run<B: burn::tensor::backend::AutodiffBackend>(
-        self,
-        device: &B::Device,
-    ) -> anyhow::Result<Self::Output>;
+    fn run<B: GradBackend>(self, device: &B::Device) -> anyhow::Result<Self::Output>;
 }
 
 /// Check that `device` with `dtype` is available in this build and on this machine, with a clear
@@ -103,7 +147,7 @@ pub trait BackendJob {
 pub fn check(device: Device, dtype: Dtype) -> anyhow::Result<()> {
     check_build(device, dtype)?;
     match device {
-        Device::Cpu => Ok(()),
+        Device::Cpu | Device::Flex | Device::Torch => Ok(()),
         Device::Cuda(i) => cuda_available(i),
     }
 }
@@ -113,6 +157,17 @@ pub fn check(device: Device, dtype: Dtype) -> anyhow::Result<()> {
 pub fn check_build(device: Device, dtype: Dtype) -> anyhow::Result<()> {
     match (device, dtype) {
         (Device::Cpu, _) => Ok(()),
+        (Device::Flex, Dtype::F32) => Ok(()),
+        (Device::Flex, Dtype::F64) => anyhow::bail!(
+            "backend flex: f32 only (Burn 0.21's Flex backend computes in f32); use --backend cpu \
+             or libtorch for f64"
+        ),
+        (Device::Torch, _) if !TORCH_BUILT => anyhow::bail!(
+            "backend libtorch: this gradlens was built without the LibTorch backend; rebuild with \
+             `LIBTORCH_USE_PYTORCH=1 cargo build --release --features tch` in a Python environment \
+             with torch 2.9.0 (see docs/performance.md)"
+        ),
+        (Device::Torch, _) => Ok(()),
         (Device::Cuda(_), _) if !CUDA_BUILT => anyhow::bail!(
             "backend {device}: this gradlens was built without CUDA support; rebuild with \
              `cargo build --release --features cuda` (needs no CUDA toolkit to build; running \
@@ -158,6 +213,15 @@ pub fn dispatch<J: BackendJob>(device: Device, dtype: Dtype, job: J) -> anyhow::
     match (device, dtype) {
         (Device::Cpu, Dtype::F32) => job.run::<CpuF32>(&Default::default()),
         (Device::Cpu, Dtype::F64) => job.run::<CpuF64>(&Default::default()),
+        (Device::Flex, Dtype::F32) => job.run::<FlexF32>(&Default::default()),
+        #[cfg(feature = "tch")]
+        (Device::Torch, Dtype::F32) => {
+            job.run::<TorchF32>(&burn::backend::libtorch::LibTorchDevice::Cpu)
+        }
+        #[cfg(feature = "tch")]
+        (Device::Torch, Dtype::F64) => {
+            job.run::<TorchF64>(&burn::backend::libtorch::LibTorchDevice::Cpu)
+        }
         #[cfg(feature = "cuda")]
         (Device::Cuda(i), Dtype::F32) => {
             job.run::<CudaF32>(&burn::backend::cuda::CudaDevice::new(i))

@@ -10,13 +10,13 @@
 //!   threads while sample i+1 runs forward and backward);
 //! - the PyTorch reference (scripts/bench_reference.py), when torch and transformers import.
 
+use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
 use crate::data::{Record, load_records};
 use crate::grads::{Measurer, Work, finish};
 use crate::sample::PromptMode;
 use crate::stats::Spectra;
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::AutodiffBackend;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -226,7 +226,7 @@ struct GradlensRows<'a> {
 
 impl BackendJob for GradlensRows<'_> {
     type Output = Vec<Row>;
-    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<Vec<Row>> {
+    fn run<B: GradBackend>(self, device: &B::Device) -> Result<Vec<Row>> {
         let GradlensRows {
             a,
             model,
@@ -382,7 +382,7 @@ fn python_rows(
     let script = root.join("scripts/bench_reference.py");
     let n = a.reference_samples.unwrap_or(a.samples);
     let device = match a.backend {
-        Device::Cpu => "cpu".to_string(),
+        Device::Cpu | Device::Flex | Device::Torch => "cpu".to_string(),
         Device::Cuda(i) => format!("cuda:{i}"),
     };
     let mut rows = Vec::new();

@@ -3,6 +3,7 @@
 //! process (on CUDA the kernels are compiled once for all of them). The same comparisons run in
 //! `cargo test` on the CPU; this command is how a machine with a GPU checks `--backend cuda`.
 
+use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
 use crate::compare::compare_files;
 use crate::data::load_records;
@@ -10,7 +11,6 @@ use crate::grads::Measurer;
 use crate::sample::PromptMode;
 use crate::stats::Spectra;
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -49,7 +49,7 @@ struct Job<'a>(&'a CheckArgs, Vec<PathBuf>);
 
 impl BackendJob for Job<'_> {
     type Output = Vec<Check>;
-    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<Vec<Check>> {
+    fn run<B: GradBackend>(self, device: &B::Device) -> Result<Vec<Check>> {
         let Job(a, dirs) = self;
         let tiny = a.fixtures.join("data/tiny.json");
         let mut checks = Vec::new();

@@ -1,5 +1,6 @@
 //! `gradlens grads`: measure every sample of a data file into a resumable JSONL.
 
+use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
 use crate::data::{Record, load_records};
 use crate::measure::{HostGrads, sample_grads};
@@ -8,7 +9,6 @@ use crate::sample::{Preparation, PromptMode, prepare};
 use crate::stats::{GradStats, Spectra, stats_from};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use gradlens_models::{LoadedModel, paper_selector};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
@@ -66,7 +66,7 @@ impl RunSummary {
 }
 
 /// A loaded model and its tokenizer, ready to measure records.
-pub struct Measurer<B: AutodiffBackend> {
+pub struct Measurer<B: GradBackend> {
     pub model: LoadedModel<B>,
     pub tokenizer: TextTokenizer,
     pub mode: PromptMode,
@@ -155,7 +155,7 @@ pub fn finish(
     }))
 }
 
-impl<B: AutodiffBackend> Measurer<B> {
+impl<B: GradBackend> Measurer<B> {
     pub fn load(
         model_dir: &Path,
         max_length: usize,
@@ -391,7 +391,7 @@ pub fn run_grads(opts: &GradsOptions) -> Result<RunSummary> {
     struct Job<'a>(&'a GradsOptions);
     impl BackendJob for Job<'_> {
         type Output = RunSummary;
-        fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<RunSummary> {
+        fn run<B: GradBackend>(self, device: &B::Device) -> Result<RunSummary> {
             run_on::<B>(self.0, device)
         }
     }
@@ -405,7 +405,7 @@ pub fn record_range(len: usize, start: usize, limit: Option<usize>) -> std::ops:
     start..end
 }
 
-pub fn run_on<B: AutodiffBackend>(opts: &GradsOptions, device: &B::Device) -> Result<RunSummary> {
+pub fn run_on<B: GradBackend>(opts: &GradsOptions, device: &B::Device) -> Result<RunSummary> {
     let records = load_records(&opts.data)?;
     let range = record_range(records.len(), opts.start, opts.limit);
     let mut measurer =

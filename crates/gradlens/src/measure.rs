@@ -1,23 +1,24 @@
 //! One forward and one backward pass of one sample, and the gradients of the measured weights
 //! (and, when asked, the low-rank factors of each gradient).
 
+use crate::backend::GradBackend;
 use crate::sample::Prepared;
 use crate::stats::{
     EntryStats, Factors, HostMatrix, MeasuredGrad, Real, Spectra, SpectrumSource, SvdError,
     spectra_of,
 };
-use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Element, Tensor};
 use gradlens_models::LoadedModel;
 use gradlens_models::blocks::{Capture, int_tensor, zeros};
+use gradlens_models::ops::log_softmax;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Mean negative log-likelihood of the response tokens; logits are formed only at the positions
 /// that carry loss.
 /// With `pad_to` > 1 the sequence is padded (see [`Prepared::padded_ids`]); the loss is the same.
-pub fn response_loss<B: AutodiffBackend>(
+pub fn response_loss<B: GradBackend>(
     model: &LoadedModel<B>,
     sample: &Prepared,
     capture: Option<&Capture<B>>,
@@ -89,7 +90,7 @@ fn download<B: Backend, T: Real + Element>(t: Tensor<B, 2>) -> HostMatrix<T> {
 /// where the gradient is (one transfer for all of them), and only what the singular values need
 /// is copied to the host: the dense gradient, or its factors Δ and X (G = Δᵀ X) when `spectra`
 /// chooses the factored path for that weight (each distinct X once).
-pub fn sample_grads<B: AutodiffBackend>(
+pub fn sample_grads<B: GradBackend>(
     model: &LoadedModel<B>,
     sample: &Prepared,
     spectra: Spectra,
@@ -110,7 +111,7 @@ pub fn sample_grads<B: AutodiffBackend>(
     }
 }
 
-fn collect<B: AutodiffBackend, T: Real + Element>(
+fn collect<B: GradBackend, T: Real + Element>(
     model: &LoadedModel<B>,
     sample: &Prepared,
     spectra: Spectra,
@@ -234,7 +235,7 @@ fn collect<B: AutodiffBackend, T: Real + Element>(
 
 /// Forward and backward only (the benchmark's "forward+backward alone"): the loss and one scalar
 /// that depends on every measured gradient, read back so that the device has finished.
-pub fn forward_backward_only<B: AutodiffBackend>(
+pub fn forward_backward_only<B: GradBackend>(
     model: &LoadedModel<B>,
     sample: &Prepared,
     pad_to: usize,

@@ -2,6 +2,7 @@
 //! layout `<out>/<task folder>/<model name>/grads_<file stem>.jsonl`, resumable at sample level,
 //! deterministically shardable, with a `run.json` recording what ran.
 
+use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
 use crate::data::load_records;
 use crate::datasets::{Condition, Manifest};
@@ -10,7 +11,6 @@ use crate::output::{done_indices, skipped_path};
 use crate::report::{Statistic, curves, mad, read_rows};
 use crate::sample::{InstructOptions, PromptMode};
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::AutodiffBackend;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -308,7 +308,7 @@ pub fn run(plan: &Plan, shard: Option<usize>, progress: bool) -> Result<Vec<Unit
     struct Job<'a>(&'a Plan, Option<usize>, bool);
     impl BackendJob for Job<'_> {
         type Output = Vec<UnitRecord>;
-        fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<Vec<UnitRecord>> {
+        fn run<B: GradBackend>(self, device: &B::Device) -> Result<Vec<UnitRecord>> {
             run_on::<B>(self.0, self.1, self.2, device)
         }
     }
@@ -316,7 +316,7 @@ pub fn run(plan: &Plan, shard: Option<usize>, progress: bool) -> Result<Vec<Unit
     dispatch(device, plan.sweep.dtype, Job(plan, shard, progress))
 }
 
-pub fn run_on<B: AutodiffBackend>(
+pub fn run_on<B: GradBackend>(
     plan: &Plan,
     shard: Option<usize>,
     progress: bool,
