@@ -351,17 +351,23 @@ fn padded_sequences_give_the_reference_numbers() {
             &Default::default(),
         )
         .unwrap();
-        m.pad_to = 64;
-        for spectra in [Spectra::Dense, Spectra::Factored] {
+        // 64 (the CUDA default) and an odd multiple, so that padded loss rows start both at the
+        // first response position and before it.
+        for (pad_to, spectra) in [
+            (64, Spectra::Dense),
+            (64, Spectra::Factored),
+            (7, Spectra::Dense),
+        ] {
+            m.pad_to = pad_to;
             m.spectra = spectra;
-            let out = scratch(&format!("padded-{name}-{spectra:?}")).join("grads.jsonl");
+            let out = scratch(&format!("padded-{name}-{pad_to}-{spectra:?}")).join("grads.jsonl");
             m.measure_file(&records, 0..records.len(), &out, None, None)
                 .unwrap();
             let errs =
                 compare_files(&fixture(name).join("expected/grads.jsonl"), &out, F64_RTOL).unwrap();
             assert!(
                 errs.is_empty(),
-                "{name} padded ({spectra:?}): {}",
+                "{name} padded to {pad_to} ({spectra:?}): {}",
                 errs.join("\n")
             );
         }

@@ -27,14 +27,51 @@ pub fn response_loss<B: GradBackend>(
     let device = model.device.clone();
     let first = sample.first_loss_position();
     let n = sample.n_loss_tokens();
-    let hidden = model.model.hidden(&sample.padded_ids(pad_to), capture);
-    let logits = model.model.logits(hidden.narrow(0, first, n));
-    let targets: Vec<i64> = sample.ids[first + 1..first + 1 + n]
-        .iter()
-        .map(|&i| i as i64)
+    let ids = sample.padded_ids(pad_to);
+    let hidden = model.model.hidden(&ids, capture);
+    if pad_to <= 1 {
+        let logits = model.model.logits(hidden.narrow(0, first, n));
+        let targets: Vec<i64> = sample.ids[first + 1..first + 1 + n]
+            .iter()
+            .map(|&i| i as i64)
+            .collect();
+        let targets = int_tensor::<B, 2>(targets, [n, 1], &device);
+        return log_softmax(logits, 1).gather(1, targets).mean().neg();
+    }
+    // Padded: the logits rows are padded too (the number of response tokens varies from sample
+    // to sample, and on CUDA every new shape compiles kernels). Rows outside the response get
+    // weight 0: they add nothing to the loss and send no gradient back.
+    let (start, rows) = loss_rows(first, n, ids.len(), pad_to);
+    let weights: Vec<f64> = (start..start + rows)
+        .map(|p| f64::from(u8::from(p >= first && p < first + n)))
         .collect();
-    let targets = int_tensor::<B, 2>(targets, [n, 1], &device);
-    log_softmax(logits, 1).gather(1, targets).mean().neg()
+    let targets: Vec<i64> = (start..start + rows)
+        .map(|p| {
+            if p >= first && p < first + n {
+                sample.ids[p + 1] as i64
+            } else {
+                0
+            }
+        })
+        .collect();
+    let logits = model.model.logits(hidden.narrow(0, start, rows));
+    let targets = int_tensor::<B, 2>(targets, [rows, 1], &device);
+    let weights = gradlens_models::blocks::float_tensor::<B, 2>(
+        burn::tensor::TensorData::new(weights, [rows, 1]),
+        &device,
+    );
+    (log_softmax(logits, 1).gather(1, targets) * weights)
+        .sum()
+        .mul_scalar(-1.0 / n as f64)
+}
+
+/// The logits rows of a padded sequence of `len` positions (a multiple of `pad_to`) whose `n`
+/// loss positions start at `first`: `n` rounded up to a multiple of `pad_to`, starting at `first`
+/// or earlier when the sequence ends first.
+fn loss_rows(first: usize, n: usize, len: usize, pad_to: usize) -> (usize, usize) {
+    let rows = n.div_ceil(pad_to) * pad_to;
+    debug_assert!(rows <= len && first + n < len + 1);
+    (first.min(len - rows), rows)
 }
 
 /// The gradients of one sample on the host, in the compute dtype.
@@ -253,4 +290,24 @@ pub fn forward_backward_only<B: GradBackend>(
         .convert::<f64>()
         .to_vec::<f64>()
         .expect("f64 data")[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loss_rows;
+
+    #[test]
+    fn loss_rows_cover_the_response_in_a_padded_shape() {
+        // Room after the response: start at the first loss position.
+        assert_eq!(loss_rows(10, 119, 192, 64), (10, 128));
+        // The sequence (130 → 192 padded) ends before first + 128: start earlier.
+        assert_eq!(loss_rows(100, 29, 192, 64), (100, 64));
+        assert_eq!(loss_rows(150, 41, 192, 64), (128, 64));
+        // A sequence that is already a multiple: 128 positions, 127 loss positions from 0.
+        assert_eq!(loss_rows(0, 127, 128, 64), (0, 128));
+        for (first, n, len) in [(3, 60, 64), (63, 1, 128), (5, 100, 128)] {
+            let (start, rows) = loss_rows(first, n, len, 64);
+            assert!(start <= first && first + n <= start + rows && start + rows <= len);
+        }
+    }
 }
