@@ -47,72 +47,57 @@ impl ModelBackend for burn::backend::Cuda<f32, i32> {}
 
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     fn model_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Softmax;
-
-        impl<B: Backend> Backward<B, 1> for Softmax {
-            type State = (FloatTensor<B>, usize);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let (p, dim) = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |g| {
-                    let gp = B::float_mul(g, p.clone());
-                    let sum = B::float_sum_dim(gp.clone(), dim);
-                    B::float_sub(gp, B::float_mul(p, sum))
-                });
-            }
-        }
-
-        match Softmax
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let p = B::model_softmax(x.primitive, dim);
-                prep.finish((p.clone(), dim), p)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::model_softmax(x.primitive, dim)),
-        }
+        output_node::<B, C>(x, dim, B::model_softmax, |p, g, dim| {
+            let gp = B::float_mul(g, p.clone());
+            let sum = B::float_sum_dim(gp.clone(), dim);
+            B::float_sub(gp, B::float_mul(p, sum))
+        })
     }
 
     fn model_log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct LogSoftmax;
+        output_node::<B, C>(x, dim, B::model_log_softmax, |l, g, dim| {
+            let sum = B::float_sum_dim(g.clone(), dim);
+            B::float_sub(g, B::float_mul(B::float_exp(l), sum))
+        })
+    }
+}
 
-        impl<B: Backend> Backward<B, 1> for LogSoftmax {
-            type State = (FloatTensor<B>, usize);
+/// The input gradient from the node's output, the output gradient and the dimension.
+type GradFromOutput<B> = fn(FloatTensor<B>, FloatTensor<B>, usize) -> FloatTensor<B>;
 
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let (l, dim) = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |g| {
-                    let sum = B::float_sum_dim(g.clone(), dim);
-                    B::float_sub(g, B::float_mul(B::float_exp(l), sum))
-                });
-            }
+/// A one-input node along `dim` whose backward pass needs only its output.
+#[derive(Debug)]
+struct FromOutput<B: Backend> {
+    grad: GradFromOutput<B>,
+}
+
+impl<B: Backend> Backward<B, 1> for FromOutput<B> {
+    type State = (FloatTensor<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (out, dim) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| (self.grad)(out, g, dim));
+    }
+}
+
+/// `forward(x, dim)` recorded as one node; its output is kept for `grad`.
+fn output_node<B: Backend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    dim: usize,
+    forward: fn(FloatTensor<B>, usize) -> FloatTensor<B>,
+    grad: GradFromOutput<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let node = FromOutput { grad };
+    match node
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let out = forward(x.primitive, dim);
+            prep.finish((out.clone(), dim), out)
         }
-
-        match LogSoftmax
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let l = B::model_log_softmax(x.primitive, dim);
-                prep.finish((l.clone(), dim), l)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::model_log_softmax(x.primitive, dim)),
-        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, dim)),
     }
 }
 
