@@ -29,18 +29,9 @@ pub fn response_loss<B: GradBackend>(
     let n = sample.n_loss_tokens();
     let ids = sample.padded_ids(pad_to);
     let hidden = model.model.hidden(&ids, capture);
-    if pad_to <= 1 {
-        let logits = model.model.logits(hidden.narrow(0, first, n));
-        let targets: Vec<i64> = sample.ids[first + 1..first + 1 + n]
-            .iter()
-            .map(|&i| i as i64)
-            .collect();
-        let targets = int_tensor::<B, 2>(targets, [n, 1], &device);
-        return log_softmax(logits, 1).gather(1, targets).mean().neg();
-    }
-    // Padded: the logits rows are padded too (the number of response tokens varies from sample
-    // to sample, and on CUDA every new shape compiles kernels). Rows outside the response get
-    // weight 0: they add nothing to the loss and send no gradient back.
+    // With padding the logits rows are padded too (the number of response tokens varies from
+    // sample to sample, and on CUDA every new shape compiles kernels). Rows outside the response
+    // get weight 0: they add nothing to the loss and send no gradient back.
     let (start, rows) = loss_rows(first, n, ids.len(), pad_to);
     let weights: Vec<f64> = (start..start + rows)
         .map(|p| f64::from(u8::from(p >= first && p < first + n)))
@@ -69,6 +60,7 @@ pub fn response_loss<B: GradBackend>(
 /// loss positions start at `first`: `n` rounded up to a multiple of `pad_to`, starting at `first`
 /// or earlier when the sequence ends first.
 fn loss_rows(first: usize, n: usize, len: usize, pad_to: usize) -> (usize, usize) {
+    let pad_to = pad_to.max(1);
     let rows = n.div_ceil(pad_to) * pad_to;
     debug_assert!(rows <= len && first + n < len + 1);
     (first.min(len - rows), rows)
@@ -303,6 +295,8 @@ mod tests {
         // The sequence (130 → 192 padded) ends before first + 128: start earlier.
         assert_eq!(loss_rows(100, 29, 192, 64), (100, 64));
         assert_eq!(loss_rows(150, 41, 192, 64), (128, 64));
+        // No padding: exactly the loss positions.
+        assert_eq!(loss_rows(10, 119, 130, 1), (10, 119));
         // A sequence that is already a multiple: 128 positions, 127 loss positions from 0.
         assert_eq!(loss_rows(0, 127, 128, 64), (0, 128));
         for (first, n, len) in [(3, 60, 64), (63, 1, 128), (5, 100, 128)] {
