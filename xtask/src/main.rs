@@ -78,6 +78,7 @@ pub(crate) fn repo_root() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    gradlens::backend::tune_allocator();
     let cli = Cli::parse();
     if let Command::Bench(gradlens::bench::BenchArgs { threads, .. }) = &cli.command
         && *threads > 0

@@ -150,6 +150,7 @@ struct GradsArgs {
 }
 
 fn main() -> ExitCode {
+    gradlens::backend::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

@@ -128,6 +128,30 @@ pub unsafe fn limit_cpu_threads(n: usize) {
     tch::set_num_threads(n as i32);
 }
 
+/// Keep freed memory for reuse instead of returning it to the kernel (glibc only; no-op elsewhere,
+/// and when `GRADLENS_MALLOC=system`).
+///
+/// A forward and backward pass allocates and frees tensors of tens to hundreds of MB ([heads, T, T]
+/// attention scores, [rows, vocab] logits). glibc serves every allocation above 32 MB with a fresh
+/// `mmap` and unmaps it on free, so the kernel zeroes every page again on first touch: in a profile
+/// of the Qwen2-0.5B shape on LibTorch, 11% of the time went to `clear_page` alone, and the system
+/// time of a run was a fifth of its CPU time. With mmap off and a high trim threshold the heap keeps
+/// those pages: same peak memory, about half the system time (docs/performance.md has the figures).
+/// Call it first thing in `main`, before any allocation of note.
+#[allow(unsafe_code)]
+pub fn tune_allocator() {
+    if std::env::var("GRADLENS_MALLOC").is_ok_and(|v| v == "system") {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation parameters; it is thread-safe.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
 /// What gradlens runs a model on: an autodiff backend whose models have the fused softmax nodes
 /// (`gradlens_models::ops`). Every backend [`dispatch`] picks is one.
 pub trait GradBackend:

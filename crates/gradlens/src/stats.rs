@@ -198,6 +198,43 @@ pub fn factored_singular_values<T: Real>(f: &Factors<T>) -> Result<Vec<f64>, Svd
 /// parallel (rayon), each inner factorisation on one thread, and each shared input X is
 /// factorised once.
 pub fn spectra_of<T: Real>(grads: &[MeasuredGrad<T>]) -> Result<Vec<Vec<f64>>, SvdError> {
+    spectra_pool().install(|| spectra_in_pool(grads))
+}
+
+/// The threads the spectra run on: as many as rayon's global pool (`RAYON_NUM_THREADS`), at the
+/// lowest CPU priority (Linux `SCHED_IDLE`; elsewhere ordinary threads).
+///
+/// The spectra of sample i run while sample i+1 runs forward and backward. On a machine with
+/// fewer cores than both want, threads of equal priority share the cores by time slices, and a
+/// GEMM whose thread loses its slice stalls the other threads of the same parallel region at
+/// their barrier: on 2 cores the pipelined run was slower than running the two one after the
+/// other. At idle priority the spectra take only what the forward and backward pass leaves
+/// (its serial stretches, its waits); the pipeline's bounded queue lets them run in full when
+/// they fall behind (the next sample's forward pass waits for the queue).
+fn spectra_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("gradlens-spectra-{i}"))
+            .start_handler(|_| lower_priority())
+            .build()
+            .expect("a thread pool")
+    })
+}
+
+/// Lower the calling thread to the idle scheduling class (best effort).
+#[allow(unsafe_code)]
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+    }
+}
+
+fn spectra_in_pool<T: Real>(grads: &[MeasuredGrad<T>]) -> Result<Vec<Vec<f64>>, SvdError> {
     use rayon::prelude::*;
     use std::sync::Arc;
     faer::set_global_parallelism(faer::Par::Seq);
