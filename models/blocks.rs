@@ -6,7 +6,7 @@
 //! All blocks work on one sequence (batch 1) as `[tokens, features]` tensors.
 
 use crate::loader::Loader;
-use crate::ops::{ModelBackend, softmax};
+use crate::ops::{ModelBackend, attention, softmax, swiglu};
 use burn::module::{Module, Param};
 use burn::tensor::activation::gelu_approximate;
 use burn::tensor::backend::Backend;
@@ -411,20 +411,22 @@ impl<B: ModelBackend> Attention<B> {
             repeat_kv(v, heads / kv_heads),
         );
 
-        // The scale on q ([heads, T, D]) rather than on the scores ([heads, T, T]).
-        let mut scores = (q * self.opts.scale).matmul(k.swap_dims(1, 2));
-        if let Some(cap) = self.opts.logit_softcap {
-            scores = softcap(scores, cap);
-        }
         let bias = match self.opts.sliding_window {
             Some(w) if w < t => ctx.sliding_bias(w),
             _ => ctx.causal_bias.clone(),
         };
-        let probs = softmax(scores + bias.unsqueeze_dim(0), 2);
-        let out = probs
-            .matmul(v)
-            .swap_dims(0, 1)
-            .reshape([t, heads * head_dim]);
+        // The scale on q ([heads, T, D]) rather than on the scores ([heads, T, T]).
+        let q = q * self.opts.scale;
+        let out = match self.opts.logit_softcap {
+            // Gemma 2: soft-capped scores, composed of Burn's differentiated operations.
+            Some(cap) => {
+                let scores = softcap(q.matmul(k.swap_dims(1, 2)), cap);
+                softmax(scores + bias.unsqueeze_dim(0), 2).matmul(v)
+            }
+            // Everyone else: one node with a closed-form backward pass (`ops::attention`).
+            None => attention(q, k, v, bias),
+        };
+        let out = out.swap_dims(0, 1).reshape([t, heads * head_dim]);
         self.o_proj.forward_ctx(out, ctx)
     }
 }
@@ -480,7 +482,7 @@ pub struct GatedMlp<B: Backend> {
     pub act: Activation,
 }
 
-impl<B: Backend> GatedMlp<B> {
+impl<B: ModelBackend> GatedMlp<B> {
     pub fn load(
         l: &mut Loader<'_, B>,
         prefix: &str,
@@ -500,12 +502,13 @@ impl<B: Backend> GatedMlp<B> {
     pub fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
         let shared = SharedInput::default();
         let gate = self.gate_proj.forward_shared(x.clone(), ctx, &shared);
-        let gate = match self.act {
-            Activation::Silu => silu(gate),
-            Activation::GeluTanh => gelu_approximate(gate),
+        let up = self.up_proj.forward_shared(x, ctx, &shared);
+        let gated = match self.act {
+            // One node with a closed-form backward pass (`ops::swiglu`).
+            Activation::Silu => swiglu(gate, up),
+            Activation::GeluTanh => gelu_approximate(gate) * up,
         };
-        self.down_proj
-            .forward_ctx(gate * self.up_proj.forward_shared(x, ctx, &shared), ctx)
+        self.down_proj.forward_ctx(gated, ctx)
     }
 }
 

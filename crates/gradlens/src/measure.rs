@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Element, Tensor};
 use gradlens_models::LoadedModel;
 use gradlens_models::blocks::{Capture, int_tensor, zeros};
-use gradlens_models::ops::log_softmax;
+use gradlens_models::ops::weighted_nll;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -33,12 +33,14 @@ pub fn response_loss<B: GradBackend>(
     // sample to sample, and on CUDA every new shape compiles kernels). Rows outside the response
     // get weight 0: they add nothing to the loss and send no gradient back.
     let (start, rows) = loss_rows(first, n, ids.len(), pad_to);
-    let weights: Vec<f64> = (start..start + rows)
-        .map(|p| f64::from(u8::from(p >= first && p < first + n)))
+    let in_response = |p: usize| p >= first && p < first + n;
+    // −1/n on the response rows (the mean negative log-likelihood), 0 on the others.
+    let coeff: Vec<f64> = (start..start + rows)
+        .map(|p| if in_response(p) { -1.0 / n as f64 } else { 0.0 })
         .collect();
     let targets: Vec<i64> = (start..start + rows)
         .map(|p| {
-            if p >= first && p < first + n {
+            if in_response(p) {
                 sample.ids[p + 1] as i64
             } else {
                 0
@@ -47,13 +49,11 @@ pub fn response_loss<B: GradBackend>(
         .collect();
     let logits = model.model.logits(hidden.narrow(0, start, rows));
     let targets = int_tensor::<B, 2>(targets, [rows, 1], &device);
-    let weights = gradlens_models::blocks::float_tensor::<B, 2>(
-        burn::tensor::TensorData::new(weights, [rows, 1]),
+    let coeff = gradlens_models::blocks::float_tensor::<B, 2>(
+        burn::tensor::TensorData::new(coeff, [rows, 1]),
         &device,
     );
-    (log_softmax(logits, 1).gather(1, targets) * weights)
-        .sum()
-        .mul_scalar(-1.0 / n as f64)
+    weighted_nll(logits, targets, coeff)
 }
 
 /// The logits rows of a padded sequence of `len` positions (a multiple of `pad_to`) whose `n`
