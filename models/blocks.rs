@@ -450,19 +450,6 @@ pub enum Activation {
     GeluTanh,
 }
 
-/// `x · σ(x)`. In f32, Burn's `sigmoid`: one differentiated op (a fused kernel on backends that
-/// have one). In f64, `σ(x) = (1 + tanh(x/2)) / 2`, exact and stable for any x: Burn 0.21's own
-/// `sigmoid` computes in f32 whatever the dtype, which would cost an f64 model its precision (seen
-/// as 3e-8 relative errors against the float64 reference).
-pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let sigmoid = if x.dtype() == burn::tensor::DType::F32 {
-        burn::tensor::activation::sigmoid(x.clone())
-    } else {
-        ((x.clone() * 0.5).tanh() + 1.0) * 0.5
-    };
-    x * sigmoid
-}
-
 /// Soft-capping `tanh(x / cap) · cap`, written as a product with `1 / cap` (computed in f64).
 ///
 /// Burn 0.21's autodiff differentiates `tensor / scalar` as `grad · (1 / scalar as f32)`: an f32

@@ -8,7 +8,6 @@
 //! output, and the backward pass is the closed form:
 //!
 //! - softmax `p`: `∂x = p ⊙ (g − Σ_dim g ⊙ p)`;
-//! - log-softmax `l`: `∂x = g − exp(l) ⊙ Σ_dim g`;
 //! - the weighted negative log-likelihood `L = Σ_r c_r · l[r, t_r]` (`l` the log-softmax of the
 //!   logits rows, `t_r` the targets, `c_r` the per-row weights, e.g. `−1/n` on loss rows and 0 on
 //!   padding): `∂logits[r, j] = g · c_r · (δ_{j t_r} − exp(l[r, j]))`. Taken apart, Burn would
@@ -26,7 +25,7 @@
 //!
 //! Every backend the models run on implements [`ModelBackend`]: plain backends (one line each,
 //! below) use the backend's kernels; `Autodiff<B>` adds the nodes above. Parity with the
-//! transformers reference (every fixture, f32 and f64) covers both formulas.
+//! transformers reference (every fixture, f32 and f64) covers every formula.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -42,10 +41,6 @@ pub trait ModelBackend: Backend {
     /// Softmax along `dim`.
     fn model_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         Self::softmax(x, dim)
-    }
-    /// Log-softmax along `dim`.
-    fn model_log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        Self::log_softmax(x, dim)
     }
     /// `Σ_r coeff[r] · log_softmax(logits)[r, targets[r]]` as a `[1]` tensor; `logits` is
     /// `[rows, vocab]`, `targets` (int) and `coeff` are `[rows, 1]`.
@@ -67,8 +62,7 @@ pub trait ModelBackend: Backend {
     }
     /// `silu(x) ⊙ u`.
     fn model_swiglu(x: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
-        let s = sigmoid::<Self>(x.clone());
-        Self::float_mul(Self::float_mul(x, s), u)
+        swiglu_forward::<Self>(x, u).0
     }
 }
 
@@ -84,8 +78,19 @@ fn attention_forward<B: Backend>(
     (B::float_matmul(p.clone(), v), p)
 }
 
-/// `σ(x)`. In f64, `(1 + tanh(x/2)) / 2`: Burn 0.21's `sigmoid` computes in f32 whatever the
-/// dtype (see `blocks::silu`).
+/// `silu(x) ⊙ u` and `σ(x)`.
+fn swiglu_forward<B: Backend>(
+    x: FloatTensor<B>,
+    u: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let s = sigmoid::<B>(x.clone());
+    (B::float_mul(B::float_mul(x, s.clone()), u), s)
+}
+
+/// `σ(x)`. In f32, Burn's `sigmoid`: one kernel on backends that have one. In f64,
+/// `(1 + tanh(x/2)) / 2`, exact and stable for any x: Burn 0.21's own `sigmoid` computes in f32
+/// whatever the dtype, which would cost an f64 model its precision (seen as 3e-8 relative errors
+/// against the float64 reference).
 fn sigmoid<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     if x.dtype() == DType::F64 {
         let t = B::float_tanh(B::float_mul_scalar(x, 0.5.into()));
@@ -123,13 +128,6 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         })
     }
 
-    fn model_log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        output_node::<B, C>(x, dim, B::model_log_softmax, |l, g, dim| {
-            let sum = B::float_sum_dim(g.clone(), dim);
-            B::float_sub(g, B::float_mul(B::float_exp(l), sum))
-        })
-    }
-
     fn model_weighted_nll(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
@@ -143,7 +141,7 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let l = B::model_log_softmax(logits.primitive, 1);
+                let l = B::log_softmax(logits.primitive, 1);
                 let loss = weighted_picks::<B>(l.clone(), targets.clone(), coeff.clone());
                 prep.finish((l, targets, coeff), loss)
             }
@@ -184,8 +182,7 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (x, u) = (x.primitive, u.primitive);
-                let s = sigmoid::<B>(x.clone());
-                let a = B::float_mul(B::float_mul(x.clone(), s.clone()), u.clone());
+                let (a, s) = swiglu_forward::<B>(x.clone(), u.clone());
                 prep.finish((x, u, s), a)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::model_swiglu(x.primitive, u.primitive)),
@@ -358,14 +355,6 @@ pub fn swiglu<B: ModelBackend>(x: Tensor<B, 2>, u: Tensor<B, 2>) -> Tensor<B, 2>
 /// Softmax along `dim`, one differentiated node (see the module docs).
 pub fn softmax<B: ModelBackend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(B::model_softmax(
-        x.into_primitive().tensor(),
-        dim,
-    )))
-}
-
-/// Log-softmax along `dim`, one differentiated node (see the module docs).
-pub fn log_softmax<B: ModelBackend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::model_log_softmax(
         x.into_primitive().tensor(),
         dim,
     )))

@@ -35,18 +35,15 @@ pub fn response_loss<B: GradBackend>(
     let (start, rows) = loss_rows(first, n, ids.len(), pad_to);
     let in_response = |p: usize| p >= first && p < first + n;
     // −1/n on the response rows (the mean negative log-likelihood), 0 on the others.
-    let coeff: Vec<f64> = (start..start + rows)
-        .map(|p| if in_response(p) { -1.0 / n as f64 } else { 0.0 })
-        .collect();
-    let targets: Vec<i64> = (start..start + rows)
+    let (coeff, targets): (Vec<f64>, Vec<i64>) = (start..start + rows)
         .map(|p| {
             if in_response(p) {
-                sample.ids[p + 1] as i64
+                (-1.0 / n as f64, sample.ids[p + 1] as i64)
             } else {
-                0
+                (0.0, 0)
             }
         })
-        .collect();
+        .unzip();
     let logits = model.model.logits(hidden.narrow(0, start, rows));
     let targets = int_tensor::<B, 2>(targets, [rows, 1], &device);
     let coeff = gradlens_models::blocks::float_tensor::<B, 2>(
