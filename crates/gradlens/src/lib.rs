@@ -21,6 +21,7 @@ pub mod report;
 pub mod reporting;
 pub mod sample;
 pub mod stats;
+pub mod svd;
 pub mod sweep;
 pub mod tokenizer;
 

@@ -8,9 +8,15 @@ use serde::{Deserialize, Serialize};
 pub trait Real:
     faer::traits::RealField + Copy + Send + Sync + Into<f64> + std::fmt::Debug + 'static
 {
+    /// The rounding unit (machine epsilon) as f64.
+    const EPSILON: f64;
 }
-impl Real for f32 {}
-impl Real for f64 {}
+impl Real for f32 {
+    const EPSILON: f64 = f32::EPSILON as f64;
+}
+impl Real for f64 {
+    const EPSILON: f64 = f64::EPSILON;
+}
 
 /// A matrix on the host, row-major `[rows, cols]` (a gradient as the checkpoint stores the weight,
 /// or a factor `[tokens, dim]`).
@@ -58,7 +64,7 @@ pub struct GradStats {
 
 #[derive(Debug, thiserror::Error)]
 #[error("singular value decomposition did not converge ({0})")]
-pub struct SvdError(String);
+pub struct SvdError(pub(crate) String);
 
 /// The factors of one sample's gradient of a linear map `y = x Wᵀ (+ b)` applied at `tokens`
 /// positions: G = Δᵀ X, with X `[tokens, d_in]` the inputs (shared by projections of the same
@@ -193,12 +199,7 @@ pub fn factored_singular_values_with<T: Real>(
 ) -> Result<Vec<f64>, SvdError> {
     let r_d = thin_r_of_transpose(&f.delta);
     let core = &r_d * r_x.transpose();
-    let mut s: Vec<f64> = core
-        .singular_values()
-        .map_err(|e| SvdError(format!("{e:?}")))?
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    let mut s = crate::svd::singular_values_of(core.as_ref())?;
     s.resize(f.d_out().min(f.d_in()), 0.0);
     Ok(s)
 }
@@ -277,14 +278,11 @@ fn spectra_in_pool<T: Real>(grads: &[MeasuredGrad<T>]) -> Result<Vec<Vec<f64>>, 
         .collect()
 }
 
-/// Singular values, largest first (faer, values only).
+/// Singular values, largest first (faer's bidiagonalisation, dqds on the bidiagonal; see
+/// [`crate::svd`]).
 pub fn singular_values<T: Real>(g: &HostMatrix<T>) -> Result<Vec<f64>, SvdError> {
     let m = faer::MatRef::from_row_major_slice(&g.data, g.rows, g.cols);
-    Ok(m.singular_values()
-        .map_err(|e| SvdError(format!("{e:?}")))?
-        .into_iter()
-        .map(Into::into)
-        .collect())
+    crate::svd::singular_values_of(m)
 }
 
 /// Entry statistics and the Frobenius norm of a host matrix (accumulated in f64).
