@@ -7,7 +7,7 @@
 //! bidiagonal in the matrix's dtype. On a 549² core in f32 that was a third of the SVD's time, and
 //! its values deviated from an f64 SVD of the same f32 matrix by 2.7e-6 of σ_max, where the
 //! bidiagonalisation alone accounts for 8e-8 (measured; see docs/performance.md). dqds in f64 on
-//! the same bidiagonal keeps the latter and takes about half the time.
+//! the same bidiagonal keeps the latter and takes less than half the time.
 
 use crate::stats::{Real, SvdError};
 use faer::dyn_stack::{MemBuffer, MemStack};
