@@ -164,7 +164,8 @@ fn qr_flops(m: usize, t: usize) -> f64 {
 /// faer 0.24 on one thread of the development machine (f32): singular values of 896² in 112 ms
 /// (17 GFLOP/s), the thin QR of 896 × 784 in 15 ms (52 GFLOP/s); hence 2.5 (a little under the
 /// ratio, so that at 784 tokens on 896², where the two paths measured within 10% of each other,
-/// auto keeps the dense reference).
+/// auto keeps the dense reference). Since then the bidiagonal's values come from dqds
+/// ([`crate::svd`]), which shortens both paths alike; the bidiagonalisation still dominates.
 const BIDIAG_WEIGHT: f64 = 2.5;
 const GEMM_WEIGHT: f64 = 0.5;
 
