@@ -499,6 +499,19 @@ pub fn run(a: &BenchArgs, root: &Path) -> Result<Vec<Row>> {
     Ok(all)
 }
 
+/// The spectra's share of a sample's time: from the split where a row has one, and for the
+/// pipelined row (no split: the spectra overlap the next sample's pass) the time it adds to the
+/// forward+backward-only row (`*`).
+fn spectra_share(r: &Row, fwd_samples_per_s: Option<f64>) -> Option<(f64, &'static str)> {
+    if r.spectra_s.is_finite() && r.fwd_bwd_s.is_finite() && r.spectra_s > 0.0 {
+        return Some((r.spectra_s / (r.fwd_bwd_s + r.spectra_s), ""));
+    }
+    if r.name.contains("pipelined") {
+        return fwd_samples_per_s.map(|f| (1.0 - r.samples_per_s / f, "*"));
+    }
+    None
+}
+
 /// The result table, with ratios against the paper's pipeline and the svdvals variant (same model).
 pub fn print_table(rows: &[Row], a: &BenchArgs) {
     let models: Vec<&str> = {
@@ -530,7 +543,7 @@ pub fn print_table(rows: &[Row], a: &BenchArgs) {
             a.backend
         );
         println!(
-            "{:<58} {:>4} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>7}",
+            "{:<58} {:>4} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}",
             "pipeline",
             "n",
             "tokens",
@@ -541,15 +554,18 @@ pub fn print_table(rows: &[Row], a: &BenchArgs) {
             "GPU MB",
             "×paper",
             "×svdvals",
-            "÷fwdbwd"
+            "÷fwdbwd",
+            "spectra %"
         );
         for r in rows {
             let ratio = |b: Option<f64>| {
                 b.map_or("-".to_string(), |b| format!("{:.2}", r.samples_per_s / b))
             };
             let slow = fwd.map_or("-".to_string(), |f| format!("{:.2}", f / r.samples_per_s));
+            let share = spectra_share(r, fwd)
+                .map_or("-".to_string(), |(p, how)| format!("{:.1}{how}", 100.0 * p));
             println!(
-                "{:<58} {:>4} {:>6.0} {:>9.3} {:>9.3} {:>9.3} {:>8.0} {:>8.0} {:>7} {:>8} {:>7}",
+                "{:<58} {:>4} {:>6.0} {:>9.3} {:>9.3} {:>9.3} {:>8.0} {:>8.0} {:>7} {:>8} {:>7} {:>9}",
                 r.name,
                 r.samples,
                 r.mean_tokens,
@@ -560,8 +576,55 @@ pub fn print_table(rows: &[Row], a: &BenchArgs) {
                 r.peak_gpu_mb,
                 ratio(paper),
                 ratio(svdvals),
-                slow
+                slow,
+                share
             );
         }
+        println!(
+            "spectra %: share of a sample's time; rows with the split: spectra ÷ (fwd+bwd + spectra); \
+             * pipelined: the time added to forward+backward alone, 1 − (samples/s ÷ forward+backward \
+             only's)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Row, spectra_share};
+
+    fn row(name: &str, samples_per_s: f64, fwd_bwd_s: f64, spectra_s: f64) -> Row {
+        Row {
+            model: "m".into(),
+            name: name.into(),
+            samples: 20,
+            samples_per_s,
+            fwd_bwd_s,
+            spectra_s,
+            mean_tokens: 549.0,
+            peak_rss_mb: 1.0,
+            peak_gpu_mb: f64::NAN,
+        }
+    }
+
+    #[test]
+    fn spectra_share_from_the_split_or_the_added_time() {
+        // Sequential: 1.75 s of 7.41 + 1.75 s.
+        let (p, how) =
+            spectra_share(&row("factored, sequential", 0.109, 7.41, 1.75), None).unwrap();
+        assert!((p - 1.75 / 9.16).abs() < 1e-12 && how.is_empty());
+        // Pipelined: 0.119 samples/s against 0.152 for forward+backward alone.
+        let r = row(
+            "auto spectra, pipelined (end to end)",
+            0.119,
+            f64::NAN,
+            f64::NAN,
+        );
+        let (p, how) = spectra_share(&r, Some(0.152)).unwrap();
+        assert!((p - (1.0 - 0.119 / 0.152)).abs() < 1e-12 && how == "*");
+        assert!(spectra_share(&r, None).is_none());
+        // Forward+backward only: no spectra.
+        assert!(
+            spectra_share(&row("forward+backward only", 0.152, 6.59, 0.0), Some(0.152)).is_none()
+        );
     }
 }
