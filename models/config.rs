@@ -130,12 +130,12 @@ pub fn ensure(path: &Path, ok: bool, message: impl Into<String>) -> Result<()> {
 pub fn check_heads(path: &Path, hidden: usize, heads: usize, kv_heads: usize) -> Result<()> {
     ensure(
         path,
-        heads > 0 && hidden % heads == 0,
+        heads > 0 && hidden.is_multiple_of(heads),
         "hidden_size must be a multiple of num_attention_heads",
     )?;
     ensure(
         path,
-        kv_heads > 0 && heads % kv_heads == 0,
+        kv_heads > 0 && heads.is_multiple_of(kv_heads),
         "num_attention_heads must be a multiple of num_key_value_heads",
     )
 }

@@ -144,7 +144,7 @@ fn clear_messages_for_bad_inputs() {
     let empty = scratch("report-empty");
     let e = format!(
         "{:#}",
-        gradlens::reporting::build(&[empty.clone()], &empty.join("out")).unwrap_err()
+        gradlens::reporting::build(std::slice::from_ref(&empty), &empty.join("out")).unwrap_err()
     );
     assert!(
         e.contains("no measurement JSONL found in") && e.contains("report-empty"),

@@ -69,7 +69,7 @@ pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, pat
     let heads = c.num_attention_heads;
     let kv_heads = c.num_key_value_heads.unwrap_or(heads);
     let head_dim = c.head_dim;
-    config::ensure(path, kv_heads > 0 && heads % kv_heads == 0, "num_attention_heads must be a multiple of num_key_value_heads")?;
+    config::ensure(path, kv_heads > 0 && heads.is_multiple_of(kv_heads), "num_attention_heads must be a multiple of num_key_value_heads")?;
     let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
     let act = gemma_activation(path, c.hidden_act.as_deref(), c.hidden_activation.as_deref())?;
 
@@ -80,7 +80,7 @@ pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, pat
         hidden: h,
         intermediate: c.intermediate_size,
         eps,
-        norm: norm,
+        norm,
         act,
         mlp_bias: false,
     };

@@ -61,7 +61,7 @@ pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, pat
             c.hidden_size / heads
         }
     };
-    config::ensure(path, kv_heads > 0 && heads % kv_heads == 0, "num_attention_heads must be a multiple of num_key_value_heads")?;
+    config::ensure(path, kv_heads > 0 && heads.is_multiple_of(kv_heads), "num_attention_heads must be a multiple of num_key_value_heads")?;
     let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
     let act = config::activation(path, &c.hidden_act)?;
     l.ignore_where(|n| n.ends_with("rotary_emb.inv_freq"));

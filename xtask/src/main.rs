@@ -175,7 +175,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             );
             println!("results: {}", plan.out.display());
             if !no_report && shard_i.is_none() {
-                report(&[plan.out.clone()], &plan.out.join("report"))?;
+                report(std::slice::from_ref(&plan.out), &plan.out.join("report"))?;
             }
             Ok(())
         }

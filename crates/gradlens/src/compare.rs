@@ -83,7 +83,9 @@ pub fn compare_line(expected: &Value, actual: &Value, rtol: f64) -> Vec<String> 
                         continue;
                     };
                     let tol = rtol * stat_scale(ev, stat, x);
-                    if !((x - y).abs() <= tol) {
+                    // Written so that a NaN on either side fails.
+                    let within = (x - y).abs() <= tol;
+                    if !within {
                         errs.push(format!(
                             "{key}.{stat}: expected {x:e}, got {y:e} (|diff| {:e} > {tol:e})",
                             (x - y).abs()
@@ -93,7 +95,8 @@ pub fn compare_line(expected: &Value, actual: &Value, rtol: f64) -> Vec<String> 
             }
             Value::Number(n) if n.is_f64() => {
                 let (x, y) = (n.as_f64().unwrap(), av.as_f64().unwrap_or(f64::NAN));
-                if !((x - y).abs() <= rtol * x.abs()) {
+                let within = (x - y).abs() <= rtol * x.abs();
+                if !within {
                     errs.push(format!("{key}: expected {x:e}, got {y:e}"));
                 }
             }
