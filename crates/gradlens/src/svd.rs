@@ -118,7 +118,7 @@ pub fn bidiagonal_singular_values(d: &[f64], e: &[f64], tol: f64) -> Option<Vec<
     // Unreduced blocks [lo, hi] with their accumulated shift; split where e_i = 0.
     let mut blocks: Vec<(usize, usize, f64)> = Vec::new();
     let mut start = 0;
-    for (i, &x) in ee.iter().enumerate().take(n) {
+    for (i, &x) in ee.iter().enumerate() {
         if x == 0.0 {
             blocks.push((start, i, 0.0));
             start = i + 1;
