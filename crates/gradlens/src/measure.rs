@@ -204,12 +204,16 @@ fn collect<B: GradBackend, T: Real + Element>(
             .tensor
             .grad_remove(&mut grads)
             .unwrap_or_else(|| zeros_like(dims));
+        // Max and min in two stages, over the rows first (one partial result per column): a
+        // reduction of all entries to one value runs on one GPU thread in burn-cuda without
+        // autotuning (cubek's `Unit` routine), 4 s per Qwen2-1.5B sample on an H100 against
+        // milliseconds this way. The sums are one-kernel atomic reductions already.
         let flat: Tensor<B::InnerBackend, 1> = g.clone().reshape([dims[0] * dims[1]]);
         reductions.push(Tensor::cat(
             vec![
                 flat.clone().sum(),
-                flat.clone().max(),
-                flat.clone().min(),
+                g.clone().max_dim(0).max(),
+                g.clone().min_dim(0).min(),
                 flat.powi_scalar(2).sum(),
             ],
             0,
