@@ -197,8 +197,11 @@ pub fn check_build(device: Device, dtype: Dtype) -> anyhow::Result<()> {
              `cargo build --release --features cuda` (needs no CUDA toolkit to build; running \
              needs an NVIDIA driver with CUDA 13.0 or newer)"
         ),
+        // burn-cuda 0.21 has no f64 matrix product (cubek-matmul: "Types … F64 not supported"),
+        // and its kernel fusion no f64 at all: checked on an H100.
         (Device::Cuda(_), Dtype::F64) => anyhow::bail!(
-            "backend {device}: f64 runs on the CPU only (the reference path); use --dtype f32 on CUDA"
+            "backend {device}: f64 runs on the CPU only (burn-cuda 0.21 has no f64 matrix product); \
+             use --dtype f32 on CUDA, or --backend cpu for the float64 reference path"
         ),
         (Device::Cuda(_), Dtype::F32) => Ok(()),
     }
