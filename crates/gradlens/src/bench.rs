@@ -43,6 +43,10 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
+    /// Pad each sequence to a multiple of this many tokens (exact; see `gradlens grads
+    /// --pad-to`); default 64 on CUDA (fewer shapes to compile), none on the CPU.
+    #[arg(long)]
+    pub pad_to: Option<usize>,
     /// cpu or cuda[:N]; the PyTorch side runs on the same kind of device.
     #[arg(long, default_value = "cpu")]
     pub backend: Device,
@@ -236,7 +240,10 @@ impl BackendJob for GradlensRows<'_> {
         } = self;
         let t0 = Instant::now();
         let mut m = Measurer::<B>::load(model, a.max_length, PromptMode::Base, device)?;
-        m.pad_to = a.backend.default_pad_to();
+        m.pad_to = a
+            .pad_to
+            .unwrap_or_else(|| a.backend.default_pad_to())
+            .max(1);
         eprintln!("[{label}] loaded in {:.1} s", t0.elapsed().as_secs_f64());
         let w = a.warmup.min(records.len());
         let timed = &records[w..records.len().min(w + a.samples)];
