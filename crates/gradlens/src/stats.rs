@@ -2,7 +2,6 @@
 //! norm, and from its singular values (faer) their sum (nuclear norm), max and min.
 
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// A float type the host-side linear algebra runs in: the model's compute dtype (f32 on CUDA and
 /// for `--dtype f32`, f64 for the reference path).
@@ -254,40 +253,30 @@ fn lower_priority() {
 
 fn spectra_in_pool<T: Real>(grads: &[MeasuredGrad<T>]) -> Result<Vec<Vec<f64>>, SvdError> {
     use rayon::prelude::*;
+    use std::sync::Arc;
     faer::set_global_parallelism(faer::Par::Seq);
-    // One task per distinct input X: its R, then the weights that read it (in parallel among
-    // themselves); one task per dense gradient. No barrier between the R's and the rest, so the
-    // threads of a many-core host stay busy to the end of the sample.
-    let mut groups: Vec<(&Arc<HostMatrix<T>>, Vec<usize>)> = Vec::new();
-    let mut dense = Vec::new();
-    for (i, g) in grads.iter().enumerate() {
-        match &g.source {
-            SpectrumSource::Factored(f) => {
-                match groups.iter_mut().find(|(x, _)| Arc::ptr_eq(x, &f.x)) {
-                    Some((_, members)) => members.push(i),
-                    None => groups.push((&f.x, vec![i])),
-                }
-            }
-            SpectrumSource::Dense(_) => dense.push(i),
+    let mut inputs: Vec<&Arc<HostMatrix<T>>> = Vec::new();
+    for g in grads {
+        if let SpectrumSource::Factored(f) = &g.source
+            && !inputs.iter().any(|x| Arc::ptr_eq(x, &f.x))
+        {
+            inputs.push(&f.x);
         }
     }
-    let factored = groups.par_iter().flat_map(|(x, members)| {
-        let r = thin_r_of_transpose(x);
-        members
-            .par_iter()
-            .map(|&i| match &grads[i].source {
-                SpectrumSource::Factored(f) => (i, factored_singular_values_with(&r, f)),
-                SpectrumSource::Dense(_) => unreachable!("grouped as factored"),
-            })
-            .collect::<Vec<_>>()
-    });
-    let dense = dense.par_iter().map(|&i| match &grads[i].source {
-        SpectrumSource::Dense(m) => (i, singular_values(m)),
-        SpectrumSource::Factored(_) => unreachable!("listed as dense"),
-    });
-    let mut all: Vec<(usize, Result<Vec<f64>, SvdError>)> = factored.chain(dense).collect();
-    all.sort_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, s)| s).collect()
+    let r: Vec<faer::Mat<T>> = inputs.par_iter().map(|x| thin_r_of_transpose(x)).collect();
+    grads
+        .par_iter()
+        .map(|g| match &g.source {
+            SpectrumSource::Dense(m) => singular_values(m),
+            SpectrumSource::Factored(f) => {
+                let i = inputs
+                    .iter()
+                    .position(|x| Arc::ptr_eq(x, &f.x))
+                    .expect("input listed");
+                factored_singular_values_with(&r[i], f)
+            }
+        })
+        .collect()
 }
 
 /// Singular values, largest first (faer's bidiagonalisation, dqds on the bidiagonal; see
