@@ -17,11 +17,12 @@
 # 4. the same on Llama-3.1-8B's shape (fewer samples), for its rate and peak GPU memory.
 # A short table is printed at the end; logs and JSON go to $OUT (default target/gpu-check).
 #
-# Budget time: the first CUDA run on a machine compiles and autotunes every kernel. A tiny model's
-# first sample did not finish within 80 s on an H100 (2026-11-26), and each new model shape costs
-# more; cubecl.toml keeps compiled kernels and autotune results under target/ for later runs.
-# The timeouts below are generous on purpose; the logs show each sample's progress
-# (RUST_LOG=gradlens=debug).
+# Budget time: the first CUDA run on a machine compiles kernels; without autotuning (the `cuda`
+# feature's default since 2026-11-27) that is seconds per new shape on an H100 (8.3 s for the tiny
+# fixture's first sample, 11 s for Qwen2-1.5B's), with `cuda-autotune` minutes. cubecl.toml keeps
+# compiled kernels under target/ for later runs. The timeouts below are generous on purpose; the
+# logs show each sample's progress (RUST_LOG=gradlens=debug). scripts/gpu_short.sh is the same
+# cut to a 15-minute lease.
 #
 # Environment: GRADLENS (binary, default target/release/gradlens), DATA (paper data root, default
 # ../shared/paper-data), SAMPLES (50), REF_SAMPLES (3), SKIP_8B=1, PYTHON (python3).
