@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A short GPU check for a time-boxed lease (about 5 minutes of commands on an H100): what scripts/gpu_check.sh
-# does, cut to fit, in the order of what it tells most.
+# A short GPU check for a time-boxed lease (about 5 minutes of commands on an H100): what
+# scripts/gpu_check.sh does, cut to fit, in the order of what it tells most.
 #
 #   cargo build --release --features cuda -p gradlens-cli      # here, no CUDA toolkit needed
 #   mkdir -p .gpu && strip -o .gpu/gradlens target/release/gradlens
