@@ -240,10 +240,7 @@ impl BackendJob for GradlensRows<'_> {
         } = self;
         let t0 = Instant::now();
         let mut m = Measurer::<B>::load(model, a.max_length, PromptMode::Base, device)?;
-        m.pad_to = a
-            .pad_to
-            .unwrap_or_else(|| a.backend.default_pad_to())
-            .max(1);
+        m.pad_to = a.pad_to.unwrap_or(a.backend.default_pad_to());
         eprintln!("[{label}] loaded in {:.1} s", t0.elapsed().as_secs_f64());
         let w = a.warmup.min(records.len());
         let timed = &records[w..records.len().min(w + a.samples)];
