@@ -189,7 +189,7 @@ fn factored_cost(tokens: usize, d_out: usize, d_in: usize) -> f64 {
 pub fn thin_r_of_transpose<T: Real>(m: &HostMatrix<T>) -> faer::Mat<T> {
     // Mᵀ as a column-major [cols, rows] matrix is exactly M's row-major buffer.
     let mt = faer::MatRef::from_column_major_slice(&m.data, m.cols, m.rows);
-    mt.qr().thin_R().to_owned()
+    crate::svd::thin_r(mt.to_owned())
 }
 
 /// Singular values of G = Δᵀ X from R_x (the R of Xᵀ's thin QR, see [`thin_r_of_transpose`]) and
@@ -198,9 +198,35 @@ pub fn factored_singular_values_with<T: Real>(
     r_x: &faer::Mat<T>,
     f: &Factors<T>,
 ) -> Result<Vec<f64>, SvdError> {
+    use faer::linalg::matmul::triangular::{BlockStructure, matmul};
     let r_d = thin_r_of_transpose(&f.delta);
-    let core = &r_d * r_x.transpose();
-    let mut s = crate::svd::singular_values_of(core.as_ref())?;
+    let (rows, cols) = (r_d.nrows(), r_x.nrows());
+    let mut core = faer::Mat::<T>::zeros(rows, cols);
+    if r_d.nrows() == r_d.ncols() && r_x.nrows() == r_x.ncols() {
+        // Upper triangular times lower triangular: a third of a full product's operations.
+        matmul(
+            core.as_mut(),
+            BlockStructure::Rectangular,
+            faer::Accum::Replace,
+            r_d.as_ref(),
+            BlockStructure::TriangularUpper,
+            r_x.transpose(),
+            BlockStructure::TriangularLower,
+            T::one_impl(),
+            faer::Par::Seq,
+        );
+    } else {
+        // More tokens than a dimension: trapezoidal R's.
+        faer::linalg::matmul::matmul(
+            core.as_mut(),
+            faer::Accum::Replace,
+            r_d.as_ref(),
+            r_x.transpose(),
+            T::one_impl(),
+            faer::Par::Seq,
+        );
+    }
+    let mut s = crate::svd::singular_values_in_place(core)?;
     s.resize(f.d_out().min(f.d_in()), 0.0);
     Ok(s)
 }
@@ -371,5 +397,87 @@ mod tests {
         assert!(Spectra::Auto.factored(1024, 4096, 4096));
         assert!(Spectra::Factored.factored(1024, 128, 896));
         assert!(!Spectra::Dense.factored(10, 4096, 4096));
+    }
+
+    use super::{Factors, HostMatrix, factored_singular_values};
+
+    /// A reproducible uniform in [-0.5, 0.5).
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    }
+
+    /// The factored path against the dense SVD of G = Δᵀ X formed in f64, for every shape the
+    /// core can take: tokens below both dimensions (triangular core product), between them,
+    /// above both (trapezoidal R's), repeated input rows and a zero row of Δ (rank-deficient).
+    #[test]
+    fn factored_matches_dense_for_every_shape() {
+        let mut seed = 5;
+        for (t, d_out, d_in) in [
+            (7, 20, 30),
+            (25, 20, 30),
+            (40, 20, 30),
+            (12, 40, 9),
+            (1, 6, 6),
+            (64, 64, 64),
+        ] {
+            let x: Vec<f64> = (0..t * d_in).map(|_| lcg(&mut seed)).collect();
+            let mut delta: Vec<f64> = (0..t * d_out).map(|_| lcg(&mut seed)).collect();
+            let mut x = x;
+            if t > 3 {
+                // Row 2 of X repeats row 0; the last row of Δ carries no gradient.
+                for j in 0..d_in {
+                    x[2 * d_in + j] = x[j];
+                }
+                for j in 0..d_out {
+                    delta[(t - 1) * d_out + j] = 0.0;
+                }
+            }
+            let g = faer::Mat::<f64>::from_fn(d_out, d_in, |i, j| {
+                (0..t).map(|k| delta[k * d_out + i] * x[k * d_in + j]).sum()
+            });
+            let want = g.singular_values().unwrap();
+            let f64_factors = Factors {
+                x: std::sync::Arc::new(HostMatrix {
+                    rows: t,
+                    cols: d_in,
+                    data: x.clone(),
+                }),
+                delta: HostMatrix {
+                    rows: t,
+                    cols: d_out,
+                    data: delta.clone(),
+                },
+            };
+            let got = factored_singular_values(&f64_factors).unwrap();
+            assert_eq!(got.len(), want.len(), "{t}×{d_out}×{d_in}: count");
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-12 * want[0],
+                    "{t}×{d_out}×{d_in} f64: {a:e} vs {b:e}"
+                );
+            }
+            let f32_factors = Factors {
+                x: std::sync::Arc::new(HostMatrix {
+                    rows: t,
+                    cols: d_in,
+                    data: x.iter().map(|&v| v as f32).collect(),
+                }),
+                delta: HostMatrix {
+                    rows: t,
+                    cols: d_out,
+                    data: delta.iter().map(|&v| v as f32).collect(),
+                },
+            };
+            let got = factored_singular_values(&f32_factors).unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 2e-6 * want[0],
+                    "{t}×{d_out}×{d_in} f32: {a:e} vs {b:e}"
+                );
+            }
+        }
     }
 }

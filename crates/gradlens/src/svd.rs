@@ -24,29 +24,75 @@ pub fn singular_values_of<T: Real>(a: MatRef<'_, T>) -> Result<Vec<f64>, SvdErro
     } else {
         a.transpose()
     };
-    let (m, n) = a.shape();
+    singular_values_in_place(a.to_owned())
+}
+
+/// Singular values of `b`, largest first; `b` is consumed (bidiagonalised in place, no copy).
+pub fn singular_values_in_place<T: Real>(b: Mat<T>) -> Result<Vec<f64>, SvdError> {
+    let mut b = if b.nrows() >= b.ncols() {
+        b
+    } else {
+        b.transpose().to_owned()
+    };
+    let (m, n) = b.shape();
     if n == 0 {
         return Ok(Vec::new());
     }
-    let mut b: Mat<T> = if m as f64 / n as f64 > QR_RATIO {
-        a.qr().thin_R().to_owned()
-    } else {
-        a.to_owned()
-    };
+    if m as f64 / n as f64 > QR_RATIO {
+        b = thin_r(b);
+    }
     let (d, e) = bidiagonalise(&mut b);
     match bidiagonal_singular_values(&d, &e, tolerance::<T>()) {
         Some(s) => Ok(s),
-        // dqds did not converge in its sweep budget (not seen in practice): faer's SVD of the
-        // matrix itself, which has its own algorithm on the bidiagonal.
+        // dqds did not converge in its sweep budget (not seen in practice), or an entry is not
+        // finite: faer's SVD of the bidiagonal (the same singular values), which has its own
+        // algorithm and reports non-finite input as an error.
         None => {
             tracing::debug!("dqds did not converge on a {m}×{n} matrix; using faer's SVD");
-            Ok(a.singular_values()
-                .map_err(|e| SvdError(format!("{e:?}")))?
-                .into_iter()
-                .map(Into::into)
-                .collect())
+            let bd = Mat::<f64>::from_fn(n, n, |i, j| {
+                if i == j {
+                    d[i]
+                } else if j == i + 1 {
+                    e[i]
+                } else {
+                    0.0
+                }
+            });
+            Ok(bd
+                .singular_values()
+                .map_err(|e| SvdError(format!("{e:?}")))?)
         }
     }
+}
+
+/// Columns per block of the thin QR ([`thin_r`]): faer's own choice for the factors measured
+/// here (896 × 549) is 48 with each block's panel split again; 32 with unsplit panels measured
+/// 7–10% faster on one thread (f32, 896 × 549 and 896 × 784, alternated; docs/performance.md).
+const QR_BLOCK: usize = 32;
+
+/// R of the thin QR of `a` (m × n): `[min(m, n), n]`, upper triangular (trapezoidal when
+/// m < n). Householder QR in place (faer, one thread); Q is not formed.
+pub fn thin_r<T: Real>(mut a: Mat<T>) -> Mat<T> {
+    use faer::linalg::qr::no_pivoting::factor;
+    let (m, n) = a.shape();
+    let k = m.min(n);
+    if k == 0 {
+        return Mat::zeros(k, n);
+    }
+    let bs = QR_BLOCK.min(k);
+    let mut params: faer::Spec<factor::QrParams, T> = Default::default();
+    // Never split a block's panel further (faer splits it in halves above 48² entries).
+    params.config.blocking_threshold = usize::MAX;
+    let mut h = Mat::<T>::zeros(bs, k);
+    let mut mem = MemBuffer::new(factor::qr_in_place_scratch::<T>(m, n, bs, Par::Seq, params));
+    factor::qr_in_place(
+        a.as_mut(),
+        h.as_mut(),
+        Par::Seq,
+        MemStack::new(&mut mem),
+        params,
+    );
+    Mat::from_fn(k, n, |i, j| if j >= i { a[(i, j)] } else { T::zero() })
 }
 
 /// The relative accuracy asked of each singular value of the bidiagonal: the matrix dtype's
