@@ -24,6 +24,7 @@ pub mod stats;
 pub mod svd;
 pub mod sweep;
 pub mod tokenizer;
+pub mod two_stage;
 
 pub use gradlens_core::{Checkpoint, CheckpointError};
 pub use gradlens_models::{LoadedModel, SUPPORTED, paper_selector};

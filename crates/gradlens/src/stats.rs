@@ -10,9 +10,23 @@ pub trait Real:
 {
     /// The rounding unit (machine epsilon) as f64.
     const EPSILON: f64;
+    /// Reduce `b` (rows ≥ cols) to upper bidiagonal form in place; its diagonal and
+    /// superdiagonal in f64 (see [`crate::svd`]).
+    fn bidiagonalise(b: &mut faer::Mat<Self>) -> (Vec<f64>, Vec<f64>) {
+        crate::svd::bidiagonalise_one_stage(b)
+    }
 }
 impl Real for f32 {
     const EPSILON: f64 = f32::EPSILON as f64;
+    /// From [`crate::svd::TWO_STAGE_FROM`] columns on, the two-stage reduction
+    /// ([`crate::two_stage`]).
+    fn bidiagonalise(b: &mut faer::Mat<f32>) -> (Vec<f64>, Vec<f64>) {
+        if b.ncols() >= crate::svd::TWO_STAGE_FROM {
+            crate::two_stage::bidiagonalise(b, crate::two_stage::BAND)
+        } else {
+            crate::svd::bidiagonalise_one_stage(b)
+        }
+    }
 }
 impl Real for f64 {
     const EPSILON: f64 = f64::EPSILON;
