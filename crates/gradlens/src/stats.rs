@@ -415,13 +415,7 @@ mod tests {
 
     use super::{Factors, HostMatrix, factored_singular_values};
 
-    /// A reproducible uniform in [-0.5, 0.5).
-    fn lcg(seed: &mut u64) -> f64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (*seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    }
+    use crate::svd::test_rng::lcg;
 
     /// The factored path against the dense SVD of G = Δᵀ X formed in f64, for every shape the
     /// core can take: tokens below both dimensions (triangular core product), between them,
@@ -437,9 +431,8 @@ mod tests {
             (1, 6, 6),
             (64, 64, 64),
         ] {
-            let x: Vec<f64> = (0..t * d_in).map(|_| lcg(&mut seed)).collect();
+            let mut x: Vec<f64> = (0..t * d_in).map(|_| lcg(&mut seed)).collect();
             let mut delta: Vec<f64> = (0..t * d_out).map(|_| lcg(&mut seed)).collect();
-            let mut x = x;
             if t > 3 {
                 // Row 2 of X repeats row 0; the last row of Δ carries no gradient.
                 for j in 0..d_in {

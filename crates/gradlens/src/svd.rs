@@ -11,7 +11,7 @@
 
 use crate::stats::{Real, SvdError};
 use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::{Mat, MatRef, Par};
+use faer::{Mat, MatMut, MatRef, Par};
 
 /// faer's own rule: a matrix with more than 11/6 as many rows as columns is reduced by a thin QR
 /// first and its square R bidiagonalised.
@@ -49,20 +49,24 @@ pub fn singular_values_in_place<T: Real>(b: Mat<T>) -> Result<Vec<f64>, SvdError
         // algorithm and reports non-finite input as an error.
         None => {
             tracing::debug!("dqds did not converge on a {m}×{n} matrix; using faer's SVD");
-            let bd = Mat::<f64>::from_fn(n, n, |i, j| {
-                if i == j {
-                    d[i]
-                } else if j == i + 1 {
-                    e[i]
-                } else {
-                    0.0
-                }
-            });
-            Ok(bd
+            bidiagonal_matrix(&d, &e)
                 .singular_values()
-                .map_err(|e| SvdError(format!("{e:?}")))?)
+                .map_err(|e| SvdError(format!("{e:?}")))
         }
     }
+}
+
+/// The upper bidiagonal matrix with diagonal `d` and superdiagonal `e`, dense.
+fn bidiagonal_matrix(d: &[f64], e: &[f64]) -> Mat<f64> {
+    Mat::from_fn(d.len(), d.len(), |i, j| {
+        if i == j {
+            d[i]
+        } else if j == i + 1 {
+            e[i]
+        } else {
+            0.0
+        }
+    })
 }
 
 /// Columns per block of the thin QR ([`thin_r`]): faer's own choice for the factors measured
@@ -73,26 +77,32 @@ const QR_BLOCK: usize = 32;
 /// R of the thin QR of `a` (m × n): `[min(m, n), n]`, upper triangular (trapezoidal when
 /// m < n). Householder QR in place (faer, one thread); Q is not formed.
 pub fn thin_r<T: Real>(mut a: Mat<T>) -> Mat<T> {
-    use faer::linalg::qr::no_pivoting::factor;
     let (m, n) = a.shape();
     let k = m.min(n);
     if k == 0 {
         return Mat::zeros(k, n);
     }
-    let bs = QR_BLOCK.min(k);
-    let mut params: faer::Spec<factor::QrParams, T> = Default::default();
-    // Never split a block's panel further (faer splits it in halves above 48² entries).
-    params.config.blocking_threshold = usize::MAX;
-    let mut h = Mat::<T>::zeros(bs, k);
-    let mut mem = MemBuffer::new(factor::qr_in_place_scratch::<T>(m, n, bs, Par::Seq, params));
-    factor::qr_in_place(
-        a.as_mut(),
-        h.as_mut(),
-        Par::Seq,
-        MemStack::new(&mut mem),
-        params,
-    );
+    let mut h = Mat::<T>::zeros(QR_BLOCK.min(k), k);
+    householder_qr_in_place(a.as_mut(), h.as_mut());
     Mat::from_fn(k, n, |i, j| if j >= i { a[(i, j)] } else { T::zero() })
+}
+
+/// Householder QR of `a` in place (faer, one thread), in blocks of `h.nrows()` reflectors whose
+/// panels are not split further (faer splits them in halves above 48² entries); `h`
+/// (block size × min(m, n)) receives the blocks' triangular factors.
+pub fn householder_qr_in_place<T: Real>(a: MatMut<'_, T>, h: MatMut<'_, T>) {
+    use faer::linalg::qr::no_pivoting::factor;
+    let (m, n) = a.shape();
+    let mut params: faer::Spec<factor::QrParams, T> = Default::default();
+    params.config.blocking_threshold = usize::MAX;
+    let mut mem = MemBuffer::new(factor::qr_in_place_scratch::<T>(
+        m,
+        n,
+        h.nrows(),
+        Par::Seq,
+        params,
+    ));
+    factor::qr_in_place(a, h, Par::Seq, MemStack::new(&mut mem), params);
 }
 
 /// The relative accuracy asked of each singular value of the bidiagonal: the matrix dtype's
@@ -306,29 +316,12 @@ fn shift(q: &[f64], ee: &[f64], lo: usize, hi: usize, dmin: f64, failures: u32) 
 
 #[cfg(test)]
 mod tests {
+    use super::test_rng::lcg;
     use super::*;
-
-    /// A reproducible uniform in [-0.5, 0.5).
-    fn lcg(seed: &mut u64) -> f64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (*seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    }
 
     /// faer's SVD (f64) of the dense bidiagonal: the reference.
     fn reference(d: &[f64], e: &[f64]) -> Vec<f64> {
-        let n = d.len();
-        let b = Mat::<f64>::from_fn(n, n, |i, j| {
-            if i == j {
-                d[i]
-            } else if j == i + 1 {
-                e[i]
-            } else {
-                0.0
-            }
-        });
-        b.singular_values().unwrap()
+        bidiagonal_matrix(d, e).singular_values().unwrap()
     }
 
     fn assert_close(got: &[f64], want: &[f64], rel: f64, what: &str) {
@@ -469,5 +462,16 @@ mod tests {
             let got = singular_values_of(a32.as_ref()).unwrap();
             assert_close(&got, &want, 2e-6, &format!("f32 {m}×{n}"));
         }
+    }
+}
+
+/// A reproducible uniform in [-0.5, 0.5) for the tests of the linear algebra.
+#[cfg(test)]
+pub(crate) mod test_rng {
+    pub fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
     }
 }

@@ -10,29 +10,11 @@
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::householder;
-use faer::linalg::qr::no_pivoting::factor;
 use faer::reborrow::*;
-use faer::{Conj, Mat, MatMut, Par};
+use faer::{Conj, Mat, Par};
 
 /// Band width of the first stage.
 pub const BAND: usize = 16;
-
-/// Householder QR in place of `p` with one block of reflectors; `t` (k × k, k = min(rows, cols))
-/// receives the block's triangular factor.
-fn qr_one_block(p: MatMut<'_, f32>, t: MatMut<'_, f32>) {
-    let (m, n) = p.shape();
-    let bs = t.nrows();
-    let mut params: faer::Spec<factor::QrParams, f32> = Default::default();
-    params.config.blocking_threshold = usize::MAX;
-    let mut mem = MemBuffer::new(factor::qr_in_place_scratch::<f32>(
-        m,
-        n,
-        bs,
-        Par::Seq,
-        params,
-    ));
-    factor::qr_in_place(p, t, Par::Seq, MemStack::new(&mut mem), params);
-}
 
 /// Reduce `a` (m ≥ n) in place to upper band form with bandwidth `b`: afterwards only the entries
 /// (i, j) with i ≤ j ≤ i + b of its top n × n block are nonzero, and its singular values are
@@ -49,7 +31,7 @@ pub fn to_band(a: &mut Mat<f32>, b: usize) {
             let (mut panel, rest) = sub.split_at_col_mut(w);
             let kk = w.min(m - k);
             let mut t = Mat::<f32>::zeros(kk, kk);
-            qr_one_block(panel.rb_mut(), t.as_mut());
+            crate::svd::householder_qr_in_place(panel.rb_mut(), t.as_mut());
             if rest.ncols() > 0 {
                 let mut mem = MemBuffer::new(
                     householder::apply_block_householder_transpose_on_the_left_in_place_scratch::<
@@ -78,7 +60,7 @@ pub fn to_band(a: &mut Mat<f32>, b: usize) {
             let mut rt = a.as_ref().submatrix(k, k + w, w, l).transpose().to_owned();
             let w2 = w.min(l);
             let mut t = Mat::<f32>::zeros(w2, w2);
-            qr_one_block(rt.as_mut(), t.as_mut());
+            crate::svd::householder_qr_in_place(rt.as_mut(), t.as_mut());
             let trail = a.as_mut().submatrix_mut(k + w, k + w, m - k - w, l);
             let mut mem = MemBuffer::new(
                 householder::apply_block_householder_on_the_right_in_place_scratch::<f32>(
@@ -276,10 +258,7 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
+        crate::svd::test_rng::lcg(seed) as f32
     }
 
     /// Against faer's f64 SVD of the same f32 matrix: every shape class (square, tall, smaller
