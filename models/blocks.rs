@@ -527,7 +527,7 @@ pub struct LmHead<B: Backend> {
 
 impl<B: Backend> LmHead<B> {
     /// `tied` is the family's reading of `tie_word_embeddings`; an untied checkpoint that lacks
-    /// `lm_head.weight` is an error (the missing tensor is named).
+    /// `lm_head.weight` is an error (the missing tensor is named), never silently tied.
     pub fn load(
         l: &mut Loader<'_, B>,
         embed: &Embedding<B>,
@@ -535,8 +535,7 @@ impl<B: Backend> LmHead<B> {
         vocab: usize,
         hidden: usize,
     ) -> Result<Self> {
-        // Tied when the config says so, or when the checkpoint has no head of its own.
-        if tie_word_embeddings || !l.contains("lm_head.weight") {
+        if tie_word_embeddings {
             // Some tied checkpoints still store a copy of the head: accept and ignore it.
             l.ignore("lm_head.weight");
             Ok(Self {

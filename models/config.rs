@@ -139,3 +139,48 @@ pub fn check_heads(path: &Path, hidden: usize, heads: usize, kv_heads: usize) ->
         "num_attention_heads must be a multiple of num_key_value_heads",
     )
 }
+
+/// Bounds on config.json's sizes, far above any released model's: a value outside them is a
+/// mistake (or a hostile file), refused before anything is allocated.
+const SIZE_LIMITS: &[(&str, u64)] = &[
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 20),
+    ("num_hidden_layers", 4096),
+    ("num_attention_heads", 4096),
+    ("num_key_value_heads", 4096),
+    ("head_dim", 1 << 14),
+    ("vocab_size", 1 << 23),
+];
+
+/// Every size key present in config.json is a whole number from 1 to its bound, and the largest
+/// matrices they imply fit in memory addresses (checked products).
+pub fn check_sizes(path: &Path, config: &Value) -> Result<()> {
+    let mut sizes = std::collections::HashMap::new();
+    for &(key, max) in SIZE_LIMITS {
+        let Some(v) = config.get(key).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let n = v.as_u64().ok_or_else(|| {
+            config_error(path, format!("field `{key}`: expected a whole number, found {v}"))
+        })?;
+        ensure(
+            path,
+            (1..=max).contains(&n),
+            format!("field `{key}` is {n}: expected a size from 1 to {max}"),
+        )?;
+        sizes.insert(key, n);
+    }
+    let get = |k: &str| sizes.get(k).copied().unwrap_or(1);
+    let elements = [
+        get("vocab_size").checked_mul(get("hidden_size")),
+        get("hidden_size").checked_mul(get("intermediate_size")),
+    ];
+    for e in elements {
+        ensure(
+            path,
+            e.is_some_and(|n| n < 1 << 40),
+            "hidden_size × vocab_size or hidden_size × intermediate_size is beyond 2^40 elements",
+        )?;
+    }
+    Ok(())
+}

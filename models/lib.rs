@@ -50,6 +50,7 @@ pub fn load<B: ModelBackend>(
     selector: &Selector,
 ) -> Result<LoadedModel<B>> {
     let mut ckpt = Checkpoint::open(dir)?;
+    config::check_sizes(ckpt.config_path(), ckpt.config())?;
     let model_type = ckpt.model_type()?.to_string();
     let config = ckpt.config().clone();
     let config_path = ckpt.config_path().to_path_buf();
@@ -80,6 +81,7 @@ pub fn load<B: ModelBackend>(
 pub fn describe(config_path: &Path) -> Result<(String, Vec<gradlens_core::Described>)> {
     type Probe = burn::backend::NdArray<f32>;
     let mut ckpt = Checkpoint::describe(config_path)?;
+    config::check_sizes(config_path, ckpt.config())?;
     let model_type = ckpt.model_type()?.to_string();
     let config = ckpt.config().clone();
     let never = |_: &str, _: [usize; 2]| false;

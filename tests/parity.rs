@@ -76,7 +76,7 @@ pub fn check_jsonl<B: GradBackend>(name: &str, rtol: f64, instruct: bool) {
     let dtype = std::any::type_name::<B::FloatElem>();
     let out = scratch(&format!("parity-{name}-{dtype}{suffix}")).join("grads.jsonl");
     let summary = measurer
-        .measure_file(&records, 0..records.len(), &out, None, None)
+        .measure_file(&records, &tiny_data(), 0..records.len(), &out, None, None)
         .unwrap();
 
     let expected = fixture(name).join(format!("expected/grads{suffix}.jsonl"));
@@ -185,7 +185,7 @@ pub fn check_factored(name: &str) {
     measurer.spectra = Spectra::Factored;
     let out = scratch(&format!("factored-{name}")).join("grads.jsonl");
     measurer
-        .measure_file(&records, 0..records.len(), &out, None, None)
+        .measure_file(&records, &tiny_data(), 0..records.len(), &out, None, None)
         .unwrap();
     let errs = compare_files(&fixture(name).join("expected/grads.jsonl"), &out, F64_RTOL).unwrap();
     assert!(errs.is_empty(), "{name} (factored): {}", errs.join("\n"));
@@ -203,7 +203,7 @@ pub fn check_paper_samples<B: GradBackend>(name: &str, file: &str, tag: &str, rt
     let dtype = std::any::type_name::<B::FloatElem>();
     let out = scratch(&format!("paper-{name}-{tag}-{dtype}")).join("grads.jsonl");
     measurer
-        .measure_file(&records, 0..n, &out, None, None)
+        .measure_file(&records, &root.join(file), 0..n, &out, None, None)
         .unwrap();
     let errs = compare_files(&expected, &out, rtol).unwrap();
     assert!(
@@ -361,7 +361,7 @@ fn padded_sequences_give_the_reference_numbers() {
             m.pad_to = pad_to;
             m.spectra = spectra;
             let out = scratch(&format!("padded-{name}-{pad_to}-{spectra:?}")).join("grads.jsonl");
-            m.measure_file(&records, 0..records.len(), &out, None, None)
+            m.measure_file(&records, &tiny_data(), 0..records.len(), &out, None, None)
                 .unwrap();
             let errs =
                 compare_files(&fixture(name).join("expected/grads.jsonl"), &out, F64_RTOL).unwrap();

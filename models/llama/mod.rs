@@ -6,7 +6,8 @@
 //!   high_freq_factor, original_max_position_embeddings); any other type is an error.
 //! - MHA or GQA (`num_key_value_heads`, default = heads); `head_dim` from config or hidden/heads.
 //! - Biases only when `attention_bias` (q/k/v/o) or `mlp_bias` (gate/up/down) is true (default false).
-//! - LM head untied unless `tie_word_embeddings` (default false) or `lm_head.weight` is absent.
+//! - LM head untied unless `tie_word_embeddings` (default false); an untied checkpoint without
+//!   `lm_head.weight` is an error.
 //! - Stored `rotary_emb.inv_freq` tensors of old checkpoints are ignored (recomputed in f64).
 //!
 //! Required keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,

@@ -6,7 +6,8 @@
 //!   hidden/heads when null or absent.
 //! - **Sliding window** on every layer: key j is visible from query i iff 0 ≤ i − j <
 //!   `sliding_window`; `null` means none; absent means transformers' default 4096.
-//! - LM head untied unless `tie_word_embeddings` (default false) or `lm_head.weight` is absent.
+//! - LM head untied unless `tie_word_embeddings` (default false); an untied checkpoint without
+//!   `lm_head.weight` is an error.
 //!
 //! Required keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
 //! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu".

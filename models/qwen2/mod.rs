@@ -5,7 +5,8 @@
 //! - Grouped-query attention (`num_key_value_heads`, default = heads), **q/k/v biases**, no o bias.
 //! - Sliding window only when `use_sliding_window` is true, on layers ≥ `max_window_layers`
 //!   (or as `layer_types` says).
-//! - LM head tied when `tie_word_embeddings` is true (default false) or `lm_head.weight` is absent.
+//! - LM head tied when `tie_word_embeddings` is true (default false); an untied checkpoint without
+//!   `lm_head.weight` is an error.
 //!
 //! Required keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
 //! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu", max_window_layers 28.

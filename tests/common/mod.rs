@@ -70,3 +70,29 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// The tensors of a safetensors file: name → (dtype, shape, bytes).
+pub type TensorMap = std::collections::BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>;
+
+/// Rewrite `dir/model.safetensors` with `edit` applied to its tensors.
+pub fn rewrite_weights(dir: &Path, edit: impl Fn(&mut TensorMap)) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: TensorMap = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, (d, s, b))| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}

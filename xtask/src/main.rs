@@ -51,6 +51,12 @@ enum Command {
         /// Skip the report at the end.
         #[arg(long)]
         no_report: bool,
+        /// Measure again the samples the units' skipped files record.
+        #[arg(long)]
+        retry_skipped: bool,
+        /// Plan for this much memory (e.g. 64G) instead of what the machine has available.
+        #[arg(long, value_parser = gradlens::resources::parse_size)]
+        max_memory: Option<u64>,
     },
     /// Benchmark gradlens against the paper's PyTorch pipeline on the same checkpoint and samples
     /// (see `gradlens bench`; this runs from the repository root with its defaults).
@@ -93,7 +99,7 @@ fn main() -> ExitCode {
     match run_cli(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", gradlens::error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -109,6 +115,8 @@ fn run_cli(cli: Cli) -> Result<()> {
             data_root,
             quiet,
             no_report,
+            retry_skipped,
+            max_memory,
         } => {
             let (path, text, base) = match &config {
                 Some(p) => {
@@ -132,7 +140,9 @@ fn run_cli(cli: Cli) -> Result<()> {
                 }
                 None => (None, 1),
             };
-            let plan = Plan::new(&path, &text, &base, data_root.as_deref(), shards)?;
+            let mut plan = Plan::new(&path, &text, &base, data_root.as_deref(), shards)?;
+            plan.retry_skipped = retry_skipped;
+            plan.max_memory = max_memory;
             if dry_run {
                 print!("{}", plan.describe(shard_i));
                 return Ok(());

@@ -75,7 +75,7 @@ enum Command {
         #[arg(long, default_value = "f32")]
         dtype: Dtype,
         /// Relative tolerance (default: 1e-4 for f32, 1e-9 for f64).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_rtol)]
         rtol: Option<f64>,
         /// Sequence padding, as for `grads` (default: 64 on CUDA, none on the CPU).
         #[arg(long)]
@@ -92,7 +92,7 @@ enum Command {
         #[arg(long)]
         actual: PathBuf,
         /// Relative tolerance (see the README for the rule per statistic).
-        #[arg(long, default_value_t = 1e-9)]
+        #[arg(long, default_value_t = 1e-9, value_parser = parse_rtol)]
         rtol: f64,
     },
 }
@@ -144,9 +144,25 @@ struct GradsArgs {
     /// (fewer distinct shapes to compile kernels for), 1 (none) on the CPU.
     #[arg(long)]
     pad_to: Option<usize>,
+    /// Measure again the samples recorded in <out>.skipped.jsonl (e.g. after fixing the
+    /// checkpoint that gave them a non-finite loss).
+    #[arg(long)]
+    retry_skipped: bool,
+    /// Plan for this much memory (e.g. 64G) instead of what the machine has available: the run
+    /// refuses a model and --max-length whose estimate exceeds it.
+    #[arg(long, value_parser = gradlens::resources::parse_size)]
+    max_memory: Option<u64>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+/// A relative tolerance: a finite number ≥ 0.
+fn parse_rtol(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("{s:?}: expected a number ≥ 0, e.g. 1e-4")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -156,12 +172,13 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", gradlens::error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -192,6 +209,8 @@ fn run(cli: Cli) -> Result<()> {
                 spectra: a.spectra,
                 save_spectrum: a.save_spectrum,
                 pad_to: a.pad_to,
+                retry_skipped: a.retry_skipped,
+                max_memory: a.max_memory,
                 progress: !a.quiet && std::io::stderr().is_terminal(),
             };
             let summary = run_grads(&opts)?;

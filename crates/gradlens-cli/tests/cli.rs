@@ -1,8 +1,7 @@
 //! The `gradlens` binary as a user runs it: bad input gives one clear error line (no panic, exit
 //! code ≠ 0), and an interrupted run resumes with every sample exactly once.
 
-use gradlens_tests::{copy_dir, fixture, scratch, tiny_data};
-use std::collections::BTreeMap;
+use gradlens_tests::{copy_dir, fixture, rewrite_weights, scratch, tiny_data};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -51,32 +50,6 @@ fn broken_model(name: &str) -> PathBuf {
     let dir = scratch(name).join("model");
     copy_dir(&fixture("qwen2-tiny"), &dir);
     dir
-}
-
-/// Rewrite model.safetensors with `edit` applied to its tensors.
-fn rewrite_weights(
-    dir: &Path,
-    edit: impl Fn(&mut BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>),
-) {
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: BTreeMap<_, _> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect();
-    edit(&mut tensors);
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, (d, s, b))| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &path).unwrap();
 }
 
 #[test]

@@ -179,6 +179,12 @@ impl Checkpoint {
     /// of any shape costs no memory. Every optional tensor counts as present.
     pub fn describe(config_path: impl AsRef<Path>) -> Result<Self> {
         let config_path = config_path.as_ref().to_path_buf();
+        if !config_path.is_file() {
+            return Err(CheckpointError::Io {
+                path: config_path,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "config.json not found"),
+            });
+        }
         let config = read_json(&config_path)?;
         if !config.is_object() {
             return Err(CheckpointError::Config {

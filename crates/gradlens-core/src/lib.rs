@@ -16,9 +16,18 @@ use serde::de::DeserializeOwned;
 use std::path::Path;
 
 /// Parse a family's configuration from the raw `config.json` value, naming the file on error.
+/// The message names the field (`hidden_size: invalid type: string "64", expected usize`).
 pub fn parse_config<T: DeserializeOwned>(path: &Path, value: &serde_json::Value) -> Result<T> {
-    serde_json::from_value(value.clone()).map_err(|e| CheckpointError::Config {
-        path: path.to_path_buf(),
-        message: e.to_string(),
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        CheckpointError::Config {
+            path: path.to_path_buf(),
+            message: if field == "." {
+                inner
+            } else {
+                format!("field `{field}`: {inner}")
+            },
+        }
     })
 }

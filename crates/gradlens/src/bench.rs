@@ -225,6 +225,8 @@ struct GradlensRows<'a> {
     model: &'a Path,
     label: &'a str,
     records: &'a [Record],
+    /// The file the records come from.
+    data: &'a Path,
     gpu: &'a GpuMemory,
 }
 
@@ -236,6 +238,7 @@ impl BackendJob for GradlensRows<'_> {
             model,
             label,
             records,
+            data,
             gpu,
         } = self;
         let t0 = Instant::now();
@@ -274,7 +277,7 @@ impl BackendJob for GradlensRows<'_> {
             m.forward_backward_only(r)?;
             m.spectra = Spectra::Factored;
             let work = m.forward_backward(i, r)?;
-            finish(work, false)?.map_err(|(_, r)| anyhow::anyhow!(r))?;
+            finish(work, false).map_err(|s| anyhow::anyhow!(s.reason))?;
         }
         if w > 0 {
             eprintln!(
@@ -318,7 +321,7 @@ impl BackendJob for GradlensRows<'_> {
                 } else {
                     bail!("bench sample {} skipped", w + i);
                 }
-                finish(work, false)?.map_err(|(_, r)| anyhow::anyhow!(r))?;
+                finish(work, false).map_err(|s| anyhow::anyhow!(s.reason))?;
                 fb += (t1 - t0).as_secs_f64();
                 st += t1.elapsed().as_secs_f64();
             }
@@ -338,12 +341,11 @@ impl BackendJob for GradlensRows<'_> {
                 "gradlens-bench-{}-{label}.jsonl",
                 std::process::id()
             ));
-            let _ = std::fs::remove_file(&tmp);
+            crate::output::remove_output(&tmp);
             let t0 = Instant::now();
-            let s = m.measure_file(timed, 0..timed.len(), &tmp, None, None)?;
+            let s = m.measure_file(timed, data, 0..timed.len(), &tmp, None, None)?;
             let secs = t0.elapsed().as_secs_f64();
-            let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_file(crate::output::skipped_path(&tmp));
+            crate::output::remove_output(&tmp);
             row(
                 format!("gradlens {backend} f32, auto spectra, pipelined (end to end)"),
                 s.measured,
@@ -489,6 +491,7 @@ pub fn run(a: &BenchArgs, root: &Path) -> Result<Vec<Row>> {
                 model: &dir,
                 label: &label,
                 records: &records,
+                data: &data,
                 gpu: &gpu,
             },
         )?;

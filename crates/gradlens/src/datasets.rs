@@ -112,6 +112,21 @@ impl Manifest {
         m.path = path.to_path_buf();
         let mut seen = std::collections::BTreeSet::new();
         for c in &m.conditions {
+            let file = Path::new(&c.file);
+            let inside = !c.file.is_empty()
+                && file
+                    .components()
+                    .all(|p| matches!(p, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(ManifestError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "condition {:?}: file {:?} must be a path inside the data root (relative, \
+                         no '..')",
+                        c.id, c.file
+                    ),
+                });
+            }
             if !seen.insert(c.id.as_str()) {
                 return Err(ManifestError::Invalid {
                     path: path.to_path_buf(),

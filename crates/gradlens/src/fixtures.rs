@@ -94,10 +94,9 @@ impl BackendJob for Job<'_> {
                 for spectra in [Spectra::Dense, Spectra::Factored] {
                     m.spectra = spectra;
                     let out = scratch.join(format!("{name}-{data_name}-{spectra:?}.jsonl"));
-                    let _ = std::fs::remove_file(&out);
-                    let _ = std::fs::remove_file(crate::output::skipped_path(&out));
+                    crate::output::remove_output(&out);
                     let t0 = Instant::now();
-                    m.measure_file(&records, 0..n, &out, None, None)?;
+                    m.measure_file(&records, &data, 0..n, &out, None, None)?;
                     let seconds = t0.elapsed().as_secs_f64();
                     let errors = compare_files(&expected, &out, a.rtol)?;
                     let deviation = crate::compare::max_deviation(&expected, &out)?;

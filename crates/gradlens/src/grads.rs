@@ -4,11 +4,13 @@ use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
 use crate::data::{Record, load_records};
 use crate::measure::{HostGrads, sample_grads};
-use crate::output::{JsonlAppender, done_indices, skipped_path};
+use crate::output::{JsonlAppender, SkippedLine, claim, skipped_path};
+pub use crate::output::spectrum_path;
+use crate::provenance::{Provenance, Settings};
 use crate::sample::{Preparation, PromptMode, prepare};
 use crate::stats::{GradStats, Spectra, stats_from};
 use crate::tokenizer::TextTokenizer;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use gradlens_models::{LoadedModel, paper_selector};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
@@ -34,6 +36,10 @@ pub struct GradsOptions {
     pub save_spectrum: bool,
     /// Pad sequences to a multiple of this (default: 64 on CUDA, none on the CPU).
     pub pad_to: Option<usize>,
+    /// Measure again the samples recorded in `<out>.skipped.jsonl`.
+    pub retry_skipped: bool,
+    /// Memory (bytes) the run may plan for instead of what the machine has available.
+    pub max_memory: Option<u64>,
     pub progress: bool,
 }
 
@@ -77,6 +83,13 @@ pub struct Measurer<B: GradBackend> {
     /// Pad each sequence to a multiple of this many tokens (1: none; see
     /// [`crate::sample::Prepared::padded_ids`]).
     pub pad_to: usize,
+    /// Measure again the samples an output's skipped file records.
+    pub retry_skipped: bool,
+    /// The checkpoint directory (for the outputs' provenance).
+    pub model_dir: PathBuf,
+    pub max_length: usize,
+    /// Burn's name of the backend (for the outputs' provenance).
+    pub backend_name: String,
 }
 
 /// The part of a sample that needs the model (forward and backward), handed to the statistics.
@@ -102,13 +115,18 @@ pub struct Finished {
     pub spectrum: Option<Map<String, Value>>,
 }
 
-/// The statistics of one measured sample (no model needed: runs on a worker thread).
-pub fn finish(
-    work: Work,
-    save_spectrum: bool,
-) -> Result<std::result::Result<Finished, (usize, String)>> {
+/// The statistics of one measured sample (no model needed: runs on a worker thread), or why it
+/// is not a measurement: nothing to measure, a non-finite gradient, a singular value
+/// decomposition that failed. A problem of one sample never ends the run.
+pub fn finish(work: Work, save_spectrum: bool) -> std::result::Result<Finished, SkippedLine> {
     let (index, instr, output, loss, n_tokens, n_loss_tokens, grads) = match work {
-        Work::Skipped { index, reason } => return Ok(Err((index, reason))),
+        Work::Skipped { index, reason } => {
+            return Err(SkippedLine {
+                index,
+                reason,
+                weight: None,
+            });
+        }
         Work::Measured {
             index,
             instr,
@@ -119,13 +137,42 @@ pub fn finish(
             grads,
         } => (index, instr, output, loss, n_tokens, n_loss_tokens, grads),
     };
-    let spectra_values = grads.spectra().with_context(|| format!("sample {index}"))?;
+    let entries = grads.entries();
+    for (name, e) in &entries {
+        if ![e.mean, e.max, e.min, e.frobenius]
+            .iter()
+            .all(|x| x.is_finite())
+        {
+            return Err(SkippedLine {
+                index,
+                reason: format!(
+                    "non-finite gradient (max {}, min {}, Frobenius norm {}): an overflow in the \
+                     compute dtype, or non-finite weights",
+                    e.max, e.min, e.frobenius
+                ),
+                weight: Some(name.clone()),
+            });
+        }
+    }
+    let mut spectra_values = Vec::with_capacity(entries.len());
+    for ((name, _), r) in entries.iter().zip(grads.spectra_each()) {
+        match r {
+            Ok(v) => spectra_values.push(v),
+            Err(e) => {
+                return Err(SkippedLine {
+                    index,
+                    reason: e.to_string(),
+                    weight: Some(name.clone()),
+                });
+            }
+        }
+    }
     let mut stats = Vec::with_capacity(grads.len());
     let mut spectrum_line = save_spectrum.then(Map::new);
     if let Some(l) = &mut spectrum_line {
         l.insert("index".into(), json!(index));
     }
-    for ((name, entries), s) in grads.entries().into_iter().zip(&spectra_values) {
+    for ((name, entries), s) in entries.into_iter().zip(&spectra_values) {
         if let Some(l) = &mut spectrum_line {
             let floor = 1e-12 * s.first().copied().unwrap_or(0.0);
             l.insert(
@@ -149,10 +196,10 @@ pub fn finish(
         n_loss_tokens,
         &stats,
     );
-    Ok(Ok(Finished {
+    Ok(Finished {
         line,
         spectrum: spectrum_line,
-    }))
+    })
 }
 
 impl<B: GradBackend> Measurer<B> {
@@ -171,7 +218,31 @@ impl<B: GradBackend> Measurer<B> {
             spectra: Spectra::default(),
             save_spectrum: false,
             pad_to: 1,
+            retry_skipped: false,
+            model_dir: model_dir.to_path_buf(),
+            max_length,
+            backend_name: B::name(device),
         })
+    }
+
+    /// What an output measured by this measurer from `data` records of its making.
+    pub fn provenance(&self, data: &Path) -> Result<Provenance> {
+        let dtype = if <B::FloatElem as burn::tensor::Element>::dtype() == burn::tensor::DType::F64
+        {
+            "f64"
+        } else {
+            "f32"
+        };
+        Ok(Provenance::of(&Settings {
+            model: &self.model_dir,
+            data,
+            dtype: dtype.into(),
+            backend: self.backend_name.clone(),
+            max_length: self.max_length,
+            prompt: self.mode.describe(),
+            spectra: format!("{:?}", self.spectra).to_lowercase(),
+            save_spectrum: self.save_spectrum,
+        })?)
     }
 
     /// Tokenise, forward and backward one record (or say why it is skipped).
@@ -224,17 +295,19 @@ impl<B: GradBackend> Measurer<B> {
         index: usize,
         record: &Record,
     ) -> Result<std::result::Result<Map<String, Value>, String>> {
-        Ok(finish(self.forward_backward(index, record)?, false)?
+        Ok(finish(self.forward_backward(index, record)?, false)
             .map(|f| f.line)
-            .map_err(|(_, r)| r))
+            .map_err(|s| s.reason))
     }
 
-    /// Measure `records[range]` into `out`, skipping indices already there or in the sidecar.
-    /// The statistics of sample i run on a worker thread while sample i+1 runs forward and
-    /// backward; lines are written in data order.
+    /// Measure `records[range]` (read from the file `data`) into `out`, skipping indices already
+    /// there or in the sidecar. The output is claimed first ([`claim`]): locked, and checked to be
+    /// gradlens' own and made with this measurer's settings. The statistics of sample i run on a
+    /// worker thread while sample i+1 runs forward and backward; lines are written in data order.
     pub fn measure_file(
         &self,
         records: &[Record],
+        data: &Path,
         range: std::ops::Range<usize>,
         out: &Path,
         bar: Option<&ProgressBar>,
@@ -242,8 +315,23 @@ impl<B: GradBackend> Measurer<B> {
     ) -> Result<RunSummary> {
         let t0 = Instant::now();
         let skipped_file = skipped_path(out);
-        let mut done = done_indices(out)?;
-        done.extend(done_indices(&skipped_file)?);
+        let claimed = claim(
+            out,
+            &self.provenance(data)?,
+            &[
+                ("is the run's data file", data),
+                ("lies in the run's checkpoint folder", &self.model_dir),
+            ],
+            self.retry_skipped,
+        )?;
+        if claimed.retried > 0 {
+            tracing::info!(
+                "{}: measuring {} skipped sample(s) again",
+                out.display(),
+                claimed.retried
+            );
+        }
+        let done = claimed.done;
         let pending: Vec<usize> = range.clone().filter(|i| !done.contains(i)).collect();
         let already_done = range.len() - pending.len();
         if let Some(bar) = bar {
@@ -254,7 +342,7 @@ impl<B: GradBackend> Measurer<B> {
         if let Some(o) = overall {
             o.inc(already_done as u64);
         }
-        let mut writer = JsonlAppender::open(out)?;
+        let mut writer = claimed.writer;
         let spectrum_file = spectrum_path(out);
         let save_spectrum = self.save_spectrum;
         let (bar, overall) = (bar.cloned(), overall.cloned());
@@ -270,7 +358,7 @@ impl<B: GradBackend> Measurer<B> {
                     None
                 };
                 for work in rx {
-                    match finish(work, save_spectrum)? {
+                    match finish(work, save_spectrum) {
                         Ok(f) => {
                             if let (Some(w), Some(l)) = (&mut spectrum_writer, &f.spectrum) {
                                 w.append(l)?;
@@ -278,9 +366,17 @@ impl<B: GradBackend> Measurer<B> {
                             writer.append(&f.line)?;
                             measured += 1;
                         }
-                        Err((index, reason)) => {
-                            let msg =
-                                format!("{}: sample {index} skipped: {reason}", out.display());
+                        Err(skip) => {
+                            let msg = format!(
+                                "{}: sample {} skipped: {}{}",
+                                out.display(),
+                                skip.index,
+                                skip.weight
+                                    .as_ref()
+                                    .map(|w| format!("{w}: "))
+                                    .unwrap_or_default(),
+                                skip.reason
+                            );
                             match &bar {
                                 Some(b) => b.println(format!("warning: {msg}")),
                                 None => eprintln!("warning: {msg}"),
@@ -289,10 +385,7 @@ impl<B: GradBackend> Measurer<B> {
                                 Some(w) => w,
                                 None => skip_writer.insert(JsonlAppender::open(&skipped_file)?),
                             };
-                            let mut line = Map::new();
-                            line.insert("index".into(), json!(index));
-                            line.insert("reason".into(), json!(reason));
-                            w.append(&line)?;
+                            w.append_serialized(&skip)?;
                             skipped += 1;
                         }
                     }
@@ -335,16 +428,6 @@ impl<B: GradBackend> Measurer<B> {
             seconds: t0.elapsed().as_secs_f64(),
         })
     }
-}
-
-/// `<out>.spectrum.jsonl` beside `<out>.jsonl`.
-pub fn spectrum_path(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
-    out.with_file_name(format!("{stem}.spectrum.jsonl"))
 }
 
 /// One JSONL line in the paper's format (plus `index`, `n_tokens`, `n_loss_tokens`).
@@ -405,18 +488,79 @@ pub fn record_range(len: usize, start: usize, limit: Option<usize>) -> std::ops:
     start..end
 }
 
+/// The largest `--pad-to` accepted (padding beyond a sequence's length only costs time).
+pub const MAX_PAD_TO: usize = 1 << 16;
+
+/// Options that no data or checkpoint can make right, refused before anything is read.
+pub fn check_options(max_length: usize, pad_to: Option<usize>) -> Result<()> {
+    anyhow::ensure!(max_length > 0, "--max-length 0: need at least 1 token");
+    if let Some(p) = pad_to {
+        anyhow::ensure!(
+            (1..=MAX_PAD_TO).contains(&p),
+            "--pad-to {p}: expected 1 to {MAX_PAD_TO}"
+        );
+    }
+    Ok(())
+}
+
+/// Refuse a model and sample length that would not fit in memory (CPU backends; see
+/// [`crate::resources`]).
+pub fn check_memory(
+    backend: crate::backend::Device,
+    dtype: crate::backend::Dtype,
+    model: &Path,
+    max_length: usize,
+    pad_to: usize,
+    max_memory: Option<u64>,
+) -> Result<()> {
+    if matches!(backend, crate::backend::Device::Cuda(_)) {
+        return Ok(());
+    }
+    let tokens = max_length.div_ceil(pad_to.max(1)) * pad_to.max(1);
+    let bytes = match dtype {
+        crate::backend::Dtype::F32 => 4,
+        crate::backend::Dtype::F64 => 8,
+    };
+    crate::resources::check_fits(model, tokens, bytes, max_memory).map(|_| ())
+}
+
 pub fn run_on<B: GradBackend>(opts: &GradsOptions, device: &B::Device) -> Result<RunSummary> {
+    check_options(opts.max_length, opts.pad_to)?;
     let records = load_records(&opts.data)?;
+    anyhow::ensure!(
+        !records.is_empty(),
+        "{}: holds no records: nothing to measure",
+        opts.data.display()
+    );
+    anyhow::ensure!(
+        opts.start < records.len(),
+        "--start {}: past the end of {} ({} records, indices 0 to {})",
+        opts.start,
+        opts.data.display(),
+        records.len(),
+        records.len() - 1
+    );
     let range = record_range(records.len(), opts.start, opts.limit);
+    let pad_to = opts.pad_to.unwrap_or(opts.backend.default_pad_to());
+    check_memory(
+        opts.backend,
+        opts.dtype,
+        &opts.model,
+        opts.max_length,
+        pad_to,
+        opts.max_memory,
+    )?;
     let mut measurer =
         Measurer::<B>::load(&opts.model, opts.max_length, opts.mode.clone(), device)?;
     measurer.spectra = opts.spectra;
     measurer.save_spectrum = opts.save_spectrum;
-    measurer.pad_to = opts.pad_to.unwrap_or(opts.backend.default_pad_to());
+    measurer.pad_to = pad_to;
+    measurer.retry_skipped = opts.retry_skipped;
     let bar = opts
         .progress
         .then(|| progress_bar(range.len() as u64, "grads"));
-    let summary = measurer.measure_file(&records, range, &opts.out, bar.as_ref(), None)?;
+    let summary =
+        measurer.measure_file(&records, &opts.data, range, &opts.out, bar.as_ref(), None)?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

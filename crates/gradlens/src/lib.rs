@@ -17,8 +17,10 @@ pub mod grads;
 pub mod init;
 pub mod measure;
 pub mod output;
+pub mod provenance;
 pub mod report;
 pub mod reporting;
+pub mod resources;
 pub mod sample;
 pub mod stats;
 pub mod svd;
@@ -28,3 +30,19 @@ pub mod two_stage;
 
 pub use gradlens_core::{Checkpoint, CheckpointError};
 pub use gradlens_models::{LoadedModel, SUPPORTED, paper_selector};
+
+/// An error and its causes on one line (`outer: cause: cause`), leaving out a cause whose text
+/// the message already carries (many messages quote their source).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}

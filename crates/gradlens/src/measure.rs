@@ -5,7 +5,7 @@ use crate::backend::GradBackend;
 use crate::sample::Prepared;
 use crate::stats::{
     EntryStats, Factors, HostMatrix, MeasuredGrad, Real, Spectra, SpectrumSource, SvdError,
-    spectra_of,
+    spectra_each, spectra_of,
 };
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Element, Tensor};
@@ -91,6 +91,14 @@ impl HostGrads {
         match self {
             HostGrads::F32(g) => spectra_of(g),
             HostGrads::F64(g) => spectra_of(g),
+        }
+    }
+    /// Singular values of every gradient, in order, one result per weight (see
+    /// [`spectra_each`]).
+    pub fn spectra_each(&self) -> Vec<Result<Vec<f64>, SvdError>> {
+        match self {
+            HostGrads::F32(g) => spectra_each(g),
+            HostGrads::F64(g) => spectra_each(g),
         }
     }
 }

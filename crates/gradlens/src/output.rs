@@ -1,9 +1,18 @@
-//! Append-only JSONL files that survive interruption: every line is written whole with one
-//! `write` and flushed; on resume a partial last line (from a kill mid-write) is cut off, and the
-//! `index` of every complete line is known to be done.
+//! The files of one measurement: `<out>.jsonl`, its side files `<out>.skipped.jsonl` and
+//! `<out>.spectrum.jsonl`, and `<out>.meta.json`, the record of what made them
+//! ([`crate::provenance`]).
+//!
+//! A run first [`claim`]s the output: it refuses a file gradlens cannot prove is its own (one
+//! without its `.meta.json`, or one that is an input of the run), takes an exclusive advisory
+//! lock so that a second writer fails at once, compares the recorded settings with its own and
+//! refuses a mismatch. Only then does it repair what an interrupted run left: a partial last line,
+//! and a spectrum line whose sample never reached the output. Every line is then written whole
+//! with one `write` and flushed.
 
+use crate::provenance::Provenance;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +31,29 @@ pub enum OutputError {
         line: usize,
         message: String,
     },
+    #[error(
+        "{path}: exists but was not written by gradlens (there is no {meta} beside it); refusing \
+         to touch it: choose another --out, or move the file away"
+    )]
+    NotOurs { path: PathBuf, meta: PathBuf },
+    #[error("{path}: the output {what}; refusing to write there")]
+    IsInput { path: PathBuf, what: String },
+    #[error(
+        "{path}: another gradlens process is writing this output (it holds the lock); wait for it \
+         to finish or choose another --out"
+    )]
+    Locked { path: PathBuf },
+    #[error("{meta}: not a gradlens provenance record: {message}")]
+    BadMeta { meta: PathBuf, message: String },
+    #[error(
+        "{path}: made with other settings than this run's, refusing to mix them in one file \
+         (use the same settings, or another --out): {}",
+        differences.join("; ")
+    )]
+    Mismatch {
+        path: PathBuf,
+        differences: Vec<String>,
+    },
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> OutputError + '_ {
@@ -31,32 +63,69 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> OutputError + '_ {
     }
 }
 
-/// The `index` values of the complete lines of `path` (empty when the file does not exist).
-/// A trailing partial line is removed from the file, with a warning.
-pub fn done_indices(path: &Path) -> Result<BTreeSet<usize>, OutputError> {
-    let mut done = BTreeSet::new();
-    if !path.exists() {
-        return Ok(done);
+/// `<out>.<suffix>` beside `<out>.jsonl` (the `.jsonl` of the output replaced).
+fn side_path(out: &Path, suffix: &str) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
+    out.with_file_name(format!("{stem}.{suffix}"))
+}
+
+/// `<out>.skipped.jsonl`: the samples that are not measurements, with the reason.
+pub fn skipped_path(out: &Path) -> PathBuf {
+    side_path(out, "skipped.jsonl")
+}
+
+/// `<out>.spectrum.jsonl`: every singular value (with `--save-spectrum`).
+pub fn spectrum_path(out: &Path) -> PathBuf {
+    side_path(out, "spectrum.jsonl")
+}
+
+/// `<out>.meta.json`: what made the output ([`Provenance`]).
+pub fn meta_path(out: &Path) -> PathBuf {
+    side_path(out, "meta.json")
+}
+
+/// Remove an output and its side files (for scratch outputs that a run writes anew).
+pub fn remove_output(out: &Path) {
+    for f in [
+        out.to_path_buf(),
+        skipped_path(out),
+        spectrum_path(out),
+        meta_path(out),
+    ] {
+        let _ = std::fs::remove_file(f);
     }
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
-        Some(i) => i + 1,
-        None => 0,
+}
+
+/// One line of `<out>.skipped.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedLine {
+    pub index: usize,
+    pub reason: String,
+    /// The measured weight the problem was found in (a non-finite gradient, a failed SVD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
+}
+
+/// The complete lines of a JSONL file: `(line number, byte offset of its end, index)`. A partial
+/// last line (no final newline) is left out; it is not removed (see [`claim`]).
+fn complete_lines(path: &Path) -> Result<(Vec<(usize, usize, usize)>, usize, Vec<u8>), OutputError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io(path)(e)),
     };
-    if complete < bytes.len() {
-        tracing::warn!(
-            "{}: removing an incomplete last line ({} bytes) left by an interrupted run",
-            path.display(),
-            bytes.len() - complete
-        );
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io(path))?;
-        f.set_len(complete as u64).map_err(io(path))?;
-    }
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut lines = Vec::new();
+    let mut offset = 0;
     for (i, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
+        let end = offset + line.len() + 1;
+        let start = offset;
+        offset = end;
+        if start >= complete || line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let corrupt = |message: String| OutputError::Corrupt {
@@ -70,9 +139,194 @@ pub fn done_indices(path: &Path) -> Result<BTreeSet<usize>, OutputError> {
             .get("index")
             .and_then(Value::as_u64)
             .ok_or_else(|| corrupt("no integer \"index\": not a gradlens output file".into()))?;
-        done.insert(index as usize);
+        lines.push((i + 1, end, index as usize));
     }
-    Ok(done)
+    Ok((lines, complete, bytes))
+}
+
+/// The `index` values of the complete lines of `path` (empty when the file does not exist).
+/// Read only: a partial last line is ignored, never removed here.
+pub fn done_indices(path: &Path) -> Result<BTreeSet<usize>, OutputError> {
+    Ok(complete_lines(path)?.0.into_iter().map(|l| l.2).collect())
+}
+
+/// An output this process holds: locked, checked against its provenance, repaired.
+pub struct Claimed {
+    /// The output, open for appending; its lock lasts as long as this handle.
+    pub writer: JsonlAppender,
+    /// Indices measured (in the output) or skipped (in the skipped file) already.
+    pub done: BTreeSet<usize>,
+    /// Skipped samples taken out of the skipped file to be measured again (`--retry-skipped`).
+    pub retried: usize,
+}
+
+/// Whether a file exists and has content.
+fn non_empty(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Take the output `out` for a run with provenance `this`: see the module's documentation.
+/// `inputs` are the run's input files and folders (a data file, a checkpoint directory): the
+/// output, its side files and their folder may be none of them. With `retry_skipped`, the
+/// samples in the skipped file are removed from it, to be measured again.
+pub fn claim(
+    out: &Path,
+    this: &Provenance,
+    inputs: &[(&str, &Path)],
+    retry_skipped: bool,
+) -> Result<Claimed, OutputError> {
+    let meta = meta_path(out);
+    let skipped = skipped_path(out);
+    let spectrum = spectrum_path(out);
+    if out.is_dir() {
+        return Err(io(out)(std::io::Error::other(
+            "is a directory; --out takes a file name",
+        )));
+    }
+    for f in [out, &skipped, &spectrum, &meta] {
+        for (what, input) in inputs {
+            let inside_model = input.is_dir() && f.parent().is_some_and(|p| same_file(p, input));
+            if same_file(f, input) || inside_model {
+                return Err(OutputError::IsInput {
+                    path: f.to_path_buf(),
+                    what: what.to_string(),
+                });
+            }
+        }
+    }
+    // Not ours: content without our record. Checked before anything is created or changed.
+    if !meta.exists() {
+        for f in [out, &skipped, &spectrum] {
+            if non_empty(f) {
+                return Err(OutputError::NotOurs {
+                    path: f.to_path_buf(),
+                    meta,
+                });
+            }
+        }
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let writer = JsonlAppender::open(out)?;
+    match writer.file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(OutputError::Locked {
+                path: out.to_path_buf(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(out)(e)),
+    }
+    // Under the lock: the record, or a new one.
+    if meta.exists() {
+        let text = std::fs::read_to_string(&meta).map_err(io(&meta))?;
+        let recorded: Provenance =
+            serde_json::from_str(&text).map_err(|e| OutputError::BadMeta {
+                meta: meta.clone(),
+                message: e.to_string(),
+            })?;
+        let differences = this.differences(&recorded);
+        if !differences.is_empty() {
+            return Err(OutputError::Mismatch {
+                path: out.to_path_buf(),
+                differences,
+            });
+        }
+        if recorded.gradlens != this.gradlens {
+            tracing::warn!(
+                "{}: started by gradlens {}, continued by {}",
+                out.display(),
+                recorded.gradlens,
+                this.gradlens
+            );
+        }
+    } else {
+        // Another process may have written between the check above and the lock.
+        if [out, &skipped, &spectrum].iter().any(|f| non_empty(f)) {
+            return Err(OutputError::NotOurs {
+                path: out.to_path_buf(),
+                meta,
+            });
+        }
+        let text = serde_json::to_string_pretty(this).expect("provenance serialises") + "\n";
+        write_atomically(&meta, text.as_bytes())?;
+    }
+
+    // Repairs, now that the files are known to be ours.
+    let done_out = repair(out, None)?;
+    let (lines, _, _) = complete_lines(&skipped)?;
+    let mut done_skipped = BTreeSet::new();
+    let mut retried = 0;
+    if retry_skipped && !lines.is_empty() {
+        retried = lines.len();
+        write_atomically(&skipped, b"")?;
+    } else {
+        repair(&skipped, None)?;
+        done_skipped.extend(lines.iter().map(|l| l.2));
+    }
+    // A spectrum line is written just before its sample's line: one whose sample never reached
+    // the output (a kill in between) is dropped, so that the sample's rerun does not double it.
+    if spectrum.exists() {
+        repair(&spectrum, Some(&done_out))?;
+    }
+    let mut done = done_out;
+    done.extend(done_skipped);
+    Ok(Claimed {
+        writer,
+        done,
+        retried,
+    })
+}
+
+/// Cut a partial last line and, with `keep`, every line from the first whose index is not in
+/// `keep`; the indices of the lines kept.
+fn repair(path: &Path, keep: Option<&BTreeSet<usize>>) -> Result<BTreeSet<usize>, OutputError> {
+    let (lines, complete, bytes) = complete_lines(path)?;
+    let mut end = complete;
+    let mut kept = BTreeSet::new();
+    let mut prev_end = 0;
+    for &(_, line_end, index) in &lines {
+        if keep.is_some_and(|k| !k.contains(&index)) {
+            end = prev_end;
+            break;
+        }
+        kept.insert(index);
+        prev_end = line_end;
+    }
+    if end < bytes.len() {
+        tracing::warn!(
+            "{}: removing {} byte(s) an interrupted run left at its end",
+            path.display(),
+            bytes.len() - end
+        );
+        let f = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+        f.set_len(end as u64).map_err(io(path))?;
+        f.sync_all().map_err(io(path))?;
+    }
+    Ok(kept)
+}
+
+/// Write a whole file through a temporary beside it and a rename: readers see the old or the
+/// new content, never a part.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
+    let tmp = side_path(path, "tmp");
+    let tmp = tmp.with_file_name(format!(
+        ".{}.{}",
+        tmp.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// Appends whole lines to a JSONL file.
@@ -99,11 +353,21 @@ impl JsonlAppender {
 
     /// Write one object as one line, in a single write, and flush it.
     pub fn append(&mut self, line: &Map<String, Value>) -> Result<(), OutputError> {
-        let mut text = serde_json::to_string(line).expect("JSON maps serialise");
+        self.append_serialized(line)
+    }
+
+    /// Write one serialisable record as one line, in a single write, and flush it.
+    pub fn append_serialized<T: Serialize>(&mut self, line: &T) -> Result<(), OutputError> {
+        let mut text = serde_json::to_string(line).expect("records serialise");
         text.push('\n');
-        self.file
-            .write_all(text.as_bytes())
-            .map_err(io(&self.path))?;
+        let before = self.file.metadata().map(|m| m.len());
+        if let Err(e) = self.file.write_all(text.as_bytes()) {
+            // Leave no partial line behind (a full disk); the next run would cut it anyway.
+            if let Ok(len) = before {
+                let _ = self.file.set_len(len);
+            }
+            return Err(io(&self.path)(e));
+        }
         self.file.flush().map_err(io(&self.path))
     }
 
@@ -112,12 +376,25 @@ impl JsonlAppender {
     }
 }
 
-/// `<out>.skipped.jsonl` beside `<out>.jsonl`.
-pub fn skipped_path(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
-    out.with_file_name(format!("{stem}.skipped.jsonl"))
+/// The skipped samples of an output, by index.
+pub fn read_skipped(out: &Path) -> Result<BTreeMap<usize, SkippedLine>, OutputError> {
+    let path = skipped_path(out);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let mut map = BTreeMap::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let s: SkippedLine = serde_json::from_str(l).map_err(|e| OutputError::Corrupt {
+            path: path.clone(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        map.insert(s.index, s);
+    }
+    Ok(map)
 }

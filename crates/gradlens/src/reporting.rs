@@ -54,6 +54,7 @@ fn jsonl_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             jsonl_files(&p, out)?;
         } else if p.extension().is_some_and(|x| x == "jsonl")
             && !p.to_string_lossy().ends_with(".skipped.jsonl")
+            && !p.to_string_lossy().ends_with(".spectrum.jsonl")
         {
             out.push(p);
         }
@@ -430,13 +431,20 @@ fn instruct_pairs(models: &[String]) -> Vec<(String, String)> {
 pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
     let (measured, mut warnings) = collect(inputs)?;
     if measured.is_empty() {
+        // Say why each file was unusable (the first few reasons).
+        let why: Vec<&str> = warnings.iter().take(5).map(String::as_str).collect();
         bail!(
-            "no usable measurement in {}",
+            "no usable measurement in {}{}",
             inputs
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", why.join("; "))
+            }
         );
     }
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)

@@ -53,6 +53,18 @@ pub enum PrepareError {
 }
 
 impl PromptMode {
+    /// `base`, `instruct`, or `instruct single-bos` (for an output's provenance).
+    pub fn describe(&self) -> String {
+        match self {
+            PromptMode::Base => "base".into(),
+            PromptMode::Instruct {
+                add_special_tokens: true,
+                ..
+            } => "instruct".into(),
+            PromptMode::Instruct { .. } => "instruct single-bos".into(),
+        }
+    }
+
     /// Instruct mode for checkpoint `dir`: its chat template; a system turn unless the family is
     /// a Gemma (model_type starting with "gemma").
     pub fn instruct_from_dir(dir: &Path, opts: InstructOptions) -> Result<Self, ChatError> {

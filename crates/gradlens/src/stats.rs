@@ -255,6 +255,12 @@ pub fn factored_singular_values<T: Real>(f: &Factors<T>) -> Result<Vec<f64>, Svd
 /// parallel (rayon), each inner factorisation on one thread, and each shared input X is
 /// factorised once.
 pub fn spectra_of<T: Real>(grads: &[MeasuredGrad<T>]) -> Result<Vec<Vec<f64>>, SvdError> {
+    spectra_each(grads).into_iter().collect()
+}
+
+/// Like [`spectra_of`], one result per weight: a failure names its weight and leaves the others'
+/// values intact.
+pub fn spectra_each<T: Real>(grads: &[MeasuredGrad<T>]) -> Vec<Result<Vec<f64>, SvdError>> {
     spectra_pool().install(|| spectra_in_pool(grads))
 }
 
@@ -291,7 +297,7 @@ fn lower_priority() {
     }
 }
 
-fn spectra_in_pool<T: Real>(grads: &[MeasuredGrad<T>]) -> Result<Vec<Vec<f64>>, SvdError> {
+fn spectra_in_pool<T: Real>(grads: &[MeasuredGrad<T>]) -> Vec<Result<Vec<f64>, SvdError>> {
     use rayon::prelude::*;
     use std::sync::Arc;
     faer::set_global_parallelism(faer::Par::Seq);

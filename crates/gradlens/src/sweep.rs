@@ -98,6 +98,10 @@ pub struct Plan {
     pub data_root: PathBuf,
     pub units: Vec<Unit>,
     pub shards: usize,
+    /// Measure again the samples the units' skipped files record (`--retry-skipped`).
+    pub retry_skipped: bool,
+    /// Memory the run may plan for instead of what the machine has (`--max-memory`).
+    pub max_memory: Option<u64>,
 }
 
 /// `a/b/../c` → `a/c` (lexically; for paths shown to people and recorded in run.json).
@@ -123,12 +127,34 @@ pub fn normalize(path: &Path) -> PathBuf {
 
 /// `I/N` with 1 ≤ I ≤ N.
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let (i, n) = s.split_once('/').context("--shard takes I/N, e.g. 2/3")?;
-    let (i, n): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
+    let bad = || anyhow::anyhow!("--shard {s}: expected I/N with whole numbers 1 ≤ I ≤ N, e.g. 2/3");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = match (i.trim().parse(), n.trim().parse()) {
+        (Ok(i), Ok(n)) => (i, n),
+        _ => return Err(bad()),
+    };
     if n == 0 || i == 0 || i > n {
-        bail!("--shard {s}: need 1 ≤ I ≤ N");
+        return Err(bad());
     }
     Ok((i, n))
+}
+
+/// A model name becomes a folder of the output: one plain path component.
+fn check_model_name(sweep_path: &Path, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+    if !ok {
+        bail!(
+            "{}: model name {name:?}: expected a folder name of letters, digits, '-', '_', '.' \
+             or '+' (it names the model's output folder)",
+            sweep_path.display()
+        );
+    }
+    Ok(())
 }
 
 impl Plan {
@@ -148,6 +174,7 @@ impl Plan {
         }
         let mut names = std::collections::BTreeSet::new();
         for m in &sweep.models {
+            check_model_name(sweep_path, &m.name)?;
             if !names.insert(m.name.as_str()) {
                 bail!(
                     "{}: model name {:?} appears twice",
@@ -240,6 +267,8 @@ impl Plan {
             data_root,
             units,
             shards,
+            retry_skipped: false,
+            max_memory: None,
         })
     }
 
@@ -355,14 +384,22 @@ pub fn run_on<B: GradBackend>(
                 },
             )?,
         };
+        let backend: crate::backend::Device =
+            plan.sweep.backend.parse().map_err(anyhow::Error::msg)?;
+        crate::grads::check_memory(
+            backend,
+            plan.sweep.dtype,
+            dir,
+            plan.sweep.max_length,
+            backend.default_pad_to(),
+            plan.max_memory,
+        )
+        .with_context(|| format!("model {:?}", spec.name))?;
         let mut measurer = Measurer::<B>::load(dir, plan.sweep.max_length, mode, device)
             .with_context(|| format!("model {:?}", spec.name))?;
         measurer.spectra = plan.sweep.spectra;
-        measurer.pad_to = plan
-            .sweep
-            .backend
-            .parse::<crate::backend::Device>()
-            .map_or(1, |d| d.default_pad_to());
+        measurer.pad_to = backend.default_pad_to();
+        measurer.retry_skipped = plan.retry_skipped;
         for u in units {
             overall.set_message(format!("{} units done of {}", records.len(), mine.len()));
             let data = load_records(&u.data)?;
@@ -371,7 +408,14 @@ pub fn run_on<B: GradBackend>(
                 &format!("{}: {}", spec.name, u.condition.id),
             ));
             let s = measurer
-                .measure_file(&data, 0..u.samples, &u.out, Some(&bar), Some(&overall))
+                .measure_file(
+                    &data,
+                    &u.data,
+                    0..u.samples,
+                    &u.out,
+                    Some(&bar),
+                    Some(&overall),
+                )
                 .with_context(|| format!("model {:?}, condition {}", spec.name, u.condition.id))?;
             bar.finish_and_clear();
             multi.remove(&bar);
@@ -419,8 +463,8 @@ fn write_run_json(
         "units": units,
     });
     let path = plan.out.join(name);
-    std::fs::write(&path, serde_json::to_string_pretty(&record)? + "\n")
-        .with_context(|| format!("{}: cannot write", path.display()))
+    let text = serde_json::to_string_pretty(&record)? + "\n";
+    Ok(crate::output::write_atomically(&path, text.as_bytes())?)
 }
 
 /// Completeness of every unit (all shards): `(unit index, missing samples)` for the incomplete.

@@ -1,0 +1,568 @@
+//! The reliability corpus: bad inputs of every kind (config, safetensors, tokenizer, chat
+//! template, data, options, outputs that are not gradlens'), each run through the `gradlens`
+//! binary as a user would. Every case must end with exit code 1 (2 for what the argument parser
+//! refuses), no panic, one `error:` line naming the file or option and the problem, and no input
+//! file changed. Then the faults: two writers on one output, a full disk, non-finite weights,
+//! resumed runs with other settings.
+
+use gradlens_tests::{copy_dir, fixture, rewrite_weights, scratch, tiny_data};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn gradlens() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gradlens"))
+}
+
+/// Every file under `dir` with its content.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(snapshot(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.insert(p, b);
+        }
+    }
+    out
+}
+
+/// A copy of the qwen2-tiny checkpoint in `dir/model`.
+fn model(dir: &Path) -> PathBuf {
+    let m = dir.join("model");
+    copy_dir(&fixture("qwen2-tiny"), &m);
+    m
+}
+
+/// A copy of the checkpoint with config.json edited.
+fn model_with_config(dir: &Path, edit: impl Fn(&mut serde_json::Map<String, Value>)) -> PathBuf {
+    let m = model(dir);
+    let p = m.join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(v.as_object_mut().unwrap());
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    m
+}
+
+/// A copy of the checkpoint with one file replaced (or removed, for `None`).
+fn model_with_file(dir: &Path, name: &str, content: Option<&[u8]>) -> PathBuf {
+    let m = model(dir);
+    match content {
+        Some(c) => std::fs::write(m.join(name), c).unwrap(),
+        None => std::fs::remove_file(m.join(name)).unwrap(),
+    }
+    m
+}
+
+/// A copy of the checkpoint whose tokenizer_config.json is edited.
+fn model_with_template(dir: &Path, edit: impl Fn(&mut serde_json::Map<String, Value>)) -> PathBuf {
+    let m = model(dir);
+    let p = m.join("tokenizer_config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(v.as_object_mut().unwrap());
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    m
+}
+
+fn data(dir: &Path) -> PathBuf {
+    let d = dir.join("data.json");
+    std::fs::copy(tiny_data(), &d).unwrap();
+    d
+}
+
+fn data_text(dir: &Path, text: &[u8]) -> PathBuf {
+    let d = dir.join("data.json");
+    std::fs::write(&d, text).unwrap();
+    d
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `grads --quiet --model M --data D --out dir/out.jsonl --max-length 96` and `extra`.
+fn grads(dir: &Path, m: &Path, d: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        "grads".into(),
+        "--quiet".into(),
+        "--model".into(),
+        s(m),
+        "--data".into(),
+        s(d),
+        "--out".into(),
+        s(&dir.join("out.jsonl")),
+    ];
+    if !extra.contains(&"--max-length") {
+        a.extend(["--max-length".into(), "96".into()]);
+    }
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
+type Setup = Box<dyn Fn(&Path) -> Vec<String>>;
+
+struct Case {
+    name: &'static str,
+    setup: Setup,
+    /// What the error line must contain: the file or option, and the problem.
+    needles: &'static [&'static str],
+}
+
+fn case(
+    name: &'static str,
+    needles: &'static [&'static str],
+    setup: impl Fn(&Path) -> Vec<String> + 'static,
+) -> Case {
+    Case {
+        name,
+        setup: Box::new(setup),
+        needles,
+    }
+}
+
+/// A config.json edit.
+fn config_case(
+    name: &'static str,
+    needles: &'static [&'static str],
+    edit: impl Fn(&mut serde_json::Map<String, Value>) + Clone + 'static,
+) -> Case {
+    case(name, needles, move |dir| {
+        let m = model_with_config(dir, edit.clone());
+        grads(dir, &m, &data(dir), &[])
+    })
+}
+
+/// A weights edit.
+fn weights_case(
+    name: &'static str,
+    needles: &'static [&'static str],
+    edit: impl Fn(&mut gradlens_tests::TensorMap) + Clone + 'static,
+) -> Case {
+    case(name, needles, move |dir| {
+        let m = model(dir);
+        rewrite_weights(&m, edit.clone());
+        grads(dir, &m, &data(dir), &[])
+    })
+}
+
+/// A data file's text.
+fn data_case(name: &'static str, needles: &'static [&'static str], text: &'static str) -> Case {
+    case(name, needles, move |dir| {
+        grads(dir, &fixture("qwen2-tiny"), &data_text(dir, text.as_bytes()), &[])
+    })
+}
+
+/// Options of `grads` on good inputs.
+fn option_case(
+    name: &'static str,
+    needles: &'static [&'static str],
+    extra: &'static [&'static str],
+) -> Case {
+    case(name, needles, move |dir| {
+        grads(dir, &fixture("qwen2-tiny"), &data(dir), extra)
+    })
+}
+
+fn with_tensor(
+    name: &'static str,
+    f: impl Fn(&mut (safetensors::Dtype, Vec<usize>, Vec<u8>)) + Clone,
+) -> impl Fn(&mut gradlens_tests::TensorMap) + Clone {
+    move |t| f(t.get_mut(name).unwrap())
+}
+
+const Q: &str = "model.layers.0.self_attn.q_proj.weight";
+const K: &str = "model.layers.0.self_attn.k_proj.weight";
+
+fn corpus() -> Vec<Case> {
+    vec![
+        // config.json
+        config_case("hidden-zero", &["config.json", "hidden_size", "0"], |c| {
+            c.insert("hidden_size".into(), json!(0));
+        }),
+        config_case("hidden-string", &["config.json", "hidden_size", "whole number"], |c| {
+            c.insert("hidden_size".into(), json!("64"));
+        }),
+        config_case("hidden-float", &["config.json", "hidden_size", "whole number"], |c| {
+            c.insert("hidden_size".into(), json!(64.5));
+        }),
+        config_case("hidden-huge", &["config.json", "hidden_size"], |c| {
+            c.insert("hidden_size".into(), json!(1u64 << 40));
+        }),
+        config_case("layers-absurd", &["config.json", "num_hidden_layers"], |c| {
+            c.insert("num_hidden_layers".into(), json!(1_000_000_000u64));
+        }),
+        config_case("layers-negative", &["config.json", "num_hidden_layers"], |c| {
+            c.insert("num_hidden_layers".into(), json!(-2));
+        }),
+        config_case("heads-zero", &["config.json", "num_attention_heads"], |c| {
+            c.insert("num_attention_heads".into(), json!(0));
+        }),
+        config_case("heads-not-dividing", &["config.json", "multiple of"], |c| {
+            c.insert("num_attention_heads".into(), json!(5));
+        }),
+        config_case("kv-heads-not-dividing", &["config.json", "num_key_value_heads"], |c| {
+            c.insert("num_key_value_heads".into(), json!(3));
+        }),
+        config_case("vocab-absurd", &["config.json", "vocab_size"], |c| {
+            c.insert("vocab_size".into(), json!(1u64 << 33));
+        }),
+        config_case("intermediate-absurd", &["config.json", "intermediate_size"], |c| {
+            c.insert("intermediate_size".into(), json!(1u64 << 30));
+        }),
+        config_case("no-model-type", &["config.json", "model_type"], |c| {
+            c.remove("model_type");
+        }),
+        config_case("unknown-model-type", &["config.json", "gpt2", "supported"], |c| {
+            c.insert("model_type".into(), json!("gpt2"));
+        }),
+        config_case("missing-required", &["config.json", "intermediate_size"], |c| {
+            c.remove("intermediate_size");
+        }),
+        config_case("eps-string", &["config.json", "rms_norm_eps"], |c| {
+            c.insert("rms_norm_eps".into(), json!("small"));
+        }),
+        config_case("tie-string", &["config.json", "tie_word_embeddings"], |c| {
+            c.insert("tie_word_embeddings".into(), json!("yes"));
+        }),
+        config_case("activation", &["config.json", "relu", "activation"], |c| {
+            c.insert("hidden_act".into(), json!("relu"));
+        }),
+        config_case("rope-type", &["config.json", "rope_scaling", "dynamic"], |c| {
+            c.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "dynamic", "factor": 2.0}),
+            );
+        }),
+        config_case("rope-linear-no-factor", &["config.json", "factor"], |c| {
+            c.insert("rope_scaling".into(), json!({"rope_type": "linear"}));
+        }),
+        config_case("layer-types-length", &["config.json", "layer_types"], |c| {
+            c.insert("layer_types".into(), json!(["full_attention"]));
+        }),
+        config_case("layer-types-entry", &["config.json", "layer_types"], |c| {
+            c.insert("layer_types".into(), json!(["full_attention", "chunked"]));
+        }),
+        config_case("hidden-mismatch", &["model.safetensors", "has shape"], |c| {
+            c.insert("hidden_size".into(), json!(32));
+        }),
+        config_case("layers-more", &["missing tensor", "model.layers.2"], |c| {
+            c.insert("num_hidden_layers".into(), json!(3));
+            c.insert("layer_types".into(), Value::Null);
+        }),
+        config_case("layers-fewer", &["unexpected tensor", "model.layers.1"], |c| {
+            c.insert("num_hidden_layers".into(), json!(1));
+            c.insert("layer_types".into(), Value::Null);
+        }),
+        case("config-missing", &["config.json"], |dir| {
+            let m = model_with_file(dir, "config.json", None);
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("config-not-json", &["config.json", "not valid JSON"], |dir| {
+            let m = model_with_file(dir, "config.json", Some(b"{\"model_type\": "));
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("config-array", &["config.json", "JSON object"], |dir| {
+            let m = model_with_file(dir, "config.json", Some(b"[1, 2]"));
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("model-is-a-file", &["config.json"], |dir| {
+            grads(dir, &tiny_data(), &data(dir), &[])
+        }),
+        case("memory-max-length", &["config.json", "needs about", "--max-length"], |dir| {
+            grads(dir, &fixture("qwen2-tiny"), &data(dir), &["--max-length", "50000000"])
+        }),
+        case("memory-limit", &["config.json", "needs about", "--max-memory"], |dir| {
+            grads(dir, &fixture("qwen2-tiny"), &data(dir), &["--max-memory", "1K"])
+        }),
+        // safetensors
+        case("weights-missing", &["no weights found"], |dir| {
+            let m = model_with_file(dir, "model.safetensors", None);
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("weights-empty", &["model.safetensors", "broken safetensors"], |dir| {
+            let m = model_with_file(dir, "model.safetensors", Some(b""));
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("weights-truncated", &["model.safetensors", "broken safetensors"], |dir| {
+            let m = model(dir);
+            let p = m.join("model.safetensors");
+            let b = std::fs::read(&p).unwrap();
+            std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("weights-header-length", &["model.safetensors", "broken safetensors"], |dir| {
+            let m = model(dir);
+            let p = m.join("model.safetensors");
+            let mut b = std::fs::read(&p).unwrap();
+            b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+            std::fs::write(&p, b).unwrap();
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("weights-header-garbage", &["model.safetensors", "broken safetensors"], |dir| {
+            let m = model(dir);
+            let p = m.join("model.safetensors");
+            let mut b = std::fs::read(&p).unwrap();
+            for x in &mut b[8..40] {
+                *x = b'#';
+            }
+            std::fs::write(&p, b).unwrap();
+            grads(dir, &m, &data(dir), &[])
+        }),
+        weights_case("tensor-missing", &["missing tensor", Q], |t| {
+            t.remove(Q);
+        }),
+        weights_case("tensor-extra", &["unexpected tensor", "extra.weight"], |t| {
+            t.insert(
+                "extra.weight".into(),
+                (safetensors::Dtype::F32, vec![2], vec![0; 8]),
+            );
+        }),
+        weights_case(
+            "tensor-shape",
+            &["model.safetensors", K, "has shape"],
+            with_tensor(K, |t| t.1 = vec![t.1[1], t.1[0]]),
+        ),
+        weights_case(
+            "tensor-dtype",
+            &["model.safetensors", Q, "unsupported dtype"],
+            with_tensor(Q, |t| t.0 = safetensors::Dtype::I32),
+        ),
+        weights_case("untied-no-head", &["missing tensor", "lm_head.weight"], |t| {
+            t.remove("lm_head.weight");
+        }),
+        case("index-shard-missing", &["model-00009-of-00009.safetensors"], |dir| {
+            let m = model_with_file(dir, "model.safetensors", None);
+            std::fs::write(
+                m.join("model.safetensors.index.json"),
+                r#"{"weight_map": {"x": "model-00009-of-00009.safetensors"}}"#,
+            )
+            .unwrap();
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("index-no-map", &["model.safetensors.index.json", "weight_map"], |dir| {
+            let m = model(dir);
+            std::fs::write(m.join("model.safetensors.index.json"), "{}").unwrap();
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("index-not-json", &["model.safetensors.index.json", "not valid JSON"], |dir| {
+            let m = model(dir);
+            std::fs::write(m.join("model.safetensors.index.json"), "{").unwrap();
+            grads(dir, &m, &data(dir), &[])
+        }),
+        // tokenizer
+        case("tokenizer-missing", &["tokenizer.json"], |dir| {
+            let m = model_with_file(dir, "tokenizer.json", None);
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("tokenizer-not-json", &["tokenizer.json"], |dir| {
+            let m = model_with_file(dir, "tokenizer.json", Some(b"{\"model\": "));
+            grads(dir, &m, &data(dir), &[])
+        }),
+        case("tokenizer-empty-object", &["tokenizer.json"], |dir| {
+            let m = model_with_file(dir, "tokenizer.json", Some(b"{}"));
+            grads(dir, &m, &data(dir), &[])
+        }),
+        // chat template (--instruct)
+        case("template-config-missing", &["tokenizer_config.json"], |dir| {
+            let m = model_with_file(dir, "tokenizer_config.json", None);
+            grads(dir, &m, &data(dir), &["--instruct"])
+        }),
+        case("template-absent", &["tokenizer_config.json", "chat_template"], |dir| {
+            let m = model_with_template(dir, |t| {
+                t.remove("chat_template");
+            });
+            grads(dir, &m, &data(dir), &["--instruct"])
+        }),
+        case("template-syntax", &["tokenizer_config.json", "template"], |dir| {
+            let m = model_with_template(dir, |t| {
+                t.insert("chat_template".into(), json!("{% for m in messages %}"));
+            });
+            grads(dir, &m, &data(dir), &["--instruct"])
+        }),
+        case("template-raises", &["template", "no chats"], |dir| {
+            let m = model_with_template(dir, |t| {
+                t.insert(
+                    "chat_template".into(),
+                    json!("{{ raise_exception('no chats') }}"),
+                );
+            });
+            grads(dir, &m, &data(dir), &["--instruct"])
+        }),
+        case("template-number", &["tokenizer_config.json", "chat_template"], |dir| {
+            let m = model_with_template(dir, |t| {
+                t.insert("chat_template".into(), json!(5));
+            });
+            grads(dir, &m, &data(dir), &["--instruct"])
+        }),
+        // data
+        case("data-missing", &["absent.json", "cannot read"], |dir| {
+            grads(dir, &fixture("qwen2-tiny"), &dir.join("absent.json"), &[])
+        }),
+        case("data-directory", &["cannot read"], |dir| {
+            grads(dir, &fixture("qwen2-tiny"), dir, &[])
+        }),
+        data_case("data-not-json", &["data.json", "not valid JSON"], "[{\"instruction\": "),
+        data_case("data-object", &["data.json", "JSON array"], "{\"instruction\": \"x\"}"),
+        data_case("data-record-number", &["data.json", "record 1"], "[{\"instruction\": \"x\", \"output\": \"y\"}, 3]"),
+        data_case("data-output-number", &["data.json", "\"output\"", "string"], "[{\"instruction\": \"x\", \"output\": 5}]"),
+        data_case("data-no-output", &["data.json", "missing field \"output\""], "[{\"instruction\": \"x\"}]"),
+        data_case("data-no-instruction", &["data.json", "missing field \"instruction\""], "[{\"output\": \"x\"}]"),
+        data_case("data-input-array", &["data.json", "\"input\""], "[{\"instruction\": \"x\", \"input\": [], \"output\": \"y\"}]"),
+        data_case("data-empty", &["data.json", "no records"], "[]"),
+        case("data-not-utf8", &["data.json"], |dir| {
+            grads(dir, &fixture("qwen2-tiny"), &data_text(dir, b"[\"\xff\xfe\"]"), &[])
+        }),
+        // options
+        option_case("start-past-end", &["--start 99", "data.json"], &["--start", "99"]),
+        option_case("pad-to-zero", &["--pad-to 0"], &["--pad-to", "0"]),
+        option_case("pad-to-huge", &["--pad-to 1000000000"], &["--pad-to", "1000000000"]),
+        option_case("max-length-zero", &["--max-length 0"], &["--max-length", "0"]),
+        option_case("dtype", &["f16"], &["--dtype", "f16"]),
+        option_case("backend", &["tpu"], &["--backend", "tpu"]),
+        option_case("spectra", &["fast"], &["--spectra", "fast"]),
+        option_case("max-memory", &["--max-memory", "lots"], &["--max-memory", "lots"]),
+        option_case("single-bos-alone", &["--instruct"], &["--single-bos"]),
+        option_case("limit-negative", &["--limit"], &["--limit=-1"]),
+        case("compare-rtol", &["--rtol", "-1"], |_| {
+            let e = s(&fixture("qwen2-tiny").join("expected/grads.jsonl"));
+            vec!["compare".into(), "--expected".into(), e.clone(), "--actual".into(), e, "--rtol=-1".into()]
+        }),
+        case("compare-missing", &["nothing.jsonl"], |dir| {
+            let e = s(&fixture("qwen2-tiny").join("expected/grads.jsonl"));
+            vec!["compare".into(), "--expected".into(), e, "--actual".into(), s(&dir.join("nothing.jsonl"))]
+        }),
+        case("report-nothing-usable", &["no usable measurement", "junk.jsonl"], |dir| {
+            std::fs::write(dir.join("junk.jsonl"), "not json\n{\n").unwrap();
+            vec!["report".into(), "--in".into(), s(dir), "--out".into(), s(&dir.join("r"))]
+        }),
+        case("init-hidden-zero", &["config.json", "hidden_size"], |dir| {
+            let m = model_with_config(dir, |c| {
+                c.insert("hidden_size".into(), json!(0));
+            });
+            vec!["init".into(), "--config".into(), s(&m.join("config.json")), "--out".into(), s(&dir.join("new"))]
+        }),
+        case("init-layers-absurd", &["config.json", "num_hidden_layers"], |dir| {
+            let m = model_with_config(dir, |c| {
+                c.insert("num_hidden_layers".into(), json!(1u64 << 40));
+            });
+            vec!["init".into(), "--config".into(), s(&m.join("config.json")), "--out".into(), s(&dir.join("new"))]
+        }),
+        // outputs that are not gradlens'
+        case("out-is-data", &["data.json", "the run's data file", "refusing"], |dir| {
+            let d = data(dir);
+            let mut a = grads(dir, &fixture("qwen2-tiny"), &d, &[]);
+            a[7] = s(&d);
+            a
+        }),
+        case("out-foreign-no-newline", &["notes.txt", "not written by gradlens"], |dir| {
+            std::fs::write(dir.join("notes.txt"), "my notes, no final newline").unwrap();
+            let mut a = grads(dir, &fixture("qwen2-tiny"), &data(dir), &[]);
+            a[7] = s(&dir.join("notes.txt"));
+            a
+        }),
+        case("out-foreign-jsonl", &["out.jsonl", "not written by gradlens"], |dir| {
+            std::fs::write(dir.join("out.jsonl"), "{\"index\": 0}\n{\"index\": 1").unwrap();
+            grads(dir, &fixture("qwen2-tiny"), &data(dir), &[])
+        }),
+        case("out-foreign-skipped", &["out.skipped.jsonl", "not written by gradlens"], |dir| {
+            std::fs::write(dir.join("out.skipped.jsonl"), "{\"index\": 3, \"reason\": \"x\"}").unwrap();
+            grads(dir, &fixture("qwen2-tiny"), &data(dir), &[])
+        }),
+        case("out-paper-like-data", &["copy.json", "not written by gradlens"], |dir| {
+            let d = data(dir);
+            std::fs::copy(&d, dir.join("copy.json")).unwrap();
+            let mut a = grads(dir, &fixture("qwen2-tiny"), &d, &[]);
+            a[7] = s(&dir.join("copy.json"));
+            a
+        }),
+        case("out-directory", &["is a directory"], |dir| {
+            let mut a = grads(dir, &fixture("qwen2-tiny"), &data(dir), &[]);
+            a[7] = s(dir);
+            a
+        }),
+        case("out-in-checkpoint", &["grads.jsonl", "checkpoint folder", "refusing"], |dir| {
+            let m = model(dir);
+            let mut a = grads(dir, &m, &data(dir), &[]);
+            a[7] = s(&m.join("grads.jsonl"));
+            a
+        }),
+        case("out-meta-corrupt", &["out.meta.json", "provenance"], |dir| {
+            std::fs::write(dir.join("out.meta.json"), "{\"format\": 3").unwrap();
+            grads(dir, &fixture("qwen2-tiny"), &data(dir), &[])
+        }),
+    ]
+}
+
+fn check_failure(name: &str, r: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    let code = r.status.code();
+    assert!(
+        matches!(code, Some(1) | Some(2)),
+        "{name}: exit {:?} (expected 1, or 2 for an argument error); stderr:\n{stderr}",
+        r.status
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{name}: panic:\n{stderr}"
+    );
+    // The error line (with the lines that the argument parser adds to it).
+    let at = stderr
+        .find("error: ")
+        .unwrap_or_else(|| panic!("{name}: no error line in:\n{stderr}"));
+    let line = &stderr[at..];
+    assert_eq!(
+        stderr.matches("\nerror: ").count() + usize::from(stderr.starts_with("error: ")),
+        1,
+        "{name}: more than one error line:\n{stderr}"
+    );
+    for n in needles {
+        assert!(
+            line.contains(n),
+            "{name}: error {line:?} does not mention {n:?}"
+        );
+    }
+    assert!(
+        !stderr.contains('\x1b'),
+        "{name}: colour codes though stderr is not a terminal:\n{stderr}"
+    );
+}
+
+#[test]
+fn every_bad_input_gets_one_clear_error_and_changes_no_file() {
+    let cases = corpus();
+    assert!(cases.len() >= 60, "the corpus has {} cases", cases.len());
+    let fixtures_before = snapshot(&fixture("qwen2-tiny"));
+    let data_before = std::fs::read(tiny_data()).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for c in &cases {
+        assert!(names.insert(c.name), "case {} twice", c.name);
+        let dir = scratch(&format!("corpus/{}", c.name));
+        let args = (c.setup)(&dir);
+        let before = snapshot(&dir);
+        let r = gradlens().args(&args).output().unwrap();
+        check_failure(c.name, &r, c.needles);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        eprintln!(
+            "{:<24} {}",
+            c.name,
+            stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or("")
+        );
+        let after = snapshot(&dir);
+        for (p, b) in &before {
+            assert!(
+                after.get(p) == Some(b),
+                "{}: {} was changed or removed",
+                c.name,
+                p.display()
+            );
+        }
+    }
+    eprintln!("{} bad inputs, each a clear error", cases.len());
+    assert_eq!(snapshot(&fixture("qwen2-tiny")), fixtures_before);
+    assert_eq!(std::fs::read(tiny_data()).unwrap(), data_before);
+}
