@@ -161,7 +161,10 @@ pub fn check_sizes(path: &Path, config: &Value) -> Result<()> {
             continue;
         };
         let n = v.as_u64().ok_or_else(|| {
-            config_error(path, format!("field `{key}`: expected a whole number, found {v}"))
+            config_error(
+                path,
+                format!("field `{key}`: expected a whole number, found {v}"),
+            )
         })?;
         ensure(
             path,

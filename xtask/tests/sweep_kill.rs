@@ -1,86 +1,37 @@
-//! `cargo xtask sweep` killed (SIGKILL) at several moments and rerun finishes with every
-//! (model, condition, sample) exactly once; `--merge` then reports the sweep complete.
+//! `cargo xtask sweep` as a user runs it: killed (SIGKILL) ten times at random moments and rerun,
+//! it ends with the files of an uninterrupted sweep (every (model, condition, sample) exactly
+//! once, side files included); a unit held by another process fails the sweep at once; bad sweep
+//! files and options get one clear error.
 
+use gradlens::compare::compare_files;
 use gradlens_tests::{repo_root, scratch};
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-#[test]
-fn killed_sweep_resumes_with_every_sample_exactly_once() {
-    let dir = scratch("sweep-kill");
-    let root = repo_root();
-    let sweep = dir.join("s.toml");
+/// A sweep file `NAME.toml` in `dir` writing to `dir/NAME`.
+fn sweep_file(dir: &Path, name: &str, samples: usize) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
     std::fs::write(
-        &sweep,
+        &path,
         format!(
-            "out = \"out\"\nmanifest = \"{r}/datasets/builtin.toml\"\nconditions = [\"builtin/*\"]\nsamples = 40\nmax_length = 1024\n\
+            "out = \"{name}\"\nmanifest = \"{r}/datasets/builtin.toml\"\nconditions = [\"builtin/*\"]\nsamples = {samples}\nmax_length = 1024\n\
              [[model]]\nname = \"base\"\npath = \"{r}/fixtures/qwen2-tiny\"\n[[model]]\nname = \"it\"\npath = \"{r}/fixtures/qwen2-tiny\"\nmode = \"instruct\"\n",
-            r = root.display()
+            r = repo_root().display()
         ),
     )
     .unwrap();
-    let xtask = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
-        c.args(["sweep", "--quiet", "--config"]).arg(&sweep);
-        c
-    };
-    let count = || -> usize {
-        let mut n = 0;
-        for f in walk(&dir.join("out")) {
-            n += std::fs::read_to_string(f).unwrap().lines().count();
-        }
-        n
-    };
-    let mut seen = Vec::new();
-    for ms in [300u64, 900, 1600] {
-        let mut child = xtask()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        seen.push(count());
-    }
-    assert!(
-        seen[0] < 480,
-        "the first kill came after the sweep had finished: {seen:?}"
-    );
-    let done = xtask().output().unwrap();
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    let merge = xtask().arg("--merge").output().unwrap();
-    assert!(
-        merge.status.success(),
-        "{}",
-        String::from_utf8_lossy(&merge.stdout)
-    );
-    assert!(String::from_utf8_lossy(&merge.stdout).contains("complete: all 12 work unit(s)"));
-    // exactly once: 12 files × 40 samples, no index twice
-    let mut total = 0;
-    for f in walk(&dir.join("out")) {
-        let mut idx: Vec<u64> = std::fs::read_to_string(&f)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
-        let n = idx.len();
-        idx.sort();
-        idx.dedup();
-        assert_eq!(idx.len(), n, "{}: an index twice", f.display());
-        total += n;
-    }
-    assert_eq!(total, 12 * 40);
+    path
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+fn xtask(sweep: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    c.args(["sweep", "--quiet", "--no-report", "--config"])
+        .arg(sweep);
+    c
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else {
         return out;
@@ -89,9 +40,254 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         let p = e.unwrap().path();
         if p.is_dir() {
             out.extend(walk(&p));
-        } else if p.extension().is_some_and(|x| x == "jsonl") {
+        } else {
             out.push(p);
         }
     }
+    out.sort();
     out
+}
+
+fn indices(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("{}: {e}: {l:?}", path.display()))["index"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn lines(dir: &Path) -> usize {
+    walk(dir)
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".jsonl"))
+        .map(|p| indices(p).len())
+        .sum()
+}
+
+#[test]
+fn killed_ten_times_the_sweep_resumes_to_an_uninterrupted_sweeps_files() {
+    let dir = scratch("sweep-kill");
+    let reference = sweep_file(&dir, "ref", 20);
+    let t0 = Instant::now();
+    let r = xtask(&reference).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let full = t0.elapsed();
+
+    let sweep = sweep_file(&dir, "out", 20);
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = full.mul_f64(0.05 + 0.4 * (seed % 1000) as f64 / 1000.0);
+        let mut child = xtask(&sweep)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        seen.push(lines(&dir.join("out")));
+    }
+    assert!(
+        seen[0] < 240,
+        "the first kill came after the sweep had finished: {seen:?}"
+    );
+    let done = xtask(&sweep).output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let merge = xtask(&sweep).arg("--merge").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&merge.stdout).contains("complete: all 12 work unit(s)"),
+        "{}",
+        String::from_utf8_lossy(&merge.stdout)
+    );
+    eprintln!("kills after {seen:?} sample lines; an uninterrupted sweep takes {full:?}");
+
+    // The same files as the uninterrupted sweep's (run.json records times: left out).
+    let rel = |root: &Path| -> Vec<PathBuf> {
+        walk(root)
+            .into_iter()
+            .filter(|p| !p.ends_with("run.json"))
+            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+            .collect()
+    };
+    let (a, b) = (dir.join("ref"), dir.join("out"));
+    assert_eq!(rel(&a), rel(&b), "the same files");
+    for f in rel(&a) {
+        let (x, y) = (a.join(&f), b.join(&f));
+        let name = f.to_string_lossy();
+        if name.ends_with(".meta.json") {
+            // The provenance differs in nothing but the two sweeps' identical inputs.
+            assert_eq!(
+                std::fs::read(&x).unwrap(),
+                std::fs::read(&y).unwrap(),
+                "{name}"
+            );
+        } else if name.ends_with(".skipped.jsonl") {
+            assert_eq!(
+                std::fs::read(&x).unwrap(),
+                std::fs::read(&y).unwrap(),
+                "{name}"
+            );
+        } else {
+            let iy = indices(&y);
+            assert_eq!(indices(&x), iy, "{name}: samples in order, each once");
+            let errs = compare_files(&x, &y, 1e-6).unwrap();
+            assert!(errs.is_empty(), "{name}: {}", errs.join("\n"));
+        }
+    }
+}
+
+#[test]
+fn a_unit_held_by_another_process_fails_the_sweep_at_once() {
+    let dir = scratch("sweep-locked");
+    let sweep = sweep_file(&dir, "out", 2);
+    let unit = dir.join("out/arith/base/grads_arith_train_no_cot.jsonl");
+    std::fs::create_dir_all(unit.parent().unwrap()).unwrap();
+    let held = std::fs::File::create(&unit).unwrap();
+    held.lock().unwrap();
+    let t0 = Instant::now();
+    let r = xtask(&sweep).output().unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("grads_arith_train_no_cot.jsonl")
+            && stderr.contains("another gradlens process"),
+        "{stderr}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60));
+    drop(held);
+    let r = xtask(&sweep).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+fn assert_clear_error(name: &str, r: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{name}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{name}: no error line in {stderr}"));
+    for n in needles {
+        assert!(line.contains(n), "{name}: {line:?} does not mention {n:?}");
+    }
+}
+
+#[test]
+fn bad_sweep_files_get_one_clear_error() {
+    let dir = scratch("sweep-bad-files");
+    let r = repo_root().display().to_string();
+    let good_model = format!("[[model]]\nname = \"m\"\npath = \"{r}/fixtures/qwen2-tiny\"\n");
+    let head = format!("out = \"o\"\nmanifest = \"{r}/datasets/builtin.toml\"\n");
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        ("not-toml", "out = ".into(), &["not-toml.toml"]),
+        (
+            "unknown-key",
+            format!("{head}conditions = [\"builtin/*\"]\nsample = 3\n{good_model}"),
+            &["unknown-key.toml", "sample"],
+        ),
+        (
+            "no-model",
+            format!("{head}conditions = [\"builtin/*\"]\nmodel = []\n"),
+            &["no-model.toml", "[[model]]"],
+        ),
+        (
+            "model-name-escapes",
+            format!(
+                "{head}conditions = [\"builtin/*\"]\n[[model]]\nname = \"../../elsewhere\"\npath = \"{r}/fixtures/qwen2-tiny\"\n"
+            ),
+            &["model-name-escapes.toml", "../../elsewhere"],
+        ),
+        (
+            "model-twice",
+            format!("{head}conditions = [\"builtin/*\"]\n{good_model}{good_model}"),
+            &["model-twice.toml", "twice"],
+        ),
+        (
+            "model-path",
+            format!(
+                "{head}conditions = [\"builtin/*\"]\n[[model]]\nname = \"m\"\npath = \"/nonexistent/ckpt\"\n"
+            ),
+            &["model-path.toml", "/nonexistent/ckpt"],
+        ),
+        (
+            "condition",
+            format!("{head}conditions = [\"builtin/none\"]\n{good_model}"),
+            &["builtin.toml", "builtin/none"],
+        ),
+        (
+            "backend",
+            format!("{head}conditions = [\"builtin/*\"]\nbackend = \"tpu\"\n{good_model}"),
+            &["backend.toml", "tpu"],
+        ),
+        (
+            "samples-type",
+            format!("{head}conditions = [\"builtin/*\"]\nsamples = \"all\"\n{good_model}"),
+            &["samples-type.toml", "samples"],
+        ),
+        (
+            "manifest-missing",
+            format!("out = \"o\"\nmanifest = \"nowhere.toml\"\nconditions = [\"*\"]\n{good_model}"),
+            &["nowhere.toml", "cannot read"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        let r = xtask(&path).output().unwrap();
+        assert_clear_error(name, &r, needles);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "{name}: changed"
+        );
+        assert!(!dir.join("o").exists(), "{name}: wrote output");
+    }
+    // Manifests whose files point outside the data root.
+    let manifest = dir.join("m.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"m\"\n[[condition]]\nid = \"x\"\nfile = \"../../etc/x.json\"\ngroup = \"g\"\ndataset = \"d\"\ncorrect = true\nname = \"x\"\n",
+    )
+    .unwrap();
+    let path = dir.join("escape.toml");
+    std::fs::write(
+        &path,
+        format!("out = \"o\"\nmanifest = \"m.toml\"\nconditions = [\"x\"]\n{good_model}"),
+    )
+    .unwrap();
+    assert_clear_error(
+        "manifest-escape",
+        &xtask(&path).output().unwrap(),
+        &["m.toml", "inside the data root"],
+    );
+    // Options.
+    let good = sweep_file(&dir, "good", 1);
+    for (shard, needle) in [
+        ("a/2", "--shard a/2"),
+        ("3/2", "--shard 3/2"),
+        ("0/0", "--shard 0/0"),
+        ("2", "--shard 2"),
+    ] {
+        let r = xtask(&good).args(["--shard", shard]).output().unwrap();
+        assert_clear_error(shard, &r, &[needle, "I/N"]);
+    }
+    let r = xtask(&good).args(["--max-memory", "1K"]).output().unwrap();
+    assert_clear_error(
+        "max-memory",
+        &r,
+        &["config.json", "needs about", "--max-memory"],
+    );
 }

@@ -153,7 +153,12 @@ fn weights_case(
 /// A data file's text.
 fn data_case(name: &'static str, needles: &'static [&'static str], text: &'static str) -> Case {
     case(name, needles, move |dir| {
-        grads(dir, &fixture("qwen2-tiny"), &data_text(dir, text.as_bytes()), &[])
+        grads(
+            dir,
+            &fixture("qwen2-tiny"),
+            &data_text(dir, text.as_bytes()),
+            &[],
+        )
     })
 }
 
@@ -184,45 +189,77 @@ fn corpus() -> Vec<Case> {
         config_case("hidden-zero", &["config.json", "hidden_size", "0"], |c| {
             c.insert("hidden_size".into(), json!(0));
         }),
-        config_case("hidden-string", &["config.json", "hidden_size", "whole number"], |c| {
-            c.insert("hidden_size".into(), json!("64"));
-        }),
-        config_case("hidden-float", &["config.json", "hidden_size", "whole number"], |c| {
-            c.insert("hidden_size".into(), json!(64.5));
-        }),
+        config_case(
+            "hidden-string",
+            &["config.json", "hidden_size", "whole number"],
+            |c| {
+                c.insert("hidden_size".into(), json!("64"));
+            },
+        ),
+        config_case(
+            "hidden-float",
+            &["config.json", "hidden_size", "whole number"],
+            |c| {
+                c.insert("hidden_size".into(), json!(64.5));
+            },
+        ),
         config_case("hidden-huge", &["config.json", "hidden_size"], |c| {
             c.insert("hidden_size".into(), json!(1u64 << 40));
         }),
-        config_case("layers-absurd", &["config.json", "num_hidden_layers"], |c| {
-            c.insert("num_hidden_layers".into(), json!(1_000_000_000u64));
-        }),
-        config_case("layers-negative", &["config.json", "num_hidden_layers"], |c| {
-            c.insert("num_hidden_layers".into(), json!(-2));
-        }),
+        config_case(
+            "layers-absurd",
+            &["config.json", "num_hidden_layers"],
+            |c| {
+                c.insert("num_hidden_layers".into(), json!(1_000_000_000u64));
+            },
+        ),
+        config_case(
+            "layers-negative",
+            &["config.json", "num_hidden_layers"],
+            |c| {
+                c.insert("num_hidden_layers".into(), json!(-2));
+            },
+        ),
         config_case("heads-zero", &["config.json", "num_attention_heads"], |c| {
             c.insert("num_attention_heads".into(), json!(0));
         }),
         config_case("heads-not-dividing", &["config.json", "multiple of"], |c| {
             c.insert("num_attention_heads".into(), json!(5));
         }),
-        config_case("kv-heads-not-dividing", &["config.json", "num_key_value_heads"], |c| {
-            c.insert("num_key_value_heads".into(), json!(3));
-        }),
+        config_case(
+            "kv-heads-not-dividing",
+            &["config.json", "num_key_value_heads"],
+            |c| {
+                c.insert("num_key_value_heads".into(), json!(3));
+            },
+        ),
         config_case("vocab-absurd", &["config.json", "vocab_size"], |c| {
             c.insert("vocab_size".into(), json!(1u64 << 33));
         }),
-        config_case("intermediate-absurd", &["config.json", "intermediate_size"], |c| {
-            c.insert("intermediate_size".into(), json!(1u64 << 30));
-        }),
+        config_case(
+            "intermediate-absurd",
+            &["config.json", "intermediate_size"],
+            |c| {
+                c.insert("intermediate_size".into(), json!(1u64 << 30));
+            },
+        ),
         config_case("no-model-type", &["config.json", "model_type"], |c| {
             c.remove("model_type");
         }),
-        config_case("unknown-model-type", &["config.json", "gpt2", "supported"], |c| {
-            c.insert("model_type".into(), json!("gpt2"));
-        }),
-        config_case("missing-required", &["config.json", "intermediate_size"], |c| {
-            c.remove("intermediate_size");
-        }),
+        config_case(
+            "unknown-model-type",
+            &["config.json", "gpt2", "supported"],
+            |c| {
+                c.insert("model_type".into(), json!("gpt2"));
+            },
+        ),
+        config_case(
+            "missing-required",
+            &["config.json", "intermediate_size"],
+            |c| {
+                c.remove("intermediate_size");
+            },
+        ),
         config_case("eps-string", &["config.json", "rms_norm_eps"], |c| {
             c.insert("rms_norm_eps".into(), json!("small"));
         }),
@@ -232,12 +269,16 @@ fn corpus() -> Vec<Case> {
         config_case("activation", &["config.json", "relu", "activation"], |c| {
             c.insert("hidden_act".into(), json!("relu"));
         }),
-        config_case("rope-type", &["config.json", "rope_scaling", "dynamic"], |c| {
-            c.insert(
-                "rope_scaling".into(),
-                json!({"rope_type": "dynamic", "factor": 2.0}),
-            );
-        }),
+        config_case(
+            "rope-type",
+            &["config.json", "rope_scaling", "dynamic"],
+            |c| {
+                c.insert(
+                    "rope_scaling".into(),
+                    json!({"rope_type": "dynamic", "factor": 2.0}),
+                );
+            },
+        ),
         config_case("rope-linear-no-factor", &["config.json", "factor"], |c| {
             c.insert("rope_scaling".into(), json!({"rope_type": "linear"}));
         }),
@@ -247,25 +288,37 @@ fn corpus() -> Vec<Case> {
         config_case("layer-types-entry", &["config.json", "layer_types"], |c| {
             c.insert("layer_types".into(), json!(["full_attention", "chunked"]));
         }),
-        config_case("hidden-mismatch", &["model.safetensors", "has shape"], |c| {
-            c.insert("hidden_size".into(), json!(32));
-        }),
+        config_case(
+            "hidden-mismatch",
+            &["model.safetensors", "has shape"],
+            |c| {
+                c.insert("hidden_size".into(), json!(32));
+            },
+        ),
         config_case("layers-more", &["missing tensor", "model.layers.2"], |c| {
             c.insert("num_hidden_layers".into(), json!(3));
             c.insert("layer_types".into(), Value::Null);
         }),
-        config_case("layers-fewer", &["unexpected tensor", "model.layers.1"], |c| {
-            c.insert("num_hidden_layers".into(), json!(1));
-            c.insert("layer_types".into(), Value::Null);
-        }),
+        config_case(
+            "layers-fewer",
+            &["unexpected tensor", "model.layers.1"],
+            |c| {
+                c.insert("num_hidden_layers".into(), json!(1));
+                c.insert("layer_types".into(), Value::Null);
+            },
+        ),
         case("config-missing", &["config.json"], |dir| {
             let m = model_with_file(dir, "config.json", None);
             grads(dir, &m, &data(dir), &[])
         }),
-        case("config-not-json", &["config.json", "not valid JSON"], |dir| {
-            let m = model_with_file(dir, "config.json", Some(b"{\"model_type\": "));
-            grads(dir, &m, &data(dir), &[])
-        }),
+        case(
+            "config-not-json",
+            &["config.json", "not valid JSON"],
+            |dir| {
+                let m = model_with_file(dir, "config.json", Some(b"{\"model_type\": "));
+                grads(dir, &m, &data(dir), &[])
+            },
+        ),
         case("config-array", &["config.json", "JSON object"], |dir| {
             let m = model_with_file(dir, "config.json", Some(b"[1, 2]"));
             grads(dir, &m, &data(dir), &[])
@@ -273,55 +326,93 @@ fn corpus() -> Vec<Case> {
         case("model-is-a-file", &["config.json"], |dir| {
             grads(dir, &tiny_data(), &data(dir), &[])
         }),
-        case("memory-max-length", &["config.json", "needs about", "--max-length"], |dir| {
-            grads(dir, &fixture("qwen2-tiny"), &data(dir), &["--max-length", "50000000"])
-        }),
-        case("memory-limit", &["config.json", "needs about", "--max-memory"], |dir| {
-            grads(dir, &fixture("qwen2-tiny"), &data(dir), &["--max-memory", "1K"])
-        }),
+        case(
+            "memory-max-length",
+            &["config.json", "needs about", "--max-length"],
+            |dir| {
+                grads(
+                    dir,
+                    &fixture("qwen2-tiny"),
+                    &data(dir),
+                    &["--max-length", "50000000"],
+                )
+            },
+        ),
+        case(
+            "memory-limit",
+            &["config.json", "needs about", "--max-memory"],
+            |dir| {
+                grads(
+                    dir,
+                    &fixture("qwen2-tiny"),
+                    &data(dir),
+                    &["--max-memory", "1K"],
+                )
+            },
+        ),
         // safetensors
         case("weights-missing", &["no weights found"], |dir| {
             let m = model_with_file(dir, "model.safetensors", None);
             grads(dir, &m, &data(dir), &[])
         }),
-        case("weights-empty", &["model.safetensors", "broken safetensors"], |dir| {
-            let m = model_with_file(dir, "model.safetensors", Some(b""));
-            grads(dir, &m, &data(dir), &[])
-        }),
-        case("weights-truncated", &["model.safetensors", "broken safetensors"], |dir| {
-            let m = model(dir);
-            let p = m.join("model.safetensors");
-            let b = std::fs::read(&p).unwrap();
-            std::fs::write(&p, &b[..b.len() / 2]).unwrap();
-            grads(dir, &m, &data(dir), &[])
-        }),
-        case("weights-header-length", &["model.safetensors", "broken safetensors"], |dir| {
-            let m = model(dir);
-            let p = m.join("model.safetensors");
-            let mut b = std::fs::read(&p).unwrap();
-            b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-            std::fs::write(&p, b).unwrap();
-            grads(dir, &m, &data(dir), &[])
-        }),
-        case("weights-header-garbage", &["model.safetensors", "broken safetensors"], |dir| {
-            let m = model(dir);
-            let p = m.join("model.safetensors");
-            let mut b = std::fs::read(&p).unwrap();
-            for x in &mut b[8..40] {
-                *x = b'#';
-            }
-            std::fs::write(&p, b).unwrap();
-            grads(dir, &m, &data(dir), &[])
-        }),
+        case(
+            "weights-empty",
+            &["model.safetensors", "broken safetensors"],
+            |dir| {
+                let m = model_with_file(dir, "model.safetensors", Some(b""));
+                grads(dir, &m, &data(dir), &[])
+            },
+        ),
+        case(
+            "weights-truncated",
+            &["model.safetensors", "broken safetensors"],
+            |dir| {
+                let m = model(dir);
+                let p = m.join("model.safetensors");
+                let b = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+                grads(dir, &m, &data(dir), &[])
+            },
+        ),
+        case(
+            "weights-header-length",
+            &["model.safetensors", "broken safetensors"],
+            |dir| {
+                let m = model(dir);
+                let p = m.join("model.safetensors");
+                let mut b = std::fs::read(&p).unwrap();
+                b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+                std::fs::write(&p, b).unwrap();
+                grads(dir, &m, &data(dir), &[])
+            },
+        ),
+        case(
+            "weights-header-garbage",
+            &["model.safetensors", "broken safetensors"],
+            |dir| {
+                let m = model(dir);
+                let p = m.join("model.safetensors");
+                let mut b = std::fs::read(&p).unwrap();
+                for x in &mut b[8..40] {
+                    *x = b'#';
+                }
+                std::fs::write(&p, b).unwrap();
+                grads(dir, &m, &data(dir), &[])
+            },
+        ),
         weights_case("tensor-missing", &["missing tensor", Q], |t| {
             t.remove(Q);
         }),
-        weights_case("tensor-extra", &["unexpected tensor", "extra.weight"], |t| {
-            t.insert(
-                "extra.weight".into(),
-                (safetensors::Dtype::F32, vec![2], vec![0; 8]),
-            );
-        }),
+        weights_case(
+            "tensor-extra",
+            &["unexpected tensor", "extra.weight"],
+            |t| {
+                t.insert(
+                    "extra.weight".into(),
+                    (safetensors::Dtype::F32, vec![2], vec![0; 8]),
+                );
+            },
+        ),
         weights_case(
             "tensor-shape",
             &["model.safetensors", K, "has shape"],
@@ -332,28 +423,44 @@ fn corpus() -> Vec<Case> {
             &["model.safetensors", Q, "unsupported dtype"],
             with_tensor(Q, |t| t.0 = safetensors::Dtype::I32),
         ),
-        weights_case("untied-no-head", &["missing tensor", "lm_head.weight"], |t| {
-            t.remove("lm_head.weight");
-        }),
-        case("index-shard-missing", &["model-00009-of-00009.safetensors"], |dir| {
-            let m = model_with_file(dir, "model.safetensors", None);
-            std::fs::write(
-                m.join("model.safetensors.index.json"),
-                r#"{"weight_map": {"x": "model-00009-of-00009.safetensors"}}"#,
-            )
-            .unwrap();
-            grads(dir, &m, &data(dir), &[])
-        }),
-        case("index-no-map", &["model.safetensors.index.json", "weight_map"], |dir| {
-            let m = model(dir);
-            std::fs::write(m.join("model.safetensors.index.json"), "{}").unwrap();
-            grads(dir, &m, &data(dir), &[])
-        }),
-        case("index-not-json", &["model.safetensors.index.json", "not valid JSON"], |dir| {
-            let m = model(dir);
-            std::fs::write(m.join("model.safetensors.index.json"), "{").unwrap();
-            grads(dir, &m, &data(dir), &[])
-        }),
+        weights_case(
+            "untied-no-head",
+            &["missing tensor", "lm_head.weight"],
+            |t| {
+                t.remove("lm_head.weight");
+            },
+        ),
+        case(
+            "index-shard-missing",
+            &["model-00009-of-00009.safetensors"],
+            |dir| {
+                let m = model_with_file(dir, "model.safetensors", None);
+                std::fs::write(
+                    m.join("model.safetensors.index.json"),
+                    r#"{"weight_map": {"x": "model-00009-of-00009.safetensors"}}"#,
+                )
+                .unwrap();
+                grads(dir, &m, &data(dir), &[])
+            },
+        ),
+        case(
+            "index-no-map",
+            &["model.safetensors.index.json", "weight_map"],
+            |dir| {
+                let m = model(dir);
+                std::fs::write(m.join("model.safetensors.index.json"), "{}").unwrap();
+                grads(dir, &m, &data(dir), &[])
+            },
+        ),
+        case(
+            "index-not-json",
+            &["model.safetensors.index.json", "not valid JSON"],
+            |dir| {
+                let m = model(dir);
+                std::fs::write(m.join("model.safetensors.index.json"), "{").unwrap();
+                grads(dir, &m, &data(dir), &[])
+            },
+        ),
         // tokenizer
         case("tokenizer-missing", &["tokenizer.json"], |dir| {
             let m = model_with_file(dir, "tokenizer.json", None);
@@ -368,22 +475,34 @@ fn corpus() -> Vec<Case> {
             grads(dir, &m, &data(dir), &[])
         }),
         // chat template (--instruct)
-        case("template-config-missing", &["tokenizer_config.json"], |dir| {
-            let m = model_with_file(dir, "tokenizer_config.json", None);
-            grads(dir, &m, &data(dir), &["--instruct"])
-        }),
-        case("template-absent", &["tokenizer_config.json", "chat_template"], |dir| {
-            let m = model_with_template(dir, |t| {
-                t.remove("chat_template");
-            });
-            grads(dir, &m, &data(dir), &["--instruct"])
-        }),
-        case("template-syntax", &["tokenizer_config.json", "template"], |dir| {
-            let m = model_with_template(dir, |t| {
-                t.insert("chat_template".into(), json!("{% for m in messages %}"));
-            });
-            grads(dir, &m, &data(dir), &["--instruct"])
-        }),
+        case(
+            "template-config-missing",
+            &["tokenizer_config.json"],
+            |dir| {
+                let m = model_with_file(dir, "tokenizer_config.json", None);
+                grads(dir, &m, &data(dir), &["--instruct"])
+            },
+        ),
+        case(
+            "template-absent",
+            &["tokenizer_config.json", "chat_template"],
+            |dir| {
+                let m = model_with_template(dir, |t| {
+                    t.remove("chat_template");
+                });
+                grads(dir, &m, &data(dir), &["--instruct"])
+            },
+        ),
+        case(
+            "template-syntax",
+            &["tokenizer_config.json", "template"],
+            |dir| {
+                let m = model_with_template(dir, |t| {
+                    t.insert("chat_template".into(), json!("{% for m in messages %}"));
+                });
+                grads(dir, &m, &data(dir), &["--instruct"])
+            },
+        ),
         case("template-raises", &["template", "no chats"], |dir| {
             let m = model_with_template(dir, |t| {
                 t.insert(
@@ -393,12 +512,16 @@ fn corpus() -> Vec<Case> {
             });
             grads(dir, &m, &data(dir), &["--instruct"])
         }),
-        case("template-number", &["tokenizer_config.json", "chat_template"], |dir| {
-            let m = model_with_template(dir, |t| {
-                t.insert("chat_template".into(), json!(5));
-            });
-            grads(dir, &m, &data(dir), &["--instruct"])
-        }),
+        case(
+            "template-number",
+            &["tokenizer_config.json", "chat_template"],
+            |dir| {
+                let m = model_with_template(dir, |t| {
+                    t.insert("chat_template".into(), json!(5));
+                });
+                grads(dir, &m, &data(dir), &["--instruct"])
+            },
+        ),
         // data
         case("data-missing", &["absent.json", "cannot read"], |dir| {
             grads(dir, &fixture("qwen2-tiny"), &dir.join("absent.json"), &[])
@@ -406,95 +529,215 @@ fn corpus() -> Vec<Case> {
         case("data-directory", &["cannot read"], |dir| {
             grads(dir, &fixture("qwen2-tiny"), dir, &[])
         }),
-        data_case("data-not-json", &["data.json", "not valid JSON"], "[{\"instruction\": "),
-        data_case("data-object", &["data.json", "JSON array"], "{\"instruction\": \"x\"}"),
-        data_case("data-record-number", &["data.json", "record 1"], "[{\"instruction\": \"x\", \"output\": \"y\"}, 3]"),
-        data_case("data-output-number", &["data.json", "\"output\"", "string"], "[{\"instruction\": \"x\", \"output\": 5}]"),
-        data_case("data-no-output", &["data.json", "missing field \"output\""], "[{\"instruction\": \"x\"}]"),
-        data_case("data-no-instruction", &["data.json", "missing field \"instruction\""], "[{\"output\": \"x\"}]"),
-        data_case("data-input-array", &["data.json", "\"input\""], "[{\"instruction\": \"x\", \"input\": [], \"output\": \"y\"}]"),
+        data_case(
+            "data-not-json",
+            &["data.json", "not valid JSON"],
+            "[{\"instruction\": ",
+        ),
+        data_case(
+            "data-object",
+            &["data.json", "JSON array"],
+            "{\"instruction\": \"x\"}",
+        ),
+        data_case(
+            "data-record-number",
+            &["data.json", "record 1"],
+            "[{\"instruction\": \"x\", \"output\": \"y\"}, 3]",
+        ),
+        data_case(
+            "data-output-number",
+            &["data.json", "\"output\"", "string"],
+            "[{\"instruction\": \"x\", \"output\": 5}]",
+        ),
+        data_case(
+            "data-no-output",
+            &["data.json", "missing field \"output\""],
+            "[{\"instruction\": \"x\"}]",
+        ),
+        data_case(
+            "data-no-instruction",
+            &["data.json", "missing field \"instruction\""],
+            "[{\"output\": \"x\"}]",
+        ),
+        data_case(
+            "data-input-array",
+            &["data.json", "\"input\""],
+            "[{\"instruction\": \"x\", \"input\": [], \"output\": \"y\"}]",
+        ),
         data_case("data-empty", &["data.json", "no records"], "[]"),
         case("data-not-utf8", &["data.json"], |dir| {
-            grads(dir, &fixture("qwen2-tiny"), &data_text(dir, b"[\"\xff\xfe\"]"), &[])
+            grads(
+                dir,
+                &fixture("qwen2-tiny"),
+                &data_text(dir, b"[\"\xff\xfe\"]"),
+                &[],
+            )
         }),
         // options
-        option_case("start-past-end", &["--start 99", "data.json"], &["--start", "99"]),
+        option_case(
+            "start-past-end",
+            &["--start 99", "data.json"],
+            &["--start", "99"],
+        ),
         option_case("pad-to-zero", &["--pad-to 0"], &["--pad-to", "0"]),
-        option_case("pad-to-huge", &["--pad-to 1000000000"], &["--pad-to", "1000000000"]),
-        option_case("max-length-zero", &["--max-length 0"], &["--max-length", "0"]),
+        option_case(
+            "pad-to-huge",
+            &["--pad-to 1000000000"],
+            &["--pad-to", "1000000000"],
+        ),
+        option_case(
+            "max-length-zero",
+            &["--max-length 0"],
+            &["--max-length", "0"],
+        ),
         option_case("dtype", &["f16"], &["--dtype", "f16"]),
         option_case("backend", &["tpu"], &["--backend", "tpu"]),
         option_case("spectra", &["fast"], &["--spectra", "fast"]),
-        option_case("max-memory", &["--max-memory", "lots"], &["--max-memory", "lots"]),
+        option_case(
+            "max-memory",
+            &["--max-memory", "lots"],
+            &["--max-memory", "lots"],
+        ),
         option_case("single-bos-alone", &["--instruct"], &["--single-bos"]),
         option_case("limit-negative", &["--limit"], &["--limit=-1"]),
         case("compare-rtol", &["--rtol", "-1"], |_| {
             let e = s(&fixture("qwen2-tiny").join("expected/grads.jsonl"));
-            vec!["compare".into(), "--expected".into(), e.clone(), "--actual".into(), e, "--rtol=-1".into()]
+            vec![
+                "compare".into(),
+                "--expected".into(),
+                e.clone(),
+                "--actual".into(),
+                e,
+                "--rtol=-1".into(),
+            ]
         }),
         case("compare-missing", &["nothing.jsonl"], |dir| {
             let e = s(&fixture("qwen2-tiny").join("expected/grads.jsonl"));
-            vec!["compare".into(), "--expected".into(), e, "--actual".into(), s(&dir.join("nothing.jsonl"))]
+            vec![
+                "compare".into(),
+                "--expected".into(),
+                e,
+                "--actual".into(),
+                s(&dir.join("nothing.jsonl")),
+            ]
         }),
-        case("report-nothing-usable", &["no usable measurement", "junk.jsonl"], |dir| {
-            std::fs::write(dir.join("junk.jsonl"), "not json\n{\n").unwrap();
-            vec!["report".into(), "--in".into(), s(dir), "--out".into(), s(&dir.join("r"))]
-        }),
+        case(
+            "report-nothing-usable",
+            &["no usable measurement", "junk.jsonl"],
+            |dir| {
+                std::fs::write(dir.join("junk.jsonl"), "not json\n{\n").unwrap();
+                vec![
+                    "report".into(),
+                    "--in".into(),
+                    s(dir),
+                    "--out".into(),
+                    s(&dir.join("r")),
+                ]
+            },
+        ),
         case("init-hidden-zero", &["config.json", "hidden_size"], |dir| {
             let m = model_with_config(dir, |c| {
                 c.insert("hidden_size".into(), json!(0));
             });
-            vec!["init".into(), "--config".into(), s(&m.join("config.json")), "--out".into(), s(&dir.join("new"))]
+            vec![
+                "init".into(),
+                "--config".into(),
+                s(&m.join("config.json")),
+                "--out".into(),
+                s(&dir.join("new")),
+            ]
         }),
-        case("init-layers-absurd", &["config.json", "num_hidden_layers"], |dir| {
-            let m = model_with_config(dir, |c| {
-                c.insert("num_hidden_layers".into(), json!(1u64 << 40));
-            });
-            vec!["init".into(), "--config".into(), s(&m.join("config.json")), "--out".into(), s(&dir.join("new"))]
-        }),
+        case(
+            "init-layers-absurd",
+            &["config.json", "num_hidden_layers"],
+            |dir| {
+                let m = model_with_config(dir, |c| {
+                    c.insert("num_hidden_layers".into(), json!(1u64 << 40));
+                });
+                vec![
+                    "init".into(),
+                    "--config".into(),
+                    s(&m.join("config.json")),
+                    "--out".into(),
+                    s(&dir.join("new")),
+                ]
+            },
+        ),
         // outputs that are not gradlens'
-        case("out-is-data", &["data.json", "the run's data file", "refusing"], |dir| {
-            let d = data(dir);
-            let mut a = grads(dir, &fixture("qwen2-tiny"), &d, &[]);
-            a[7] = s(&d);
-            a
-        }),
-        case("out-foreign-no-newline", &["notes.txt", "not written by gradlens"], |dir| {
-            std::fs::write(dir.join("notes.txt"), "my notes, no final newline").unwrap();
-            let mut a = grads(dir, &fixture("qwen2-tiny"), &data(dir), &[]);
-            a[7] = s(&dir.join("notes.txt"));
-            a
-        }),
-        case("out-foreign-jsonl", &["out.jsonl", "not written by gradlens"], |dir| {
-            std::fs::write(dir.join("out.jsonl"), "{\"index\": 0}\n{\"index\": 1").unwrap();
-            grads(dir, &fixture("qwen2-tiny"), &data(dir), &[])
-        }),
-        case("out-foreign-skipped", &["out.skipped.jsonl", "not written by gradlens"], |dir| {
-            std::fs::write(dir.join("out.skipped.jsonl"), "{\"index\": 3, \"reason\": \"x\"}").unwrap();
-            grads(dir, &fixture("qwen2-tiny"), &data(dir), &[])
-        }),
-        case("out-paper-like-data", &["copy.json", "not written by gradlens"], |dir| {
-            let d = data(dir);
-            std::fs::copy(&d, dir.join("copy.json")).unwrap();
-            let mut a = grads(dir, &fixture("qwen2-tiny"), &d, &[]);
-            a[7] = s(&dir.join("copy.json"));
-            a
-        }),
+        case(
+            "out-is-data",
+            &["data.json", "the run's data file", "refusing"],
+            |dir| {
+                let d = data(dir);
+                let mut a = grads(dir, &fixture("qwen2-tiny"), &d, &[]);
+                a[7] = s(&d);
+                a
+            },
+        ),
+        case(
+            "out-foreign-no-newline",
+            &["notes.txt", "not written by gradlens"],
+            |dir| {
+                std::fs::write(dir.join("notes.txt"), "my notes, no final newline").unwrap();
+                let mut a = grads(dir, &fixture("qwen2-tiny"), &data(dir), &[]);
+                a[7] = s(&dir.join("notes.txt"));
+                a
+            },
+        ),
+        case(
+            "out-foreign-jsonl",
+            &["out.jsonl", "not written by gradlens"],
+            |dir| {
+                std::fs::write(dir.join("out.jsonl"), "{\"index\": 0}\n{\"index\": 1").unwrap();
+                grads(dir, &fixture("qwen2-tiny"), &data(dir), &[])
+            },
+        ),
+        case(
+            "out-foreign-skipped",
+            &["out.skipped.jsonl", "not written by gradlens"],
+            |dir| {
+                std::fs::write(
+                    dir.join("out.skipped.jsonl"),
+                    "{\"index\": 3, \"reason\": \"x\"}",
+                )
+                .unwrap();
+                grads(dir, &fixture("qwen2-tiny"), &data(dir), &[])
+            },
+        ),
+        case(
+            "out-paper-like-data",
+            &["copy.json", "not written by gradlens"],
+            |dir| {
+                let d = data(dir);
+                std::fs::copy(&d, dir.join("copy.json")).unwrap();
+                let mut a = grads(dir, &fixture("qwen2-tiny"), &d, &[]);
+                a[7] = s(&dir.join("copy.json"));
+                a
+            },
+        ),
         case("out-directory", &["is a directory"], |dir| {
             let mut a = grads(dir, &fixture("qwen2-tiny"), &data(dir), &[]);
             a[7] = s(dir);
             a
         }),
-        case("out-in-checkpoint", &["grads.jsonl", "checkpoint folder", "refusing"], |dir| {
-            let m = model(dir);
-            let mut a = grads(dir, &m, &data(dir), &[]);
-            a[7] = s(&m.join("grads.jsonl"));
-            a
-        }),
-        case("out-meta-corrupt", &["out.meta.json", "provenance"], |dir| {
-            std::fs::write(dir.join("out.meta.json"), "{\"format\": 3").unwrap();
-            grads(dir, &fixture("qwen2-tiny"), &data(dir), &[])
-        }),
+        case(
+            "out-in-checkpoint",
+            &["grads.jsonl", "checkpoint folder", "refusing"],
+            |dir| {
+                let m = model(dir);
+                let mut a = grads(dir, &m, &data(dir), &[]);
+                a[7] = s(&m.join("grads.jsonl"));
+                a
+            },
+        ),
+        case(
+            "out-meta-corrupt",
+            &["out.meta.json", "provenance"],
+            |dir| {
+                std::fs::write(dir.join("out.meta.json"), "{\"format\": 3").unwrap();
+                grads(dir, &fixture("qwen2-tiny"), &data(dir), &[])
+            },
+        ),
     ]
 }
 
@@ -550,7 +793,10 @@ fn every_bad_input_gets_one_clear_error_and_changes_no_file() {
         eprintln!(
             "{:<24} {}",
             c.name,
-            stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or("")
+            stderr
+                .lines()
+                .find(|l| l.starts_with("error: "))
+                .unwrap_or("")
         );
         let after = snapshot(&dir);
         for (p, b) in &before {

@@ -107,7 +107,7 @@ impl Manifest {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
         let mut m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Invalid {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: toml_message(text, &e),
         })?;
         m.path = path.to_path_buf();
         let mut seen = std::collections::BTreeSet::new();
@@ -180,5 +180,19 @@ impl Manifest {
         self.default_data_root
             .as_ref()
             .map(|r| crate::sweep::normalize(&base.join(r)))
+    }
+}
+
+/// A TOML error on one line: `line 4, column 1: unknown field `sample`, expected …`.
+pub fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }

@@ -4,8 +4,8 @@ use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
 use crate::data::{Record, load_records};
 use crate::measure::{HostGrads, sample_grads};
-use crate::output::{JsonlAppender, SkippedLine, claim, skipped_path};
 pub use crate::output::spectrum_path;
+use crate::output::{JsonlAppender, SkippedLine, claim, skipped_path};
 use crate::provenance::{Provenance, Settings};
 use crate::sample::{Preparation, PromptMode, prepare};
 use crate::stats::{GradStats, Spectra, stats_from};
@@ -565,4 +565,50 @@ pub fn run_on<B: GradBackend>(opts: &GradsOptions, device: &B::Device) -> Result
         bar.finish_and_clear();
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{EntryStats, HostMatrix, MeasuredGrad, SpectrumSource};
+
+    fn work(value: f64) -> Work {
+        let g = |name: &str, v: f64| MeasuredGrad {
+            name: name.into(),
+            rows: 2,
+            cols: 2,
+            entries: EntryStats {
+                mean: v / 4.0,
+                max: v,
+                min: 0.0,
+                frobenius: v.abs(),
+            },
+            source: SpectrumSource::Dense(HostMatrix {
+                rows: 2,
+                cols: 2,
+                data: vec![v, 0.0, 0.0, 0.0],
+            }),
+        };
+        Work::Measured {
+            index: 7,
+            instr: "i".into(),
+            output: "o".into(),
+            loss: 1.0,
+            n_tokens: 3,
+            n_loss_tokens: 1,
+            grads: HostGrads::F64(vec![g("a.weight", 1.0), g("b.weight", value)]),
+        }
+    }
+
+    #[test]
+    fn a_non_finite_gradient_skips_the_sample_naming_the_weight() {
+        let f = finish(work(2.0), false).map_err(|s| s.reason).unwrap();
+        assert_eq!(f.line["index"], 7);
+        for bad in [f64::INFINITY, f64::NAN] {
+            let s = finish(work(bad), false).err().unwrap();
+            assert_eq!(s.index, 7);
+            assert_eq!(s.weight.as_deref(), Some("b.weight"));
+            assert!(s.reason.starts_with("non-finite gradient"), "{}", s.reason);
+        }
+    }
 }

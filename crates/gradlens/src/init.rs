@@ -165,6 +165,22 @@ pub fn init_checkpoint(opts: &InitOptions) -> Result<InitSummary> {
         StoreDtype::F32 => ("F32", 4u64),
         StoreDtype::Bf16 => ("BF16", 2u64),
     };
+    // One tensor is in memory at a time: the largest must fit.
+    let largest = tensors
+        .iter()
+        .map(|t| t.shape.iter().map(|&d| d as f64).product::<f64>())
+        .fold(0.0, f64::max)
+        * width as f64;
+    if let Some(avail) = crate::resources::available_memory()
+        && largest > avail as f64
+    {
+        bail!(
+            "{}: its largest tensor takes {:.2} GiB but only {:.2} GiB of memory is available",
+            config_path.display(),
+            largest / 1024f64.powi(3),
+            avail as f64 / 1024f64.powi(3)
+        );
+    }
     // The safetensors header: offsets in request order, then padded to 8 bytes.
     let mut header = serde_json::Map::new();
     let mut offset = 0u64;

@@ -110,9 +110,16 @@ pub struct SkippedLine {
     pub weight: Option<String>,
 }
 
-/// The complete lines of a JSONL file: `(line number, byte offset of its end, index)`. A partial
-/// last line (no final newline) is left out; it is not removed (see [`claim`]).
-fn complete_lines(path: &Path) -> Result<(Vec<(usize, usize, usize)>, usize, Vec<u8>), OutputError> {
+/// The complete lines of a JSONL file, and the file's length.
+struct Lines {
+    /// Per complete line: the byte offset of its end (after the newline), and its `index`.
+    lines: Vec<(usize, usize)>,
+    len: usize,
+}
+
+/// Read a JSONL file's complete lines. A partial last line (no final newline) is left out; it
+/// is not removed (see [`claim`]).
+fn complete_lines(path: &Path) -> Result<Lines, OutputError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -139,15 +146,22 @@ fn complete_lines(path: &Path) -> Result<(Vec<(usize, usize, usize)>, usize, Vec
             .get("index")
             .and_then(Value::as_u64)
             .ok_or_else(|| corrupt("no integer \"index\": not a gradlens output file".into()))?;
-        lines.push((i + 1, end, index as usize));
+        lines.push((end, index as usize));
     }
-    Ok((lines, complete, bytes))
+    Ok(Lines {
+        lines,
+        len: bytes.len(),
+    })
 }
 
 /// The `index` values of the complete lines of `path` (empty when the file does not exist).
 /// Read only: a partial last line is ignored, never removed here.
 pub fn done_indices(path: &Path) -> Result<BTreeSet<usize>, OutputError> {
-    Ok(complete_lines(path)?.0.into_iter().map(|l| l.2).collect())
+    Ok(complete_lines(path)?
+        .lines
+        .into_iter()
+        .map(|l| l.1)
+        .collect())
 }
 
 /// An output this process holds: locked, checked against its provenance, repaired.
@@ -262,15 +276,14 @@ pub fn claim(
 
     // Repairs, now that the files are known to be ours.
     let done_out = repair(out, None)?;
-    let (lines, _, _) = complete_lines(&skipped)?;
     let mut done_skipped = BTreeSet::new();
     let mut retried = 0;
-    if retry_skipped && !lines.is_empty() {
-        retried = lines.len();
+    let skipped_lines = complete_lines(&skipped)?.lines;
+    if retry_skipped && !skipped_lines.is_empty() {
+        retried = skipped_lines.len();
         write_atomically(&skipped, b"")?;
     } else {
-        repair(&skipped, None)?;
-        done_skipped.extend(lines.iter().map(|l| l.2));
+        done_skipped = repair(&skipped, None)?;
     }
     // A spectrum line is written just before its sample's line: one whose sample never reached
     // the output (a kill in between) is dropped, so that the sample's rerun does not double it.
@@ -289,25 +302,26 @@ pub fn claim(
 /// Cut a partial last line and, with `keep`, every line from the first whose index is not in
 /// `keep`; the indices of the lines kept.
 fn repair(path: &Path, keep: Option<&BTreeSet<usize>>) -> Result<BTreeSet<usize>, OutputError> {
-    let (lines, complete, bytes) = complete_lines(path)?;
-    let mut end = complete;
+    let Lines { lines, len } = complete_lines(path)?;
+    let mut end = 0;
     let mut kept = BTreeSet::new();
-    let mut prev_end = 0;
-    for &(_, line_end, index) in &lines {
+    for &(line_end, index) in &lines {
         if keep.is_some_and(|k| !k.contains(&index)) {
-            end = prev_end;
             break;
         }
         kept.insert(index);
-        prev_end = line_end;
+        end = line_end;
     }
-    if end < bytes.len() {
+    if end < len {
         tracing::warn!(
             "{}: removing {} byte(s) an interrupted run left at its end",
             path.display(),
-            bytes.len() - end
+            len - end
         );
-        let f = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
         f.set_len(end as u64).map_err(io(path))?;
         f.sync_all().map_err(io(path))?;
     }
@@ -397,4 +411,106 @@ pub fn read_skipped(out: &Path) -> Result<BTreeMap<usize, SkippedLine>, OutputEr
         map.insert(s.index, s);
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provenance::FORMAT;
+
+    fn prov(max_length: usize) -> Provenance {
+        Provenance {
+            format: FORMAT.into(),
+            gradlens: "0.1.0".into(),
+            model: "m".into(),
+            model_fingerprint: "aa".into(),
+            data: "d.json".into(),
+            data_sha256: "bb".into(),
+            dtype: "f32".into(),
+            backend: "cpu".into(),
+            max_length,
+            prompt: "base".into(),
+            spectra: "auto".into(),
+            save_spectrum: true,
+        }
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gradlens-output-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn claim_records_checks_locks_and_repairs() {
+        let d = dir("claim");
+        let out = d.join("g.jsonl");
+        let c = claim(&out, &prov(96), &[], false).unwrap();
+        assert!(c.done.is_empty());
+        assert!(meta_path(&out).is_file());
+        // Held: a second claim fails at once.
+        assert!(matches!(
+            claim(&out, &prov(96), &[], false),
+            Err(OutputError::Locked { .. })
+        ));
+        drop(c);
+        // Other settings: refused, naming the option; nothing changed.
+        std::fs::write(&out, "{\"index\": 0}\n{\"index\": 1}\n{\"ind").unwrap();
+        std::fs::write(
+            spectrum_path(&out),
+            "{\"index\": 0}\n{\"index\": 1}\n{\"index\": 2}\n",
+        )
+        .unwrap();
+        std::fs::write(skipped_path(&out), "{\"index\": 5, \"reason\": \"r\"}\n").unwrap();
+        let e = claim(&out, &prov(64), &[], false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("--max-length: the file has 96, this run 64"),
+            "{e}"
+        );
+        assert!(std::fs::read_to_string(&out).unwrap().ends_with("{\"ind"));
+        // Same settings: the partial line and the spectrum line of sample 2 (never written to the
+        // output) go; the skipped sample counts as done.
+        let c = claim(&out, &prov(96), &[], false).unwrap();
+        assert_eq!(c.done, BTreeSet::from([0, 1, 5]));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "{\"index\": 0}\n{\"index\": 1}\n"
+        );
+        assert_eq!(
+            done_indices(&spectrum_path(&out)).unwrap(),
+            BTreeSet::from([0, 1])
+        );
+        drop(c);
+        // --retry-skipped: the skipped sample is pending again.
+        let c = claim(&out, &prov(96), &[], true).unwrap();
+        assert_eq!((c.done.clone(), c.retried), (BTreeSet::from([0, 1]), 1));
+        assert_eq!(std::fs::read_to_string(skipped_path(&out)).unwrap(), "");
+    }
+
+    #[test]
+    fn claim_refuses_what_is_not_ours() {
+        let d = dir("foreign");
+        let out = d.join("notes.txt");
+        std::fs::write(&out, "no final newline").unwrap();
+        assert!(matches!(
+            claim(&out, &prov(96), &[], false),
+            Err(OutputError::NotOurs { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "no final newline");
+        assert!(!meta_path(&out).exists());
+        let data = d.join("data.json");
+        std::fs::write(&data, "[]").unwrap();
+        assert!(matches!(
+            claim(&data, &prov(96), &[("is the data file", &data)], false),
+            Err(OutputError::IsInput { .. })
+        ));
+        // An empty file is adopted.
+        let empty = d.join("empty.jsonl");
+        std::fs::write(&empty, "").unwrap();
+        assert!(claim(&empty, &prov(96), &[], false).is_ok());
+    }
 }

@@ -90,7 +90,11 @@ impl Provenance {
         if recorded.model_fingerprint != self.model_fingerprint {
             cmp(
                 "the checkpoint (config, tokenizer, weight headers)",
-                format!("{} from {}", short(&recorded.model_fingerprint), recorded.model),
+                format!(
+                    "{} from {}",
+                    short(&recorded.model_fingerprint),
+                    recorded.model
+                ),
                 format!("{} from {}", short(&self.model_fingerprint), self.model),
             );
         }
@@ -195,7 +199,9 @@ pub fn model_fingerprint(dir: &Path) -> Result<String, HashError> {
         // loader's error to report, not ours).
         let mut len = [0u8; 8];
         if f.read_exact(&mut len).is_ok() {
-            let n = u64::from_le_bytes(len).min(size.saturating_sub(8)).min(100 << 20);
+            let n = u64::from_le_bytes(len)
+                .min(size.saturating_sub(8))
+                .min(100 << 20);
             let mut header = Vec::with_capacity(n as usize);
             (&mut f)
                 .take(n)

@@ -99,7 +99,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     match num.trim().parse::<f64>() {
         Ok(x) if x.is_finite() && x > 0.0 => Ok((x * scale) as u64),
-        _ => Err(format!("{s:?}: expected a positive size like 64G, 512M or 1T")),
+        _ => Err(format!(
+            "{s:?}: expected a positive size like 64G, 512M or 1T"
+        )),
     }
 }
 
@@ -161,8 +163,8 @@ mod tests {
 
     #[test]
     fn estimate_grows_with_tokens_and_dtype() {
-        let cfg = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../configs/shapes/qwen2-0.5b.json");
+        let cfg =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/shapes/qwen2-0.5b.json");
         let a = estimate(&cfg, 512, 4).unwrap();
         let b = estimate(&cfg, 1024, 4).unwrap();
         let c = estimate(&cfg, 1024, 8).unwrap();

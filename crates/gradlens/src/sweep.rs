@@ -127,7 +127,8 @@ pub fn normalize(path: &Path) -> PathBuf {
 
 /// `I/N` with 1 ≤ I ≤ N.
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let bad = || anyhow::anyhow!("--shard {s}: expected I/N with whole numbers 1 ≤ I ≤ N, e.g. 2/3");
+    let bad =
+        || anyhow::anyhow!("--shard {s}: expected I/N with whole numbers 1 ≤ I ≤ N, e.g. 2/3");
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
     let (i, n): (usize, usize) = match (i.trim().parse(), n.trim().parse()) {
         (Ok(i), Ok(n)) => (i, n),
@@ -167,8 +168,13 @@ impl Plan {
         data_root_override: Option<&Path>,
         shards: usize,
     ) -> Result<Self> {
-        let sweep: SweepFile = toml::from_str(sweep_text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", sweep_path.display()))?;
+        let sweep: SweepFile = toml::from_str(sweep_text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                sweep_path.display(),
+                crate::datasets::toml_message(sweep_text, &e)
+            )
+        })?;
         if sweep.models.is_empty() {
             bail!("{}: no [[model]]", sweep_path.display());
         }
