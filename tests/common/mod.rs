@@ -96,3 +96,35 @@ pub fn rewrite_weights(dir: &Path, edit: impl Fn(&mut TensorMap)) {
         .collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
 }
+
+/// The `index` of every line of a JSONL file, in file order (empty when the file is absent).
+pub fn jsonl_indices(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("{}: {e}: {l:?}", path.display()))["index"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Every file below `dir`, sorted (empty when `dir` is absent).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}

@@ -85,16 +85,7 @@ pub(crate) fn repo_root() -> PathBuf {
 
 fn main() -> ExitCode {
     gradlens::backend::tune_allocator();
-    // Warnings (a repaired output, a resumed file of another gradlens version) on stderr, in
-    // colour only on a terminal.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .init();
+    gradlens::init_logging();
     let cli = Cli::parse();
     if let Command::Bench(gradlens::bench::BenchArgs { threads, .. }) = &cli.command
         && *threads > 0

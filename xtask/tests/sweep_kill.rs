@@ -4,7 +4,7 @@
 //! files and options get one clear error.
 
 use gradlens::compare::compare_files;
-use gradlens_tests::{repo_root, scratch};
+use gradlens_tests::{files_under as walk, jsonl_indices as indices, repo_root, scratch};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -29,36 +29,6 @@ fn xtask(sweep: &Path) -> Command {
     c.args(["sweep", "--quiet", "--no-report", "--config"])
         .arg(sweep);
     c
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
-fn indices(path: &Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .unwrap_or_else(|e| panic!("{}: {e}: {l:?}", path.display()))["index"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
 }
 
 fn lines(dir: &Path) -> usize {

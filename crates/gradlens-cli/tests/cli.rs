@@ -1,7 +1,9 @@
 //! The `gradlens` binary as a user runs it: bad input gives one clear error line (no panic, exit
 //! code ≠ 0). Interrupted runs: `faults.rs`; the corpus of bad inputs: `reliability.rs`.
 
-use gradlens_tests::{copy_dir, fixture, rewrite_weights, scratch, tiny_data};
+use gradlens_tests::{
+    copy_dir, fixture, jsonl_indices as indices, rewrite_weights, scratch, tiny_data,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -191,17 +193,6 @@ fn data_not_an_array_of_records() {
         &[],
     );
     assert_clear_error(&out, &["absent.json", "cannot read"]);
-}
-
-fn indices(path: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! outputs an uninterrupted run writes: no sample lost, doubled or cut, the side files included.
 
 use gradlens::compare::compare_files;
-use gradlens_tests::{copy_dir, fixture, rewrite_weights, scratch, tiny_data};
+use gradlens_tests::{
+    copy_dir, fixture, jsonl_indices as indices, rewrite_weights, scratch, tiny_data,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -43,20 +45,6 @@ fn err(r: &Output, needles: &[&str]) -> String {
         assert!(stderr.contains(n), "{stderr:?} does not mention {n:?}");
     }
     stderr
-}
-
-/// The `index` of every line of a JSONL file, in file order.
-fn indices(path: &Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l)
-                .unwrap_or_else(|e| panic!("{}: {e}: {l:?}", path.display()))["index"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
 }
 
 fn side(out: &Path, suffix: &str) -> PathBuf {

@@ -5,7 +5,7 @@
 //! file changed. Then the faults: two writers on one output, a full disk, non-finite weights,
 //! resumed runs with other settings.
 
-use gradlens_tests::{copy_dir, fixture, rewrite_weights, scratch, tiny_data};
+use gradlens_tests::{copy_dir, files_under, fixture, rewrite_weights, scratch, tiny_data};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,19 +17,10 @@ fn gradlens() -> Command {
 
 /// Every file under `dir` with its content.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(snapshot(&p));
-        } else if let Ok(b) = std::fs::read(&p) {
-            out.insert(p, b);
-        }
-    }
-    out
+    files_under(dir)
+        .into_iter()
+        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+        .collect()
 }
 
 /// A copy of the qwen2-tiny checkpoint in `dir/model`.
@@ -621,6 +612,29 @@ fn corpus() -> Vec<Case> {
                 s(&dir.join("nothing.jsonl")),
             ]
         }),
+        case(
+            "compare-duplicate",
+            &["twice.jsonl", "line 2", "sample 0", "second time"],
+            |dir| {
+                let line =
+                    std::fs::read_to_string(fixture("qwen2-tiny").join("expected/grads.jsonl"))
+                        .unwrap()
+                        .lines()
+                        .next()
+                        .unwrap()
+                        .to_string();
+                let f = dir.join("twice.jsonl");
+                std::fs::write(&f, format!("{line}\n{line}\n")).unwrap();
+                let e = s(&fixture("qwen2-tiny").join("expected/grads.jsonl"));
+                vec![
+                    "compare".into(),
+                    "--expected".into(),
+                    e,
+                    "--actual".into(),
+                    s(&f),
+                ]
+            },
+        ),
         case(
             "report-nothing-usable",
             &["no usable measurement", "junk.jsonl"],

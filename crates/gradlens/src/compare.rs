@@ -25,7 +25,13 @@ pub fn read_jsonl_by_index(path: &Path) -> anyhow::Result<BTreeMap<u64, Value>> 
             .get("index")
             .and_then(Value::as_u64)
             .with_context(|| format!("{}: line {} has no index", path.display(), i + 1))?;
-        out.insert(index, v);
+        if out.insert(index, v).is_some() {
+            anyhow::bail!(
+                "{}: line {}: sample {index} appears a second time (two runs wrote to one file?)",
+                path.display(),
+                i + 1
+            );
+        }
     }
     Ok(out)
 }

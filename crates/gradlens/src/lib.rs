@@ -46,3 +46,17 @@ pub fn error_line(e: &anyhow::Error) -> String {
     }
     line
 }
+
+/// Warnings and `RUST_LOG` diagnostics on stderr, in colour only on a terminal (the binaries call
+/// this first).
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .init();
+}

@@ -416,22 +416,12 @@ pub fn read_skipped(out: &Path) -> Result<BTreeMap<usize, SkippedLine>, OutputEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provenance::FORMAT;
 
     fn prov(max_length: usize) -> Provenance {
         Provenance {
-            format: FORMAT.into(),
-            gradlens: "0.1.0".into(),
-            model: "m".into(),
-            model_fingerprint: "aa".into(),
-            data: "d.json".into(),
-            data_sha256: "bb".into(),
-            dtype: "f32".into(),
-            backend: "cpu".into(),
             max_length,
-            prompt: "base".into(),
-            spectra: "auto".into(),
             save_spectrum: true,
+            ..crate::provenance::example()
         }
     }
 

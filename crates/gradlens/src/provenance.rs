@@ -213,30 +213,32 @@ pub fn model_fingerprint(dir: &Path) -> Result<String, HashError> {
     Ok(hex(&h.finalize()))
 }
 
+/// A record to test with.
+#[cfg(test)]
+pub(crate) fn example() -> Provenance {
+    Provenance {
+        format: FORMAT.into(),
+        gradlens: "0.1.0".into(),
+        model: "m".into(),
+        model_fingerprint: "aa".into(),
+        data: "d.json".into(),
+        data_sha256: "bb".into(),
+        dtype: "f32".into(),
+        backend: "cpu".into(),
+        max_length: 1024,
+        prompt: "base".into(),
+        spectra: "auto".into(),
+        save_spectrum: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample() -> Provenance {
-        Provenance {
-            format: FORMAT.into(),
-            gradlens: "0.1.0".into(),
-            model: "m".into(),
-            model_fingerprint: "aa".into(),
-            data: "d.json".into(),
-            data_sha256: "bb".into(),
-            dtype: "f32".into(),
-            backend: "cpu".into(),
-            max_length: 1024,
-            prompt: "base".into(),
-            spectra: "auto".into(),
-            save_spectrum: false,
-        }
-    }
-
     #[test]
     fn differences_name_each_setting() {
-        let a = sample();
+        let a = example();
         assert!(a.differences(&a).is_empty());
         let mut b = a.clone();
         b.model = "elsewhere".into();
