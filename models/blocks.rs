@@ -105,6 +105,31 @@ pub enum NormKind {
     OnePlusWeight,
 }
 
+/// A family's RMSNorm: its kind and epsilon (every norm of a family shares them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormSpec {
+    pub kind: NormKind,
+    pub eps: f64,
+}
+
+impl NormSpec {
+    /// `w · x / rms(x)` with this epsilon.
+    pub fn plain(eps: f64) -> Self {
+        Self {
+            kind: NormKind::Plain,
+            eps,
+        }
+    }
+
+    /// Gemma's `(1 + w) · x / rms(x)` with this epsilon.
+    pub fn one_plus_weight(eps: f64) -> Self {
+        Self {
+            kind: NormKind::OnePlusWeight,
+            eps,
+        }
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
     pub weight: Param<Tensor<B, 1>>,
@@ -114,19 +139,17 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    pub fn load(
-        l: &mut Loader<'_, B>,
-        name: &str,
-        dim: usize,
-        eps: f64,
-        kind: NormKind,
-    ) -> Result<Self> {
-        let identity = match kind {
+    pub fn load(l: &mut Loader<'_, B>, name: &str, dim: usize, spec: NormSpec) -> Result<Self> {
+        let identity = match spec.kind {
             NormKind::Plain => 1.0,
             NormKind::OnePlusWeight => 0.0,
         };
         let weight = l.norm_scale(&format!("{name}.weight"), dim, identity)?;
-        Ok(Self { weight, eps, kind })
+        Ok(Self {
+            weight,
+            eps: spec.eps,
+            kind: spec.kind,
+        })
     }
 
     /// Normalised in the compute dtype (f32 or f64: never below f32).
@@ -264,7 +287,8 @@ pub struct SharedInput(std::cell::Cell<Option<usize>>);
 
 /// Per-sequence tables and masks shared by all layers of one forward pass.
 pub struct SequenceContext<'a, B: Backend> {
-    pub rotary: Rotary<B>,
+    /// One table per rotary kind of the model (Gemma 3: local and global layers).
+    pub rotary: Vec<Rotary<B>>,
     /// Added to the attention scores: 0 where key j is visible from query i (j ≤ i), −∞ where
     /// it is hidden. An addition, not a masked fill, so the backward pass has nothing to do for
     /// it (the softmax already gives the hidden scores a zero gradient).
@@ -280,12 +304,15 @@ pub struct SequenceContext<'a, B: Backend> {
 impl<'a, B: Backend> SequenceContext<'a, B> {
     pub fn new(
         tokens: usize,
-        inv_freq: &[f64],
+        rope: &[Vec<f64>],
         device: &B::Device,
         capture: Option<&'a Capture<B>>,
     ) -> Self {
         Self {
-            rotary: Rotary::new(tokens, inv_freq, device),
+            rotary: rope
+                .iter()
+                .map(|inv_freq| Rotary::new(tokens, inv_freq, device))
+                .collect(),
             causal_bias: mask_bias(Tensor::<B, 2, Bool>::tril_mask([tokens, tokens], 0, device)),
             sliding_bias: Default::default(),
             tokens,
@@ -344,6 +371,40 @@ pub struct AttentionOptions {
     pub qkv_bias: bool,
     /// The o projection carries a bias (Llama's `attention_bias`).
     pub o_bias: bool,
+    /// RMSNorm of the queries and keys before the rotary embedding (Qwen3, Gemma 3, OLMo 2).
+    pub qk_norm: QkNorm,
+    /// Which of the model's rotary tables this layer uses ([`DecoderSpec::rope`]).
+    pub rope: usize,
+}
+
+impl AttentionOptions {
+    /// Plain attention: scale `head_dim^-0.5`, no soft-cap, window, bias or q/k norm, rotary table 0.
+    pub fn new(heads: usize, kv_heads: usize, head_dim: usize) -> Self {
+        Self {
+            heads,
+            kv_heads,
+            head_dim,
+            scale: (head_dim as f64).powf(-0.5),
+            logit_softcap: None,
+            sliding_window: None,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: QkNorm::None,
+            rope: 0,
+        }
+    }
+}
+
+/// Where the q/k RMSNorm applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum QkNorm {
+    None,
+    /// Over each head's `head_dim` features, one scale of `head_dim` shared by the heads
+    /// (Qwen3, Gemma 3: `q_norm.weight` `[head_dim]`).
+    PerHead(NormSpec),
+    /// Over the whole projection, before it is split into heads (OLMo 2: `q_norm.weight`
+    /// `[heads · head_dim]`, `k_norm.weight` `[kv_heads · head_dim]`).
+    Whole(NormSpec),
 }
 
 /// Multi-head attention with grouped key/value heads (GQA, MQA as the special case of one).
@@ -353,12 +414,14 @@ pub struct Attention<B: Backend> {
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
+    pub q_norm: Option<RmsNorm<B>>,
+    pub k_norm: Option<RmsNorm<B>>,
     #[module(skip)]
     pub opts: AttentionOptions,
 }
 
 impl<B: ModelBackend> Attention<B> {
-    /// Loads `{prefix}.{q,k,v,o}_proj` in the checkpoint's order.
+    /// Loads `{prefix}.{q,k,v,o}_proj` (and `q_norm`, `k_norm`) in the checkpoint's order.
     pub fn load(
         l: &mut Loader<'_, B>,
         prefix: &str,
@@ -366,25 +429,54 @@ impl<B: ModelBackend> Attention<B> {
         opts: AttentionOptions,
     ) -> Result<Self> {
         let (h, kv, d) = (opts.heads, opts.kv_heads, opts.head_dim);
+        let q_proj = Linear::load(l, &format!("{prefix}.q_proj"), hidden, h * d, opts.qkv_bias)?;
+        let k_proj = Linear::load(
+            l,
+            &format!("{prefix}.k_proj"),
+            hidden,
+            kv * d,
+            opts.qkv_bias,
+        )?;
+        let v_proj = Linear::load(
+            l,
+            &format!("{prefix}.v_proj"),
+            hidden,
+            kv * d,
+            opts.qkv_bias,
+        )?;
+        let o_proj = Linear::load(l, &format!("{prefix}.o_proj"), h * d, hidden, opts.o_bias)?;
+        let (q_norm, k_norm) = match opts.qk_norm {
+            QkNorm::None => (None, None),
+            QkNorm::PerHead(spec) => (
+                Some(RmsNorm::load(l, &format!("{prefix}.q_norm"), d, spec)?),
+                Some(RmsNorm::load(l, &format!("{prefix}.k_norm"), d, spec)?),
+            ),
+            QkNorm::Whole(spec) => (
+                Some(RmsNorm::load(l, &format!("{prefix}.q_norm"), h * d, spec)?),
+                Some(RmsNorm::load(l, &format!("{prefix}.k_norm"), kv * d, spec)?),
+            ),
+        };
         Ok(Self {
-            q_proj: Linear::load(l, &format!("{prefix}.q_proj"), hidden, h * d, opts.qkv_bias)?,
-            k_proj: Linear::load(
-                l,
-                &format!("{prefix}.k_proj"),
-                hidden,
-                kv * d,
-                opts.qkv_bias,
-            )?,
-            v_proj: Linear::load(
-                l,
-                &format!("{prefix}.v_proj"),
-                hidden,
-                kv * d,
-                opts.qkv_bias,
-            )?,
-            o_proj: Linear::load(l, &format!("{prefix}.o_proj"), h * d, hidden, opts.o_bias)?,
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            q_norm,
+            k_norm,
             opts,
         })
+    }
+
+    /// A q or k projection `[tokens, n · head_dim]` after its norm, split into heads
+    /// `[n, tokens, head_dim]`.
+    fn heads_of(&self, y: Tensor<B, 2>, norm: &Option<RmsNorm<B>>, n: usize) -> Tensor<B, 3> {
+        let (t, d) = (y.dims()[0], self.opts.head_dim);
+        let y = match (norm, self.opts.qk_norm) {
+            (Some(norm), QkNorm::PerHead(_)) => norm.forward(y.reshape([t * n, d])),
+            (Some(norm), _) => norm.forward(y),
+            (None, _) => y,
+        };
+        y.reshape([t, n, d]).swap_dims(0, 1)
     }
 
     pub fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
@@ -395,17 +487,14 @@ impl<B: ModelBackend> Attention<B> {
             ..
         } = self.opts;
         let t = ctx.tokens;
-        let split = |y: Tensor<B, 2>, n: usize| y.reshape([t, n, head_dim]).swap_dims(0, 1);
         let shared = SharedInput::default();
-        let q = ctx.rotary.apply(split(
-            self.q_proj.forward_shared(x.clone(), ctx, &shared),
-            heads,
-        ));
-        let k = ctx.rotary.apply(split(
-            self.k_proj.forward_shared(x.clone(), ctx, &shared),
-            kv_heads,
-        ));
-        let v = split(self.v_proj.forward_shared(x, ctx, &shared), kv_heads);
+        let rotary = &ctx.rotary[self.opts.rope];
+        let q = self.q_proj.forward_shared(x.clone(), ctx, &shared);
+        let q = rotary.apply(self.heads_of(q, &self.q_norm, heads));
+        let k = self.k_proj.forward_shared(x.clone(), ctx, &shared);
+        let k = rotary.apply(self.heads_of(k, &self.k_norm, kv_heads));
+        let v = self.v_proj.forward_shared(x, ctx, &shared);
+        let v = v.reshape([t, kv_heads, head_dim]).swap_dims(0, 1);
         let (k, v) = (
             repeat_kv(k, heads / kv_heads),
             repeat_kv(v, heads / kv_heads),
@@ -553,34 +642,198 @@ impl<B: Backend> LmHead<B> {
     }
 }
 
-/// A decoder layer: maps the hidden states of one sequence to the next layer's.
-pub trait Layer<B: Backend> {
-    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2>;
+/// Where a decoder layer normalises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NormPlacement {
+    /// Llama, Qwen2, Mistral, Gemma, Qwen3: `h = x + attn(norm(x)); out = h + mlp(norm(h))`
+    /// (`input_layernorm`, `post_attention_layernorm`).
+    #[default]
+    Pre,
+    /// Gemma 2 and 3: the sub-layers' inputs and outputs normalised,
+    /// `h = x + norm(attn(norm(x))); out = h + norm(mlp(norm(h)))` (`input_layernorm`,
+    /// `post_attention_layernorm`, `pre_feedforward_layernorm`, `post_feedforward_layernorm`).
+    Sandwich,
+    /// OLMo 2: only the outputs, `h = x + norm(attn(x)); out = h + norm(mlp(h))`
+    /// (`post_attention_layernorm`, `post_feedforward_layernorm`).
+    PostOnly,
 }
 
-/// The decoder every family shares: embedding (optionally scaled), a stack of layers, the final
-/// norm, the LM head (optionally soft-capped). Families differ in their layers and options.
+/// One decoder layer: attention and the gated MLP with residual connections, normalised as its
+/// [`NormPlacement`] says. The fields are the checkpoint's module names.
 #[derive(Module, Debug)]
-pub struct Decoder<B: Backend, L: Module<B>> {
-    pub embed_tokens: Embedding<B>,
-    pub layers: Vec<L>,
-    pub norm: RmsNorm<B>,
-    pub lm_head: LmHead<B>,
-    /// Rotary inverse frequencies (already scaled).
+pub struct DecoderLayer<B: Backend> {
+    pub self_attn: Attention<B>,
+    pub mlp: GatedMlp<B>,
+    pub input_layernorm: Option<RmsNorm<B>>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub pre_feedforward_layernorm: Option<RmsNorm<B>>,
+    pub post_feedforward_layernorm: Option<RmsNorm<B>>,
     #[module(skip)]
-    pub inv_freq: Vec<f64>,
+    pub placement: NormPlacement,
+}
+
+impl<B: ModelBackend> DecoderLayer<B> {
+    /// Loads `{prefix}.self_attn`, `{prefix}.mlp` and the norms of `spec.placement`, in the order
+    /// transformers registers them.
+    pub fn load(
+        l: &mut Loader<'_, B>,
+        prefix: &str,
+        spec: &DecoderSpec,
+        attn: AttentionOptions,
+    ) -> Result<Self> {
+        let h = spec.hidden;
+        let self_attn = Attention::load(l, &format!("{prefix}.self_attn"), h, attn)?;
+        let mlp = GatedMlp::load(
+            l,
+            &format!("{prefix}.mlp"),
+            h,
+            spec.intermediate,
+            spec.act,
+            spec.mlp_bias,
+        )?;
+        let mut norm = |name: &str| RmsNorm::load(l, &format!("{prefix}.{name}"), h, spec.norm);
+        let placement = spec.placement;
+        let (sandwich, post_only) = (
+            placement == NormPlacement::Sandwich,
+            placement == NormPlacement::PostOnly,
+        );
+        Ok(Self {
+            self_attn,
+            mlp,
+            input_layernorm: (!post_only).then(|| norm("input_layernorm")).transpose()?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            pre_feedforward_layernorm: sandwich
+                .then(|| norm("pre_feedforward_layernorm"))
+                .transpose()?,
+            post_feedforward_layernorm: (sandwich || post_only)
+                .then(|| norm("post_feedforward_layernorm"))
+                .transpose()?,
+            placement,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
+        let maybe = |norm: &Option<RmsNorm<B>>, y: Tensor<B, 2>| match norm {
+            Some(n) => n.forward(y),
+            None => y,
+        };
+        match self.placement {
+            NormPlacement::Pre => {
+                let h = x.clone() + self.self_attn.forward(maybe(&self.input_layernorm, x), ctx);
+                h.clone()
+                    + self
+                        .mlp
+                        .forward(self.post_attention_layernorm.forward(h), ctx)
+            }
+            NormPlacement::Sandwich | NormPlacement::PostOnly => {
+                let attn = self
+                    .self_attn
+                    .forward(maybe(&self.input_layernorm, x.clone()), ctx);
+                let h = x + self.post_attention_layernorm.forward(attn);
+                let mlp = self
+                    .mlp
+                    .forward(maybe(&self.pre_feedforward_layernorm, h.clone()), ctx);
+                h + maybe(&self.post_feedforward_layernorm, mlp)
+            }
+        }
+    }
+}
+
+/// Everything a family decides about its decoder but the per-layer attention options: a family's
+/// `load` reads its config.json into one of these and hands it to [`load_decoder`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderSpec {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    /// Every RMSNorm of the model (layers, final norm, q/k norms).
+    pub norm: NormSpec,
+    pub act: Activation,
+    pub mlp_bias: bool,
+    pub placement: NormPlacement,
+    pub tie_word_embeddings: bool,
     /// Embeddings multiplied by this, in the compute dtype (Gemma: `sqrt(hidden_size)`).
-    #[module(skip)]
     pub embed_scale: Option<f64>,
     /// `tanh(logits / cap) · cap` (Gemma 2).
+    pub final_logit_softcap: Option<f64>,
+    /// The rotary tables (inverse frequencies, already scaled); a layer picks one through
+    /// [`AttentionOptions::rope`].
+    pub rope: Vec<Vec<f64>>,
+}
+
+impl Default for DecoderSpec {
+    /// Sizes 0 (a family sets them), Llama's choices for the rest: plain RMSNorm (eps 1e-6), SiLU,
+    /// pre-norm, untied head, no embedding scale or soft-cap, no rotary table.
+    fn default() -> Self {
+        Self {
+            vocab: 0,
+            hidden: 0,
+            intermediate: 0,
+            layers: 0,
+            norm: NormSpec::plain(1e-6),
+            act: Activation::Silu,
+            mlp_bias: false,
+            placement: NormPlacement::Pre,
+            tie_word_embeddings: false,
+            embed_scale: None,
+            final_logit_softcap: None,
+            rope: Vec::new(),
+        }
+    }
+}
+
+/// Load a decoder in transformers' module order: `model.embed_tokens`, the layers
+/// `model.layers.{i}` (layer i's attention as `attention(i)` says), `model.norm`, `lm_head`.
+pub fn load_decoder<B: ModelBackend>(
+    l: &mut Loader<'_, B>,
+    spec: &DecoderSpec,
+    attention: impl Fn(usize) -> AttentionOptions,
+) -> Result<crate::FamilyModel<B>> {
+    let embed_tokens = Embedding::load(l, "model.embed_tokens", spec.vocab, spec.hidden)?;
+    let layers = (0..spec.layers)
+        .map(|i| DecoderLayer::load(l, &format!("model.layers.{i}"), spec, attention(i)))
+        .collect::<Result<Vec<_>>>()?;
+    let norm = RmsNorm::load(l, "model.norm", spec.hidden, spec.norm)?;
+    let lm_head = LmHead::load(
+        l,
+        &embed_tokens,
+        spec.tie_word_embeddings,
+        spec.vocab,
+        spec.hidden,
+    )?;
+    let model = Decoder {
+        embed_tokens,
+        layers,
+        norm,
+        lm_head,
+        rope: spec.rope.clone(),
+        embed_scale: spec.embed_scale,
+        final_logit_softcap: spec.final_logit_softcap,
+    };
+    Ok((Box::new(model), spec.layers))
+}
+
+/// The decoder every family shares: embedding (optionally scaled), the layers, the final norm,
+/// the LM head (optionally soft-capped).
+#[derive(Module, Debug)]
+pub struct Decoder<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    pub lm_head: LmHead<B>,
+    #[module(skip)]
+    pub rope: Vec<Vec<f64>>,
+    #[module(skip)]
+    pub embed_scale: Option<f64>,
     #[module(skip)]
     pub final_logit_softcap: Option<f64>,
 }
 
-impl<B: ModelBackend, L: Module<B> + Layer<B>> crate::CausalLm<B> for Decoder<B, L> {
+impl<B: ModelBackend> crate::CausalLm<B> for Decoder<B> {
     fn hidden(&self, ids: &[u32], capture: Option<&Capture<B>>) -> Tensor<B, 2> {
         let device = self.embed_tokens.weight.device();
-        let ctx = SequenceContext::new(ids.len(), &self.inv_freq, &device, capture);
+        let ctx = SequenceContext::new(ids.len(), &self.rope, &device, capture);
         let mut x = self.embed_tokens.forward(ids, &device);
         if let Some(scale) = self.embed_scale {
             x = x * scale;
@@ -601,68 +854,6 @@ impl<B: ModelBackend, L: Module<B> + Layer<B>> crate::CausalLm<B> for Decoder<B,
 
     fn vocab_size(&self) -> usize {
         self.embed_tokens.weight.dims()[0]
-    }
-}
-
-/// The pre-norm decoder layer of Llama, Qwen2, Mistral and Gemma:
-/// `h = x + attn(norm₁(x)); out = h + mlp(norm₂(h))`.
-#[derive(Module, Debug)]
-pub struct PreNormLayer<B: Backend> {
-    pub self_attn: Attention<B>,
-    pub mlp: GatedMlp<B>,
-    pub input_layernorm: RmsNorm<B>,
-    pub post_attention_layernorm: RmsNorm<B>,
-}
-
-/// Sizes and kinds of the parts of a [`PreNormLayer`] (everything but the attention options).
-#[derive(Debug, Clone, Copy)]
-pub struct PreNormSpec {
-    pub hidden: usize,
-    pub intermediate: usize,
-    pub eps: f64,
-    pub norm: NormKind,
-    pub act: Activation,
-    pub mlp_bias: bool,
-}
-
-impl<B: ModelBackend> PreNormLayer<B> {
-    /// Loads `{prefix}.self_attn`, `{prefix}.mlp` and the two norms, in the checkpoint's order.
-    pub fn load(
-        l: &mut Loader<'_, B>,
-        prefix: &str,
-        spec: &PreNormSpec,
-        attn: AttentionOptions,
-    ) -> Result<Self> {
-        let (h, eps, norm) = (spec.hidden, spec.eps, spec.norm);
-        Ok(Self {
-            self_attn: Attention::load(l, &format!("{prefix}.self_attn"), h, attn)?,
-            mlp: GatedMlp::load(
-                l,
-                &format!("{prefix}.mlp"),
-                h,
-                spec.intermediate,
-                spec.act,
-                spec.mlp_bias,
-            )?,
-            input_layernorm: RmsNorm::load(l, &format!("{prefix}.input_layernorm"), h, eps, norm)?,
-            post_attention_layernorm: RmsNorm::load(
-                l,
-                &format!("{prefix}.post_attention_layernorm"),
-                h,
-                eps,
-                norm,
-            )?,
-        })
-    }
-}
-
-impl<B: ModelBackend> Layer<B> for PreNormLayer<B> {
-    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), ctx);
-        h.clone()
-            + self
-                .mlp
-                .forward(self.post_attention_layernorm.forward(h), ctx)
     }
 }
 

@@ -187,3 +187,46 @@ pub fn check_sizes(path: &Path, config: &Value) -> Result<()> {
     }
     Ok(())
 }
+
+/// `(kv_heads, head_dim)`: `num_key_value_heads` defaults to the heads, `head_dim` to
+/// `hidden_size / heads` (which must then divide evenly); the heads must be a multiple of the kv
+/// heads either way.
+pub fn head_dims(
+    path: &Path,
+    hidden: usize,
+    heads: usize,
+    kv_heads: Option<usize>,
+    head_dim: Option<usize>,
+) -> Result<(usize, usize)> {
+    let kv_heads = kv_heads.unwrap_or(heads);
+    let head_dim = match head_dim {
+        Some(d) => d,
+        None => {
+            check_heads(path, hidden, heads, kv_heads)?;
+            hidden / heads
+        }
+    };
+    ensure(
+        path,
+        kv_heads > 0 && heads.is_multiple_of(kv_heads),
+        "num_attention_heads must be a multiple of num_key_value_heads",
+    )?;
+    ensure(path, head_dim > 0, "head_dim must be positive")?;
+    Ok((kv_heads, head_dim))
+}
+
+/// The activation of the Gemma families: `hidden_activation` first, then `hidden_act`, default
+/// `gelu_pytorch_tanh`; plain "gelu" means the tanh approximation there (as transformers reads it).
+pub fn gelu_activation(
+    path: &Path,
+    hidden_act: Option<&str>,
+    hidden_activation: Option<&str>,
+) -> Result<crate::blocks::Activation> {
+    match hidden_activation
+        .or(hidden_act)
+        .unwrap_or("gelu_pytorch_tanh")
+    {
+        "gelu" => Ok(crate::blocks::Activation::GeluTanh),
+        other => activation(path, other),
+    }
+}

@@ -12,11 +12,8 @@
 //! vocab_size. Defaults as transformers': num_key_value_heads 16, head_dim 256, rms_norm_eps 1e-6,
 //! rope_theta 10000, tie_word_embeddings true, attention_bias false.
 
+use crate::blocks::{AttentionOptions, DecoderSpec, NormSpec, inverse_frequencies, load_decoder};
 use crate::ops::ModelBackend;
-use crate::blocks::{
-    Activation, AttentionOptions, Decoder, Embedding, LmHead, NormKind,
-    PreNormLayer, PreNormSpec, RmsNorm, inverse_frequencies,
-};
 use crate::{FamilyModel, Loader, config};
 use gradlens_core::{Result, parse_config};
 use serde::Deserialize;
@@ -56,67 +53,39 @@ fn default_tied() -> bool {
     true
 }
 
-/// Gemma's activation: `hidden_activation` first, then `hidden_act`; plain "gelu" means tanh.
-pub(crate) fn gemma_activation(path: &Path, act: Option<&str>, activation: Option<&str>) -> Result<Activation> {
-    match activation.or(act).unwrap_or("gelu_pytorch_tanh") {
-        "gelu" => Ok(Activation::GeluTanh),
-        other => config::activation(path, other),
-    }
-}
-
-pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
+pub fn load<B: ModelBackend>(
+    l: &mut Loader<'_, B>,
+    raw: &serde_json::Value,
+    path: &Path,
+) -> Result<FamilyModel<B>> {
     let c: GemmaConfig = parse_config(path, raw)?;
     let heads = c.num_attention_heads;
-    let kv_heads = c.num_key_value_heads.unwrap_or(heads);
-    let head_dim = c.head_dim;
-    config::ensure(path, kv_heads > 0 && heads.is_multiple_of(kv_heads), "num_attention_heads must be a multiple of num_key_value_heads")?;
+    let (kv_heads, head_dim) =
+        config::head_dims(path, c.hidden_size, heads, c.num_key_value_heads, Some(c.head_dim))?;
     let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
-    let act = gemma_activation(path, c.hidden_act.as_deref(), c.hidden_activation.as_deref())?;
-
-    let h = c.hidden_size;
-    let eps = c.rms_norm_eps;
-    let norm = NormKind::OnePlusWeight;
-    let spec = PreNormSpec {
-        hidden: h,
+    let spec = DecoderSpec {
+        vocab: c.vocab_size,
+        hidden: c.hidden_size,
         intermediate: c.intermediate_size,
-        eps,
-        norm,
-        act,
-        mlp_bias: false,
+        layers: c.num_hidden_layers,
+        norm: NormSpec::one_plus_weight(c.rms_norm_eps),
+        act: config::gelu_activation(path, c.hidden_act.as_deref(), c.hidden_activation.as_deref())?,
+        tie_word_embeddings: c.tie_word_embeddings,
+        embed_scale: Some((c.hidden_size as f64).sqrt()),
+        rope: vec![inverse_frequencies(head_dim, theta, &scaling)],
+        ..DecoderSpec::default()
     };
-    let embed_tokens = Embedding::load(l, "model.embed_tokens", c.vocab_size, h)?;
-    let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let opts = AttentionOptions {
-            heads,
-            kv_heads,
-            head_dim,
-            scale: (head_dim as f64).powf(-0.5),
-            logit_softcap: None,
-            sliding_window: None,
-            qkv_bias: c.attention_bias,
-            o_bias: c.attention_bias,
-        };
-        layers.push(PreNormLayer::load(l, &p, &spec, opts)?);
-    }
-    let final_norm = RmsNorm::load(l, "model.norm", h, eps, norm)?;
-    let lm_head = LmHead::load(l, &embed_tokens, c.tie_word_embeddings, c.vocab_size, h)?;
-    let model = Decoder {
-        embed_tokens,
-        layers,
-        norm: final_norm,
-        lm_head,
-        inv_freq: inverse_frequencies(head_dim, theta, &scaling),
-        embed_scale: Some((h as f64).sqrt()),
-        final_logit_softcap: None,
-    };
-    Ok((Box::new(model), c.num_hidden_layers))
+    load_decoder(l, &spec, |_| AttentionOptions {
+        qkv_bias: c.attention_bias,
+        o_bias: c.attention_bias,
+        ..AttentionOptions::new(heads, kv_heads, head_dim)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocks::Activation;
 
     #[test]
     fn omitted_keys_take_transformers_defaults() {
@@ -127,9 +96,9 @@ mod tests {
         .unwrap();
         assert!(c.tie_word_embeddings, "Gemma's head is tied by default");
         assert_eq!((c.head_dim, c.num_key_value_heads, c.rms_norm_eps), (256, Some(16), 1e-6));
-        let act = gemma_activation(Path::new("config.json"), c.hidden_act.as_deref(), c.hidden_activation.as_deref());
+        let act = config::gelu_activation(Path::new("config.json"), c.hidden_act.as_deref(), c.hidden_activation.as_deref());
         assert_eq!(act.unwrap(), Activation::GeluTanh);
         // Older configs: hidden_act "gelu" means the tanh approximation.
-        assert_eq!(gemma_activation(Path::new("c"), Some("gelu"), None).unwrap(), Activation::GeluTanh);
+        assert_eq!(config::gelu_activation(Path::new("c"), Some("gelu"), None).unwrap(), Activation::GeluTanh);
     }
 }

@@ -12,15 +12,11 @@
 //! Defaults as transformers': num_key_value_heads 4, head_dim 256, rms_norm_eps 1e-6,
 //! rope_theta 10000, hidden_activation "gelu_pytorch_tanh", tie_word_embeddings true.
 
-use crate::ops::ModelBackend;
 use crate::blocks::{
-    Attention, AttentionOptions, Decoder, Embedding, GatedMlp, Layer, LmHead, NormKind, RmsNorm,
-    SequenceContext, inverse_frequencies,
+    AttentionOptions, DecoderSpec, NormPlacement, NormSpec, inverse_frequencies, load_decoder,
 };
-use crate::gemma::gemma_activation;
+use crate::ops::ModelBackend;
 use crate::{FamilyModel, Loader, config};
-use burn::module::Module;
-use burn::tensor::{Tensor, backend::Backend};
 use gradlens_core::{Result, parse_config};
 use serde::Deserialize;
 use std::path::Path;
@@ -79,77 +75,45 @@ fn default_window() -> Option<usize> {
     Some(4096)
 }
 
-/// Gemma 2's layer with sandwich norms around attention and MLP.
-#[derive(Module, Debug)]
-pub struct SandwichLayer<B: Backend> {
-    pub self_attn: Attention<B>,
-    pub mlp: crate::blocks::GatedMlp<B>,
-    pub input_layernorm: RmsNorm<B>,
-    pub post_attention_layernorm: RmsNorm<B>,
-    pub pre_feedforward_layernorm: RmsNorm<B>,
-    pub post_feedforward_layernorm: RmsNorm<B>,
-}
-
-impl<B: ModelBackend> Layer<B> for SandwichLayer<B> {
-    fn forward(&self, x: Tensor<B, 2>, ctx: &SequenceContext<'_, B>) -> Tensor<B, 2> {
-        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), ctx);
-        let h = x + self.post_attention_layernorm.forward(attn);
-        let mlp = self.mlp.forward(self.pre_feedforward_layernorm.forward(h.clone()), ctx);
-        h + self.post_feedforward_layernorm.forward(mlp)
-    }
-}
-
-pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
+pub fn load<B: ModelBackend>(
+    l: &mut Loader<'_, B>,
+    raw: &serde_json::Value,
+    path: &Path,
+) -> Result<FamilyModel<B>> {
     let c: Gemma2Config = parse_config(path, raw)?;
     let heads = c.num_attention_heads;
-    let kv_heads = c.num_key_value_heads.unwrap_or(heads);
-    let head_dim = c.head_dim;
-    config::ensure(path, kv_heads > 0 && heads.is_multiple_of(kv_heads), "num_attention_heads must be a multiple of num_key_value_heads")?;
-    config::ensure(path, c.sliding_window != Some(0), "sliding_window must be positive or null")?;
+    let (kv_heads, head_dim) =
+        config::head_dims(path, c.hidden_size, heads, c.num_key_value_heads, Some(c.head_dim))?;
+    config::ensure(
+        path,
+        c.sliding_window != Some(0),
+        "sliding_window must be positive or null",
+    )?;
     let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
-    let act = gemma_activation(path, c.hidden_act.as_deref(), c.hidden_activation.as_deref())?;
     // Even layers slide, odd layers see everything.
     let sliding = config::sliding_layers(path, raw, c.num_hidden_layers, |i| i % 2 == 0)?;
-
-    let h = c.hidden_size;
-    let eps = c.rms_norm_eps;
-    let norm = NormKind::OnePlusWeight;
-    let embed_tokens = Embedding::load(l, "model.embed_tokens", c.vocab_size, h)?;
-    let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    for (i, &is_sliding) in sliding.iter().enumerate() {
-        let p = format!("model.layers.{i}");
-        let opts = AttentionOptions {
-            heads,
-            kv_heads,
-            head_dim,
-            scale: c.query_pre_attn_scalar.powf(-0.5),
-            logit_softcap: c.attn_logit_softcapping,
-            sliding_window: if is_sliding { c.sliding_window } else { None },
-            qkv_bias: c.attention_bias,
-            o_bias: c.attention_bias,
-        };
-        let ln = |l: &mut Loader<'_, B>, name: &str| RmsNorm::load(l, &format!("{p}.{name}"), h, eps, norm);
-        layers.push(SandwichLayer {
-            self_attn: Attention::load(l, &format!("{p}.self_attn"), h, opts)?,
-            mlp: GatedMlp::load(l, &format!("{p}.mlp"), h, c.intermediate_size, act, false)?,
-            input_layernorm: ln(l, "input_layernorm")?,
-            post_attention_layernorm: ln(l, "post_attention_layernorm")?,
-            pre_feedforward_layernorm: ln(l, "pre_feedforward_layernorm")?,
-            post_feedforward_layernorm: ln(l, "post_feedforward_layernorm")?,
-        });
-    }
-    let final_norm = RmsNorm::load(l, "model.norm", h, eps, norm)?;
-    let lm_head = LmHead::load(l, &embed_tokens, c.tie_word_embeddings, c.vocab_size, h)?;
-    let model = Decoder {
-        embed_tokens,
-        layers,
-        norm: final_norm,
-        lm_head,
-        inv_freq: inverse_frequencies(head_dim, theta, &scaling),
-        embed_scale: Some((h as f64).sqrt()),
+    let spec = DecoderSpec {
+        vocab: c.vocab_size,
+        hidden: c.hidden_size,
+        intermediate: c.intermediate_size,
+        layers: c.num_hidden_layers,
+        norm: NormSpec::one_plus_weight(c.rms_norm_eps),
+        act: config::gelu_activation(path, c.hidden_act.as_deref(), c.hidden_activation.as_deref())?,
+        placement: NormPlacement::Sandwich,
+        tie_word_embeddings: c.tie_word_embeddings,
+        embed_scale: Some((c.hidden_size as f64).sqrt()),
         final_logit_softcap: c.final_logit_softcapping,
+        rope: vec![inverse_frequencies(head_dim, theta, &scaling)],
+        ..DecoderSpec::default()
     };
-    Ok((Box::new(model), c.num_hidden_layers))
+    load_decoder(l, &spec, |i| AttentionOptions {
+        scale: c.query_pre_attn_scalar.powf(-0.5),
+        logit_softcap: c.attn_logit_softcapping,
+        sliding_window: if sliding[i] { c.sliding_window } else { None },
+        qkv_bias: c.attention_bias,
+        o_bias: c.attention_bias,
+        ..AttentionOptions::new(heads, kv_heads, head_dim)
+    })
 }
 
 #[cfg(test)]

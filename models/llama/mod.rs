@@ -13,11 +13,8 @@
 //! Required keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
 //! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu".
 
+use crate::blocks::{AttentionOptions, DecoderSpec, NormSpec, inverse_frequencies, load_decoder};
 use crate::ops::ModelBackend;
-use crate::blocks::{
-    AttentionOptions, Decoder, Embedding, LmHead, NormKind, PreNormLayer, PreNormSpec,
-    RmsNorm, inverse_frequencies,
-};
 use crate::{FamilyModel, Loader, config};
 use gradlens_core::{Result, parse_config};
 use serde::Deserialize;
@@ -51,60 +48,34 @@ fn default_act() -> String {
     "silu".into()
 }
 
-pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, raw: &serde_json::Value, path: &Path) -> Result<FamilyModel<B>> {
+pub fn load<B: ModelBackend>(
+    l: &mut Loader<'_, B>,
+    raw: &serde_json::Value,
+    path: &Path,
+) -> Result<FamilyModel<B>> {
     let c: LlamaConfig = parse_config(path, raw)?;
     let heads = c.num_attention_heads;
-    let kv_heads = c.num_key_value_heads.unwrap_or(heads);
-    let head_dim = match c.head_dim {
-        Some(d) => d,
-        None => {
-            config::check_heads(path, c.hidden_size, heads, kv_heads)?;
-            c.hidden_size / heads
-        }
-    };
-    config::ensure(path, kv_heads > 0 && heads.is_multiple_of(kv_heads), "num_attention_heads must be a multiple of num_key_value_heads")?;
+    let (kv_heads, head_dim) =
+        config::head_dims(path, c.hidden_size, heads, c.num_key_value_heads, c.head_dim)?;
     let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
-    let act = config::activation(path, &c.hidden_act)?;
     l.ignore_where(|n| n.ends_with("rotary_emb.inv_freq"));
-
-    let h = c.hidden_size;
-    let eps = c.rms_norm_eps;
-    let spec = PreNormSpec {
-        hidden: h,
+    let spec = DecoderSpec {
+        vocab: c.vocab_size,
+        hidden: c.hidden_size,
         intermediate: c.intermediate_size,
-        eps,
-        norm: NormKind::Plain,
-        act,
+        layers: c.num_hidden_layers,
+        norm: NormSpec::plain(c.rms_norm_eps),
+        act: config::activation(path, &c.hidden_act)?,
         mlp_bias: c.mlp_bias,
+        tie_word_embeddings: c.tie_word_embeddings,
+        rope: vec![inverse_frequencies(head_dim, theta, &scaling)],
+        ..DecoderSpec::default()
     };
-    let embed_tokens = Embedding::load(l, "model.embed_tokens", c.vocab_size, h)?;
-    let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let opts = AttentionOptions {
-            heads,
-            kv_heads,
-            head_dim,
-            scale: (head_dim as f64).powf(-0.5),
-            logit_softcap: None,
-            sliding_window: None,
-            qkv_bias: c.attention_bias,
-            o_bias: c.attention_bias,
-        };
-        layers.push(PreNormLayer::load(l, &p, &spec, opts)?);
-    }
-    let norm = RmsNorm::load(l, "model.norm", h, eps, NormKind::Plain)?;
-    let lm_head = LmHead::load(l, &embed_tokens, c.tie_word_embeddings, c.vocab_size, h)?;
-    let model = Decoder {
-        embed_tokens,
-        layers,
-        norm,
-        lm_head,
-        inv_freq: inverse_frequencies(head_dim, theta, &scaling),
-        embed_scale: None,
-        final_logit_softcap: None,
-    };
-    Ok((Box::new(model), c.num_hidden_layers))
+    load_decoder(l, &spec, |_| AttentionOptions {
+        qkv_bias: c.attention_bias,
+        o_bias: c.attention_bias,
+        ..AttentionOptions::new(heads, kv_heads, head_dim)
+    })
 }
 
 #[cfg(test)]
