@@ -21,6 +21,9 @@ use gradlens_core::{Result, parse_config};
 use serde::Deserialize;
 use std::path::Path;
 
+/// The chat template takes no system turn (Gemma's templates reject a system role).
+pub const SYSTEM_TURN: bool = false;
+
 #[derive(Debug, Deserialize)]
 struct Gemma2Config {
     hidden_size: usize,

@@ -18,6 +18,9 @@ use gradlens_core::{Result, parse_config};
 use serde::Deserialize;
 use std::path::Path;
 
+/// The chat template takes a system turn.
+pub const SYSTEM_TURN: bool = true;
+
 #[derive(Debug, Deserialize)]
 struct Qwen2Config {
     hidden_size: usize,

@@ -22,6 +22,9 @@ pub enum ChatError {
     NoTemplate { path: PathBuf },
     #[error("{path}: chat template: {message}")]
     Render { path: PathBuf, message: String },
+    /// The checkpoint's config.json (its family decides the system turn).
+    #[error(transparent)]
+    Checkpoint(#[from] gradlens_core::CheckpointError),
 }
 
 /// A compiled chat template with the special tokens it may refer to.

@@ -65,22 +65,14 @@ impl PromptMode {
         }
     }
 
-    /// Instruct mode for checkpoint `dir`: its chat template; a system turn unless the family is
-    /// a Gemma (model_type starting with "gemma").
+    /// Instruct mode for checkpoint `dir`: its chat template, with a system turn where the
+    /// family's templates take one (declared by the family, `gradlens_models::takes_system_turn`).
     pub fn instruct_from_dir(dir: &Path, opts: InstructOptions) -> Result<Self, ChatError> {
         let template = ChatTemplate::from_dir(dir)?;
-        let model_type = std::fs::read_to_string(dir.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                v.get("model_type")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
+        let system = gradlens_models::takes_system_turn(&dir.join("config.json"))?;
         Ok(PromptMode::Instruct {
             template: Arc::new(template),
-            system: (!model_type.starts_with("gemma")).then(|| SYSTEM_PROMPT.to_string()),
+            system: system.then(|| SYSTEM_PROMPT.to_string()),
             add_special_tokens: opts.add_special_tokens,
         })
     }
