@@ -152,4 +152,5 @@ registry! {
     "mistral" => mistral,
     "gemma" => gemma,
     "gemma2" => gemma2,
+    "qwen3" => qwen3,
 }

@@ -199,6 +199,11 @@ def family_config(family: str, a: argparse.Namespace, vocab: int):
                                    sliding_window=a.sliding_window, query_pre_attn_scalar=a.query_pre_attn_scalar,
                                    attn_logit_softcapping=a.attn_softcap, final_logit_softcapping=a.final_softcap,
                                    **common)
+    elif family == "qwen3":
+        # A sliding window from layer 1 on (layer_types), when asked for.
+        extra = dict(use_sliding_window=True, sliding_window=a.sliding_window, max_window_layers=1) \
+            if a.sliding_window else {}
+        cfg = AutoConfig.for_model("qwen3", rope_parameters=rope, **extra, **common)
     else:
         raise ValueError(f"unknown family {family}")
     return cfg
@@ -446,6 +451,10 @@ FIXTURE_SPECS = {
     "gemma2-tiny": dict(family="gemma2", seed=6, hidden=64, layers=3, heads=4, kv_heads=2, head_dim=16,
                         intermediate=96, tie=True, tokenizer="metaspace_gemma", vocab=600, sliding_window=16,
                         query_pre_attn_scalar=24, attn_softcap=2.0, final_softcap=1.5),
+    # Qwen3: q/k RMSNorm per head, no q/k/v bias, head_dim 24 != hidden/heads (q and o not square),
+    # a sliding window of 16 on layer 1 (layer_types).
+    "qwen3-tiny": dict(family="qwen3", seed=7, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=24,
+                       intermediate=96, tokenizer="byte_level", vocab=600, sliding_window=16, instruct=True),
 }
 
 

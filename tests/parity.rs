@@ -264,6 +264,7 @@ parity_tests! {
     mistral_tiny: "mistral-tiny",
     gemma_tiny: "gemma-tiny",
     gemma2_tiny: "gemma2-tiny",
+    qwen3_tiny: "qwen3-tiny",
 }
 
 /// Instruct mode (chat template) against transformers' `apply_chat_template`: Qwen2 renders a
@@ -285,6 +286,14 @@ mod instruct {
     #[test]
     fn gemma_f32() {
         check_jsonl::<CpuF32>("gemma-tiny", F32_RTOL, true)
+    }
+    #[test]
+    fn qwen3_f64() {
+        check_jsonl::<CpuF64>("qwen3-tiny", F64_RTOL, true)
+    }
+    #[test]
+    fn qwen3_f32() {
+        check_jsonl::<CpuF32>("qwen3-tiny", F32_RTOL, true)
     }
 
     fn ids_of(name: &str, opts: gradlens::sample::InstructOptions) -> Vec<u32> {
