@@ -153,4 +153,5 @@ registry! {
     "gemma" => gemma,
     "gemma2" => gemma2,
     "qwen3" => qwen3,
+    "olmo2" => olmo2,
 }

@@ -204,6 +204,9 @@ def family_config(family: str, a: argparse.Namespace, vocab: int):
         extra = dict(use_sliding_window=True, sliding_window=a.sliding_window, max_window_layers=1) \
             if a.sliding_window else {}
         cfg = AutoConfig.for_model("qwen3", rope_parameters=rope, **extra, **common)
+    elif family == "olmo2":
+        common.pop("head_dim", None)  # OLMo 2 has none: hidden / heads
+        cfg = AutoConfig.for_model("olmo2", rope_parameters=rope, **common)
     else:
         raise ValueError(f"unknown family {family}")
     return cfg
@@ -455,6 +458,9 @@ FIXTURE_SPECS = {
     # a sliding window of 16 on layer 1 (layer_types).
     "qwen3-tiny": dict(family="qwen3", seed=7, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=24,
                        intermediate=96, tokenizer="byte_level", vocab=600, sliding_window=16, instruct=True),
+    # OLMo 2: post-norm-only layers, q/k RMSNorm over the whole projections (64 and 32 wide).
+    "olmo2-tiny": dict(family="olmo2", seed=8, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96,
+                       tokenizer="byte_level", vocab=600, instruct=True),
 }
 
 

@@ -265,6 +265,7 @@ parity_tests! {
     gemma_tiny: "gemma-tiny",
     gemma2_tiny: "gemma2-tiny",
     qwen3_tiny: "qwen3-tiny",
+    olmo2_tiny: "olmo2-tiny",
 }
 
 /// Instruct mode (chat template) against transformers' `apply_chat_template`: Qwen2 renders a
@@ -294,6 +295,14 @@ mod instruct {
     #[test]
     fn qwen3_f32() {
         check_jsonl::<CpuF32>("qwen3-tiny", F32_RTOL, true)
+    }
+    #[test]
+    fn olmo2_f64() {
+        check_jsonl::<CpuF64>("olmo2-tiny", F64_RTOL, true)
+    }
+    #[test]
+    fn olmo2_f32() {
+        check_jsonl::<CpuF32>("olmo2-tiny", F32_RTOL, true)
     }
 
     fn ids_of(name: &str, opts: gradlens::sample::InstructOptions) -> Vec<u32> {
