@@ -124,6 +124,10 @@ fn shape_configs_have_the_public_parameter_counts() {
         ("qwen2-1.5b.json", 1_543_714_304),
         ("gemma-2-2b.json", 2_614_341_888),
         ("llama-3.1-8b.json", 8_030_261_248),
+        // transformers' own models of these configs count the same (scripts: meta-device init).
+        ("qwen3-1.7b.json", 1_720_574_976),
+        ("qwen3-8b.json", 8_190_735_360),
+        ("olmo-2-1b.json", 1_484_916_736),
     ] {
         let (_, d) =
             gradlens_models::describe(&repo_root().join("configs/shapes").join(file)).unwrap();
