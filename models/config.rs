@@ -37,43 +37,56 @@ pub fn rope(path: &Path, config: &Value, default_theta: f64) -> Result<(f64, Rop
         .or(params)
     {
         None => RopeScaling::None,
-        Some(s) => {
-            let kind = s
-                .get("rope_type")
-                .or_else(|| s.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("default");
-            match kind {
-                "default" => RopeScaling::None,
-                "linear" => RopeScaling::Linear {
-                    factor: number(path, s, "factor", "rope_scaling (linear)")?,
-                },
-                "llama3" => {
-                    let ctx = "rope_scaling (llama3)";
-                    RopeScaling::Llama3 {
-                        factor: number(path, s, "factor", ctx)?,
-                        low_freq_factor: number(path, s, "low_freq_factor", ctx)?,
-                        high_freq_factor: number(path, s, "high_freq_factor", ctx)?,
-                        original_max_position_embeddings: number(
-                            path,
-                            s,
-                            "original_max_position_embeddings",
-                            ctx,
-                        )?,
-                    }
-                }
-                other => {
-                    return Err(config_error(
-                        path,
-                        format!(
-                            "unsupported rope_scaling type {other:?} (supported: default, linear, llama3)"
-                        ),
-                    ));
-                }
-            }
-        }
+        Some(s) => rope_scaling(path, s)?,
     };
     Ok((theta, scaling))
+}
+
+/// One set of rotary parameters (`{"rope_type": …, "factor": …, "rope_theta": …}`, as in one entry
+/// of transformers 5's per-layer-type `rope_parameters`): `(rope_theta, scaling)`.
+pub fn rope_params(path: &Path, params: &Value, default_theta: f64) -> Result<(f64, RopeScaling)> {
+    let theta = params
+        .get("rope_theta")
+        .and_then(Value::as_f64)
+        .unwrap_or(default_theta);
+    Ok((theta, rope_scaling(path, params)?))
+}
+
+/// The scaling of a `rope_scaling` / `rope_parameters` object.
+fn rope_scaling(path: &Path, s: &Value) -> Result<RopeScaling> {
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: number(path, s, "factor", "rope_scaling (linear)")?,
+        },
+        "llama3" => {
+            let ctx = "rope_scaling (llama3)";
+            RopeScaling::Llama3 {
+                factor: number(path, s, "factor", ctx)?,
+                low_freq_factor: number(path, s, "low_freq_factor", ctx)?,
+                high_freq_factor: number(path, s, "high_freq_factor", ctx)?,
+                original_max_position_embeddings: number(
+                    path,
+                    s,
+                    "original_max_position_embeddings",
+                    ctx,
+                )?,
+            }
+        }
+        other => {
+            return Err(config_error(
+                path,
+                format!(
+                    "unsupported rope_scaling type {other:?} (supported: default, linear, llama3)"
+                ),
+            ));
+        }
+    })
 }
 
 /// Per layer, whether it uses sliding-window attention, from `layer_types` when the config has it,

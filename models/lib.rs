@@ -154,4 +154,5 @@ registry! {
     "gemma2" => gemma2,
     "qwen3" => qwen3,
     "olmo2" => olmo2,
+    "gemma3_text" => gemma3,
 }

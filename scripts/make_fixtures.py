@@ -52,6 +52,20 @@ QWEN2_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Gemma 3's template (as Google ships it, text only): a system turn is folded into the first user turn.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = 'model' -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
     "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -204,6 +218,15 @@ def family_config(family: str, a: argparse.Namespace, vocab: int):
         extra = dict(use_sliding_window=True, sliding_window=a.sliding_window, max_window_layers=1) \
             if a.sliding_window else {}
         cfg = AutoConfig.for_model("qwen3", rope_parameters=rope, **extra, **common)
+    elif family == "gemma3":
+        # Local layers: their own base, unscaled; global layers: rope_theta, linearly scaled.
+        full = {"rope_type": "linear", "rope_theta": a.rope_theta, "factor": 2.0}
+        local = {"rope_type": "default", "rope_theta": 1000.0}
+        types = ["sliding_attention", "full_attention"] * a.layers
+        cfg = AutoConfig.for_model("gemma3_text", rope_parameters={"full_attention": full, "sliding_attention": local},
+                                   hidden_activation="gelu_pytorch_tanh", sliding_window=a.sliding_window,
+                                   query_pre_attn_scalar=a.query_pre_attn_scalar, layer_types=types[: a.layers],
+                                   **common)
     elif family == "olmo2":
         common.pop("head_dim", None)  # OLMo 2 has none: hidden / heads
         cfg = AutoConfig.for_model("olmo2", rope_parameters=rope, **common)
@@ -237,9 +260,11 @@ def _softmax64(input, dim=None, _stacklevel=3, dtype=None):
     return _orig_softmax(input, dim=dim, dtype=dtype)
 
 
-def inv_freq64(config) -> torch.Tensor:
-    """The rotary inverse frequencies in float64 (formulas of transformers' rope init functions)."""
-    rp = getattr(config, "rope_parameters", None) or {}
+def inv_freq64(config, rp=None) -> torch.Tensor:
+    """The rotary inverse frequencies in float64 (formulas of transformers' rope init functions);
+    `rp`: one layer type's parameters (Gemma 3), else the config's."""
+    if rp is None:
+        rp = getattr(config, "rope_parameters", None) or {}
     theta = rp.get("rope_theta", getattr(config, "rope_theta", 10000.0))
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
@@ -264,10 +289,25 @@ def inv_freq64(config) -> torch.Tensor:
 def to_float64_reference(model: torch.nn.Module) -> torch.nn.Module:
     m = copy.deepcopy(model).to(torch.float64)
     cfg = m.config
-    inv = inv_freq64(cfg)
+    per_type = isinstance(getattr(cfg, "rope_parameters", None), dict) and "full_attention" in cfg.rope_parameters
+    inv = None if per_type else inv_freq64(cfg)
     for mod in m.modules():
         cls = type(mod).__name__
-        if cls.endswith("RotaryEmbedding"):
+        if cls.endswith("RotaryEmbedding") and per_type:
+            # One table per layer type (Gemma 3): forward(x, position_ids, layer_type).
+            invs = {}
+            for lt in mod.layer_types:
+                ours = inv_freq64(cfg, cfg.rope_parameters[lt])
+                theirs = getattr(mod, f"{lt}_original_inv_freq").to(torch.float32)
+                assert torch.allclose(ours.to(torch.float32), theirs, rtol=1e-6, atol=0), (lt, ours, theirs)
+                invs[lt] = ours
+
+            def rot_forward_typed(x, position_ids, layer_type, _invs=invs):
+                freqs = position_ids[..., None].to(torch.float64) * _invs[layer_type]
+                emb = torch.cat((freqs, freqs), dim=-1)
+                return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+            mod.forward = rot_forward_typed
+        elif cls.endswith("RotaryEmbedding"):
             # transformers' own (float32) frequencies must agree with ours to float32 precision
             ours = inv.to(torch.float32)
             theirs = mod.original_inv_freq.to(torch.float32)
@@ -314,7 +354,9 @@ def measure(model64, hf_tok, records, max_length, instruct=False, logits_at=None
         out = rec["output"]
         if instruct:
             msgs = [{"role": "user", "content": instr}]
-            if "gemma" not in model64.config.model_type:
+            # As each family declares it (SYSTEM_TURN in models/<family>/mod.rs): Gemma and Gemma 2's
+            # templates reject a system turn, Gemma 3's folds it into the first user turn.
+            if model64.config.model_type not in ("gemma", "gemma2"):
                 msgs.insert(0, {"role": "system", "content": "You are a helpful assistant."})
             text = hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + out
         else:
@@ -392,7 +434,8 @@ def write_checkpoint(family, a, out: Path):
         c.pop("layer_types", None)
         cfg_path.write_text(json.dumps(c, indent=2) + "\n")
     tok.save(str(out / "tokenizer.json"))
-    template = GEMMA_CHAT_TEMPLATE if family.startswith("gemma") else QWEN2_CHAT_TEMPLATE
+    template = (GEMMA3_CHAT_TEMPLATE if family == "gemma3" else
+                GEMMA_CHAT_TEMPLATE if family.startswith("gemma") else QWEN2_CHAT_TEMPLATE)
     tcfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 4096,
             "chat_template": template, "clean_up_tokenization_spaces": False, **special}
     (out / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2) + "\n")
@@ -458,6 +501,11 @@ FIXTURE_SPECS = {
     # a sliding window of 16 on layer 1 (layer_types).
     "qwen3-tiny": dict(family="qwen3", seed=7, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=24,
                        intermediate=96, tokenizer="byte_level", vocab=600, sliding_window=16, instruct=True),
+    # Gemma 3: local (sliding window 16, rotary base 1000) and global layers (rope_theta 10000, linear
+    # scaling 2), q/k RMSNorm per head, sandwich norms, query_pre_attn_scalar 24 != head_dim 16.
+    "gemma3-tiny": dict(family="gemma3", seed=9, hidden=64, layers=3, heads=4, kv_heads=2, head_dim=16,
+                        intermediate=96, tie=True, tokenizer="metaspace_gemma", vocab=600, sliding_window=16,
+                        query_pre_attn_scalar=24, instruct=True),
     # OLMo 2: post-norm-only layers, q/k RMSNorm over the whole projections (64 and 32 wide).
     "olmo2-tiny": dict(family="olmo2", seed=8, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96,
                        tokenizer="byte_level", vocab=600, instruct=True),

@@ -128,6 +128,7 @@ fn shape_configs_have_the_public_parameter_counts() {
         ("qwen3-1.7b.json", 1_720_574_976),
         ("qwen3-8b.json", 8_190_735_360),
         ("olmo-2-1b.json", 1_484_916_736),
+        ("gemma-3-1b.json", 999_885_952),
     ] {
         let (_, d) =
             gradlens_models::describe(&repo_root().join("configs/shapes").join(file)).unwrap();

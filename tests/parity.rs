@@ -266,6 +266,7 @@ parity_tests! {
     gemma2_tiny: "gemma2-tiny",
     qwen3_tiny: "qwen3-tiny",
     olmo2_tiny: "olmo2-tiny",
+    gemma3_tiny: "gemma3-tiny",
 }
 
 /// Instruct mode (chat template) against transformers' `apply_chat_template`: Qwen2 renders a
@@ -295,6 +296,14 @@ mod instruct {
     #[test]
     fn qwen3_f32() {
         check_jsonl::<CpuF32>("qwen3-tiny", F32_RTOL, true)
+    }
+    #[test]
+    fn gemma3_f64() {
+        check_jsonl::<CpuF64>("gemma3-tiny", F64_RTOL, true)
+    }
+    #[test]
+    fn gemma3_f32() {
+        check_jsonl::<CpuF32>("gemma3-tiny", F32_RTOL, true)
     }
     #[test]
     fn olmo2_f64() {

@@ -1,0 +1,215 @@
+//! Gemma 3, text only (`model_type: "gemma3_text"`, `Gemma3ForCausalLM`): Gemma 2's layer, plus
+//!
+//! - **q/k RMSNorm per head** (`q_norm`, `k_norm`, `[head_dim]`, Gemma's `(1 + w)` kind) before the
+//!   rotary embedding,
+//! - **local and global layers** (`layer_types`; default: five sliding layers, then one global,
+//!   `(i + 1) % sliding_window_pattern != 0` slides, pattern 6), window `sliding_window`
+//!   (default 4096),
+//! - **two rotary tables**: sliding layers use the local base `rope_local_base_freq` (default
+//!   10000) without scaling, global layers `rope_theta` (default 1000000) with `rope_scaling`
+//!   (e.g. `linear`, factor 8); transformers 5 writes both as `rope_parameters.sliding_attention`
+//!   and `rope_parameters.full_attention`,
+//! - soft-caps only when set (`attn_logit_softcapping`, `final_logit_softcapping`: default none),
+//! - as Gemma 2: `(1 + w)` RMSNorm, sandwich norms, embeddings × sqrt(hidden_size), queries scaled
+//!   by `query_pre_attn_scalar^-0.5` (default 256), GeLU-tanh, tied head.
+//!
+//! Required keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+//! vocab_size. Defaults as transformers' `Gemma3TextConfig`: num_key_value_heads 4, head_dim 256,
+//! rms_norm_eps 1e-6, hidden_activation "gelu_pytorch_tanh", tie_word_embeddings true.
+
+use crate::blocks::{
+    AttentionOptions, DecoderSpec, NormPlacement, NormSpec, QkNorm, RopeScaling,
+    inverse_frequencies, load_decoder,
+};
+use crate::ops::ModelBackend;
+use crate::{FamilyModel, Loader, config};
+use gradlens_core::{Result, parse_config};
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::Path;
+
+/// Gemma 3's chat template folds a system turn into the first user turn: it takes one.
+pub const SYSTEM_TURN: bool = true;
+
+#[derive(Debug, Deserialize)]
+struct Gemma3Config {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default = "default_kv_heads")]
+    num_key_value_heads: Option<usize>,
+    #[serde(default = "default_head_dim")]
+    head_dim: usize,
+    vocab_size: usize,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    hidden_act: Option<String>,
+    hidden_activation: Option<String>,
+    #[serde(default = "default_tied")]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default = "default_query_scalar")]
+    query_pre_attn_scalar: f64,
+    attn_logit_softcapping: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    #[serde(default = "default_window")]
+    sliding_window: Option<usize>,
+    #[serde(default = "default_pattern")]
+    sliding_window_pattern: usize,
+    #[serde(default = "default_local_base")]
+    rope_local_base_freq: f64,
+}
+
+fn default_kv_heads() -> Option<usize> {
+    Some(4)
+}
+fn default_head_dim() -> usize {
+    256
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_tied() -> bool {
+    true
+}
+fn default_query_scalar() -> f64 {
+    256.0
+}
+fn default_window() -> Option<usize> {
+    Some(4096)
+}
+fn default_pattern() -> usize {
+    6
+}
+fn default_local_base() -> f64 {
+    10_000.0
+}
+
+/// The global and the local rotary parameters: transformers 5's per-layer-type
+/// `rope_parameters`, else the classic `rope_theta` + `rope_scaling` (global) and
+/// `rope_local_base_freq` (local, never scaled).
+fn rope_tables(path: &Path, raw: &Value, c: &Gemma3Config) -> Result<[(f64, RopeScaling); 2]> {
+    let per_type = raw
+        .get("rope_parameters")
+        .filter(|p| p.get("full_attention").is_some() || p.get("sliding_attention").is_some());
+    Ok(match per_type {
+        Some(p) => {
+            let of = |key: &str, default: f64| match p.get(key).filter(|v| !v.is_null()) {
+                Some(v) => config::rope_params(path, v, default),
+                None => Ok((default, RopeScaling::None)),
+            };
+            [
+                of("full_attention", 1_000_000.0)?,
+                of("sliding_attention", c.rope_local_base_freq)?,
+            ]
+        }
+        None => [
+            config::rope(path, raw, 1_000_000.0)?,
+            (c.rope_local_base_freq, RopeScaling::None),
+        ],
+    })
+}
+
+/// Rotary table 0 serves the global layers, table 1 the sliding ones.
+const GLOBAL: usize = 0;
+const LOCAL: usize = 1;
+
+pub fn load<B: ModelBackend>(
+    l: &mut Loader<'_, B>,
+    raw: &Value,
+    path: &Path,
+) -> Result<FamilyModel<B>> {
+    let c: Gemma3Config = parse_config(path, raw)?;
+    let heads = c.num_attention_heads;
+    let (kv_heads, head_dim) =
+        config::head_dims(path, c.hidden_size, heads, c.num_key_value_heads, Some(c.head_dim))?;
+    config::ensure(
+        path,
+        c.sliding_window != Some(0) && c.sliding_window_pattern > 0,
+        "sliding_window and sliding_window_pattern must be positive",
+    )?;
+    let sliding = config::sliding_layers(path, raw, c.num_hidden_layers, |i| {
+        (i + 1) % c.sliding_window_pattern != 0
+    })?;
+    let rope = rope_tables(path, raw, &c)?
+        .map(|(theta, scaling)| inverse_frequencies(head_dim, theta, &scaling))
+        .to_vec();
+    let norm = NormSpec::one_plus_weight(c.rms_norm_eps);
+    let spec = DecoderSpec {
+        vocab: c.vocab_size,
+        hidden: c.hidden_size,
+        intermediate: c.intermediate_size,
+        layers: c.num_hidden_layers,
+        norm,
+        act: config::gelu_activation(path, c.hidden_act.as_deref(), c.hidden_activation.as_deref())?,
+        placement: NormPlacement::Sandwich,
+        tie_word_embeddings: c.tie_word_embeddings,
+        embed_scale: Some((c.hidden_size as f64).sqrt()),
+        final_logit_softcap: c.final_logit_softcapping,
+        rope,
+        ..DecoderSpec::default()
+    };
+    load_decoder(l, &spec, |i| AttentionOptions {
+        scale: c.query_pre_attn_scalar.powf(-0.5),
+        logit_softcap: c.attn_logit_softcapping,
+        sliding_window: if sliding[i] { c.sliding_window } else { None },
+        qkv_bias: c.attention_bias,
+        o_bias: c.attention_bias,
+        qk_norm: QkNorm::PerHead(norm),
+        rope: if sliding[i] { LOCAL } else { GLOBAL },
+        ..AttentionOptions::new(heads, kv_heads, head_dim)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> (Value, Gemma3Config) {
+        let raw: Value = serde_json::from_str(&format!(
+            r#"{{"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 12,
+                "num_attention_heads": 2, "vocab_size": 10{extra}}}"#
+        ))
+        .unwrap();
+        let c = serde_json::from_value(raw.clone()).unwrap();
+        (raw, c)
+    }
+
+    #[test]
+    fn omitted_keys_take_transformers_defaults() {
+        let (raw, c) = parse("");
+        assert_eq!((c.head_dim, c.num_key_value_heads, c.query_pre_attn_scalar), (256, Some(4), 256.0));
+        assert_eq!((c.attn_logit_softcapping, c.final_logit_softcapping), (None, None));
+        assert!(c.tie_word_embeddings);
+        let p = Path::new("config.json");
+        let sliding =
+            config::sliding_layers(p, &raw, 12, |i| (i + 1) % c.sliding_window_pattern != 0).unwrap();
+        let global: Vec<usize> = (0..12).filter(|&i| !sliding[i]).collect();
+        assert_eq!(global, vec![5, 11], "five local layers, then one global");
+        let [g, loc] = rope_tables(p, &raw, &c).unwrap();
+        assert_eq!((g.0, loc.0), (1_000_000.0, 10_000.0));
+    }
+
+    #[test]
+    fn both_rope_layouts() {
+        let p = Path::new("config.json");
+        // Checkpoints as Google ships them (transformers 4).
+        let (raw, c) = parse(
+            r#", "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+                "rope_scaling": {"rope_type": "linear", "factor": 8.0}"#,
+        );
+        let [g, loc] = rope_tables(p, &raw, &c).unwrap();
+        assert_eq!(g, (1_000_000.0, RopeScaling::Linear { factor: 8.0 }));
+        assert_eq!(loc, (10_000.0, RopeScaling::None));
+        // transformers 5: one entry per layer type.
+        let (raw, c) = parse(
+            r#", "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0,
+                "rope_theta": 500.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}}"#,
+        );
+        let [g, loc] = rope_tables(p, &raw, &c).unwrap();
+        assert_eq!(g, (500.0, RopeScaling::Linear { factor: 2.0 }));
+        assert_eq!(loc, (50.0, RopeScaling::None));
+    }
+}
