@@ -186,6 +186,15 @@ pub fn check_sizes(path: &Path, config: &Value) -> Result<()> {
         )?;
         sizes.insert(key, n);
     }
+    if let Some(w) = config.get("sliding_window").filter(|v| !v.is_null()) {
+        ensure(
+            path,
+            w.as_u64().is_some_and(|w| w >= 1),
+            format!(
+                "field `sliding_window` is {w}: expected a window of at least 1 token, or null"
+            ),
+        )?;
+    }
     let get = |k: &str| sizes.get(k).copied().unwrap_or(1);
     let elements = [
         get("vocab_size").checked_mul(get("hidden_size")),
@@ -241,5 +250,245 @@ pub fn gelu_activation(
     {
         "gelu" => Ok(crate::blocks::Activation::GeluTanh),
         other => activation(path, other),
+    }
+}
+
+/// The keys every family's config.json shares. A family reads them through [`common`] with its own
+/// transformers defaults ([`Defaults`]), and only its own keys into its config struct.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Common {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Absent: the family's default; `null`: as many as the heads.
+    #[serde(default, deserialize_with = "present")]
+    pub num_key_value_heads: Option<Option<usize>>,
+    /// Absent: the family's default; `null`: hidden_size / heads.
+    #[serde(default, deserialize_with = "present")]
+    pub head_dim: Option<Option<usize>>,
+    pub vocab_size: usize,
+    pub rms_norm_eps: Option<f64>,
+    pub hidden_act: Option<String>,
+    pub hidden_activation: Option<String>,
+    pub tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+/// `Some(value)` for a key that is present, even as `null` (`Some(None)`).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// A family's transformers defaults for the [`Common`] keys.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Defaults {
+    /// `None`: as many kv heads as heads.
+    pub kv_heads: Option<usize>,
+    /// `None`: hidden_size / heads.
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    pub norm: crate::blocks::NormKind,
+    pub tie_word_embeddings: bool,
+    /// The Gemma families' reading of the activation ([`gelu_activation`]); else `hidden_act`,
+    /// default SiLU.
+    pub gelu: bool,
+}
+
+impl Defaults {
+    /// Llama's: kv heads = heads, head_dim = hidden / heads, plain RMSNorm with eps 1e-6, untied
+    /// head, SiLU.
+    pub const LLAMA: Defaults = Defaults {
+        kv_heads: None,
+        head_dim: None,
+        rms_norm_eps: 1e-6,
+        norm: crate::blocks::NormKind::Plain,
+        tie_word_embeddings: false,
+        gelu: false,
+    };
+
+    /// Gemma's: 16 kv heads, head_dim 256, `(1 + w)` RMSNorm with eps 1e-6, tied head, GeLU-tanh.
+    pub const GEMMA: Defaults = Defaults {
+        kv_heads: Some(16),
+        head_dim: Some(256),
+        rms_norm_eps: 1e-6,
+        norm: crate::blocks::NormKind::OnePlusWeight,
+        tie_word_embeddings: true,
+        gelu: true,
+    };
+}
+
+/// The decoder a config.json describes as far as [`Common`] goes (sizes, norm, activation, tied
+/// head) and the attention of every layer (heads, kv heads, head_dim, `attention_bias` on q/k/v
+/// and o); the family adds its rotary tables and what else differs.
+pub fn common(
+    path: &Path,
+    raw: &Value,
+    d: &Defaults,
+) -> Result<(crate::blocks::DecoderSpec, crate::blocks::AttentionOptions)> {
+    use crate::blocks::{AttentionOptions, DecoderSpec, NormSpec};
+    let c: Common = gradlens_core::parse_config(path, raw)?;
+    let heads = c.num_attention_heads;
+    let (kv_heads, head_dim) = head_dims(
+        path,
+        c.hidden_size,
+        heads,
+        c.num_key_value_heads.unwrap_or(d.kv_heads),
+        c.head_dim.unwrap_or(d.head_dim),
+    )?;
+    let act = if d.gelu {
+        gelu_activation(
+            path,
+            c.hidden_act.as_deref(),
+            c.hidden_activation.as_deref(),
+        )?
+    } else {
+        activation(path, c.hidden_act.as_deref().unwrap_or("silu"))?
+    };
+    let spec = DecoderSpec {
+        vocab: c.vocab_size,
+        hidden: c.hidden_size,
+        intermediate: c.intermediate_size,
+        layers: c.num_hidden_layers,
+        norm: NormSpec {
+            kind: d.norm,
+            eps: c.rms_norm_eps.unwrap_or(d.rms_norm_eps),
+        },
+        act,
+        mlp_bias: c.mlp_bias,
+        tie_word_embeddings: c.tie_word_embeddings.unwrap_or(d.tie_word_embeddings),
+        ..DecoderSpec::default()
+    };
+    let attention = AttentionOptions {
+        qkv_bias: c.attention_bias,
+        o_bias: c.attention_bias,
+        ..AttentionOptions::new(heads, kv_heads, head_dim)
+    };
+    Ok((spec, attention))
+}
+
+/// The rotary table of `rope` ([`rope`]'s `(theta, scaling)`) for heads of `head_dim`.
+pub fn rope_table(
+    path: &Path,
+    raw: &Value,
+    default_theta: f64,
+    head_dim: usize,
+) -> Result<Vec<f64>> {
+    let (theta, scaling) = rope(path, raw, default_theta)?;
+    Ok(crate::blocks::inverse_frequencies(
+        head_dim, theta, &scaling,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::Activation;
+
+    fn rope_of(extra: &str) -> Result<(f64, RopeScaling)> {
+        let raw: Value = serde_json::from_str(&format!("{{\"hidden_size\": 8{extra}}}")).unwrap();
+        rope(Path::new("config.json"), &raw, 10_000.0)
+    }
+
+    #[test]
+    fn rope_scaling_types() {
+        assert_eq!(rope_of("").unwrap(), (10_000.0, RopeScaling::None));
+        assert_eq!(
+            rope_of(", \"rope_scaling\": null, \"rope_theta\": 5.0").unwrap(),
+            (5.0, RopeScaling::None)
+        );
+        assert_eq!(
+            rope_of(", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}")
+                .unwrap()
+                .1,
+            RopeScaling::Linear { factor: 2.0 }
+        );
+        let l3 = rope_of(
+            r#", "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}"#,
+        )
+        .unwrap();
+        assert_eq!(l3.0, 500000.0);
+        assert!(matches!(l3.1, RopeScaling::Llama3 { factor: 8.0, .. }));
+        let err = rope_of(", \"rope_scaling\": {\"rope_type\": \"dynamic\", \"factor\": 4.0}")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unsupported rope_scaling type \"dynamic\""),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("config.json:"), "{err}");
+    }
+
+    fn common_of(
+        heads: usize,
+        extra: &str,
+        d: &Defaults,
+    ) -> (crate::blocks::DecoderSpec, crate::blocks::AttentionOptions) {
+        let raw: Value = serde_json::from_str(&format!(
+            r#"{{"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+                "num_attention_heads": {heads}, "vocab_size": 10{extra}}}"#
+        ))
+        .unwrap();
+        common(Path::new("config.json"), &raw, d).unwrap()
+    }
+
+    #[test]
+    fn omitted_keys_take_the_familys_defaults_and_null_means_derived() {
+        let (spec, attn) = common_of(2, "", &Defaults::LLAMA);
+        assert_eq!((attn.kv_heads, attn.head_dim, spec.norm.eps), (2, 4, 1e-6));
+        assert!(!spec.tie_word_embeddings && !attn.qkv_bias && !spec.mlp_bias);
+        assert_eq!(spec.act, Activation::Silu);
+        let (spec, attn) = common_of(16, "", &Defaults::GEMMA);
+        assert_eq!((attn.kv_heads, attn.head_dim), (16, 256));
+        assert!(spec.tie_word_embeddings);
+        assert_eq!(spec.act, Activation::GeluTanh);
+        // null: as transformers reads None (kv heads = heads, head_dim = hidden / heads).
+        let (_, attn) = common_of(
+            2,
+            r#", "num_key_value_heads": null, "head_dim": null"#,
+            &Defaults::GEMMA,
+        );
+        assert_eq!((attn.kv_heads, attn.head_dim), (2, 4));
+        // Older Gemma configs: hidden_act "gelu" means the tanh approximation.
+        let (spec, _) = common_of(16, r#", "hidden_act": "gelu""#, &Defaults::GEMMA);
+        assert_eq!(spec.act, Activation::GeluTanh);
+    }
+}
+
+/// The window of transformers' configs that default it to 4096 tokens (`#[serde(default = …)]`).
+pub fn window_4096() -> Option<usize> {
+    Some(4096)
+}
+
+/// Sliding layers the Qwen way (Qwen2, Qwen3): a window only with `use_sliding_window`, on the
+/// layers from `max_window_layers` on (default 28), or as `layer_types` says.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct SlidingFromLayer {
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    #[serde(default = "window_4096")]
+    pub sliding_window: Option<usize>,
+    #[serde(default = "max_window_layers_28")]
+    pub max_window_layers: usize,
+}
+
+fn max_window_layers_28() -> usize {
+    28
+}
+
+impl SlidingFromLayer {
+    /// Per layer, its window (`None`: global).
+    pub fn windows(&self, f: &crate::FamilyConfig<'_>) -> Result<Vec<Option<usize>>> {
+        let window = self.sliding_window.filter(|_| self.use_sliding_window);
+        let sliding = f.sliding_layers(|i| window.is_some() && i >= self.max_window_layers)?;
+        Ok(sliding.iter().map(|&s| window.filter(|_| s)).collect())
     }
 }

@@ -42,6 +42,32 @@ pub struct LoadedModel<B: Backend> {
 /// What a family's `load` returns: the model and its layer count.
 pub type FamilyModel<B> = (Box<dyn CausalLm<B>>, usize);
 
+/// What a family's `load` starts from: its config.json, and the decoder and attention that the
+/// keys every family shares already describe ([`config::common`], with the family's `DEFAULTS`).
+pub struct FamilyConfig<'a> {
+    pub raw: &'a serde_json::Value,
+    pub path: &'a Path,
+    pub spec: blocks::DecoderSpec,
+    pub attention: blocks::AttentionOptions,
+}
+
+impl FamilyConfig<'_> {
+    /// The family's own keys (its config struct), errors naming the field.
+    pub fn own<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        gradlens_core::parse_config(self.path, self.raw)
+    }
+
+    /// The rotary table of `rope_theta` (default `default_theta`) and `rope_scaling`.
+    pub fn rope_table(&self, default_theta: f64) -> Result<Vec<f64>> {
+        config::rope_table(self.path, self.raw, default_theta, self.attention.head_dim)
+    }
+
+    /// Per layer, whether it slides: `layer_types`, else the family's rule.
+    pub fn sliding_layers(&self, rule: impl Fn(usize) -> bool) -> Result<Vec<bool>> {
+        config::sliding_layers(self.path, self.raw, self.spec.layers, rule)
+    }
+}
+
 /// Load a checkpoint directory onto `device` in the compute dtype of `B`; the parameters that
 /// `selector` picks require gradients, everything else is frozen.
 pub fn load<B: ModelBackend>(
@@ -139,7 +165,18 @@ macro_rules! registry {
             config_path: &Path,
         ) -> Option<Result<FamilyModel<B>>> {
             match model_type {
-                $($model_type => Some($family::load(loader, config, config_path)),)*
+                $($model_type => Some(
+                    config::common(config_path, config, &$family::DEFAULTS).and_then(
+                        |(spec, attention)| {
+                            $family::load(loader, FamilyConfig {
+                                raw: config,
+                                path: config_path,
+                                spec,
+                                attention,
+                            })
+                        },
+                    ),
+                ),)*
                 _ => None,
             }
         }
@@ -155,4 +192,109 @@ registry! {
     "qwen3" => qwen3,
     "olmo2" => olmo2,
     "gemma3_text" => gemma3,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::blocks::NormKind;
+
+    /// Each family's defaults for the shared keys, as transformers' `<Family>Config` has them.
+    #[test]
+    fn family_defaults_are_transformers() {
+        use NormKind::{OnePlusWeight as Gemma, Plain};
+        let table = [
+            (
+                "qwen2",
+                crate::qwen2::DEFAULTS,
+                None,
+                None,
+                1e-6,
+                Plain,
+                false,
+            ),
+            (
+                "qwen3",
+                crate::qwen3::DEFAULTS,
+                None,
+                Some(128),
+                1e-6,
+                Plain,
+                false,
+            ),
+            (
+                "llama",
+                crate::llama::DEFAULTS,
+                None,
+                None,
+                1e-6,
+                Plain,
+                false,
+            ),
+            (
+                "mistral",
+                crate::mistral::DEFAULTS,
+                Some(8),
+                None,
+                1e-6,
+                Plain,
+                false,
+            ),
+            (
+                "gemma",
+                crate::gemma::DEFAULTS,
+                Some(16),
+                Some(256),
+                1e-6,
+                Gemma,
+                true,
+            ),
+            (
+                "gemma2",
+                crate::gemma2::DEFAULTS,
+                Some(4),
+                Some(256),
+                1e-6,
+                Gemma,
+                true,
+            ),
+            (
+                "gemma3_text",
+                crate::gemma3::DEFAULTS,
+                Some(4),
+                Some(256),
+                1e-6,
+                Gemma,
+                true,
+            ),
+            (
+                "olmo2",
+                crate::olmo2::DEFAULTS,
+                None,
+                None,
+                1e-5,
+                Plain,
+                false,
+            ),
+        ];
+        assert_eq!(table.len(), crate::SUPPORTED.len());
+        for (name, d, kv, head_dim, eps, norm, tied) in table {
+            assert_eq!(
+                (
+                    d.kv_heads,
+                    d.head_dim,
+                    d.rms_norm_eps,
+                    d.norm,
+                    d.tie_word_embeddings
+                ),
+                (kv, head_dim, eps, norm, tied),
+                "{name}"
+            );
+            assert_eq!(d.gelu, name.starts_with("gemma"), "{name}");
+            assert_eq!(
+                crate::system_turn(name),
+                Some(!matches!(name, "gemma" | "gemma2")),
+                "{name}"
+            );
+        }
+    }
 }

@@ -18,12 +18,13 @@
 //! rms_norm_eps 1e-6, hidden_activation "gelu_pytorch_tanh", tie_word_embeddings true.
 
 use crate::blocks::{
-    AttentionOptions, DecoderSpec, NormPlacement, NormSpec, QkNorm, RopeScaling,
-    inverse_frequencies, load_decoder,
+    AttentionOptions, DecoderSpec, NormPlacement, QkNorm, RopeScaling, inverse_frequencies,
+    load_decoder,
 };
+use crate::config::{self, Defaults};
 use crate::ops::ModelBackend;
-use crate::{FamilyModel, Loader, config};
-use gradlens_core::{Result, parse_config};
+use crate::{FamilyConfig, FamilyModel, Loader};
+use gradlens_core::Result;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
@@ -31,30 +32,20 @@ use std::path::Path;
 /// Gemma 3's chat template folds a system turn into the first user turn: it takes one.
 pub const SYSTEM_TURN: bool = true;
 
+/// transformers' `Gemma3TextConfig` defaults: Gemma's, with 4 kv heads.
+pub const DEFAULTS: Defaults = Defaults {
+    kv_heads: Some(4),
+    ..Defaults::GEMMA
+};
+
+/// Gemma 3's own keys.
 #[derive(Debug, Deserialize)]
 struct Gemma3Config {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    #[serde(default = "default_kv_heads")]
-    num_key_value_heads: Option<usize>,
-    #[serde(default = "default_head_dim")]
-    head_dim: usize,
-    vocab_size: usize,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
-    hidden_act: Option<String>,
-    hidden_activation: Option<String>,
-    #[serde(default = "default_tied")]
-    tie_word_embeddings: bool,
-    #[serde(default)]
-    attention_bias: bool,
     #[serde(default = "default_query_scalar")]
     query_pre_attn_scalar: f64,
     attn_logit_softcapping: Option<f64>,
     final_logit_softcapping: Option<f64>,
-    #[serde(default = "default_window")]
+    #[serde(default = "crate::config::window_4096")]
     sliding_window: Option<usize>,
     #[serde(default = "default_pattern")]
     sliding_window_pattern: usize,
@@ -62,23 +53,8 @@ struct Gemma3Config {
     rope_local_base_freq: f64,
 }
 
-fn default_kv_heads() -> Option<usize> {
-    Some(4)
-}
-fn default_head_dim() -> usize {
-    256
-}
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_tied() -> bool {
-    true
-}
 fn default_query_scalar() -> f64 {
     256.0
-}
-fn default_window() -> Option<usize> {
-    Some(4096)
 }
 fn default_pattern() -> usize {
     6
@@ -116,50 +92,32 @@ fn rope_tables(path: &Path, raw: &Value, c: &Gemma3Config) -> Result<[(f64, Rope
 const GLOBAL: usize = 0;
 const LOCAL: usize = 1;
 
-pub fn load<B: ModelBackend>(
-    l: &mut Loader<'_, B>,
-    raw: &Value,
-    path: &Path,
-) -> Result<FamilyModel<B>> {
-    let c: Gemma3Config = parse_config(path, raw)?;
-    let heads = c.num_attention_heads;
-    let (kv_heads, head_dim) =
-        config::head_dims(path, c.hidden_size, heads, c.num_key_value_heads, Some(c.head_dim))?;
+pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, f: FamilyConfig<'_>) -> Result<FamilyModel<B>> {
+    let c: Gemma3Config = f.own()?;
     config::ensure(
-        path,
-        c.sliding_window != Some(0) && c.sliding_window_pattern > 0,
-        "sliding_window and sliding_window_pattern must be positive",
+        f.path,
+        c.sliding_window_pattern > 0,
+        "sliding_window_pattern must be positive",
     )?;
-    let sliding = config::sliding_layers(path, raw, c.num_hidden_layers, |i| {
-        (i + 1) % c.sliding_window_pattern != 0
-    })?;
-    let rope = rope_tables(path, raw, &c)?
-        .map(|(theta, scaling)| inverse_frequencies(head_dim, theta, &scaling))
-        .to_vec();
-    let norm = NormSpec::one_plus_weight(c.rms_norm_eps);
+    let sliding = f.sliding_layers(|i| (i + 1) % c.sliding_window_pattern != 0)?;
+    let head_dim = f.attention.head_dim;
+    let qk_norm = QkNorm::PerHead(f.spec.norm);
     let spec = DecoderSpec {
-        vocab: c.vocab_size,
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        layers: c.num_hidden_layers,
-        norm,
-        act: config::gelu_activation(path, c.hidden_act.as_deref(), c.hidden_activation.as_deref())?,
         placement: NormPlacement::Sandwich,
-        tie_word_embeddings: c.tie_word_embeddings,
-        embed_scale: Some((c.hidden_size as f64).sqrt()),
+        embed_scale: Some((f.spec.hidden as f64).sqrt()),
         final_logit_softcap: c.final_logit_softcapping,
-        rope,
-        ..DecoderSpec::default()
+        rope: rope_tables(f.path, f.raw, &c)?
+            .map(|(theta, scaling)| inverse_frequencies(head_dim, theta, &scaling))
+            .to_vec(),
+        ..f.spec
     };
     load_decoder(l, &spec, |i| AttentionOptions {
         scale: c.query_pre_attn_scalar.powf(-0.5),
         logit_softcap: c.attn_logit_softcapping,
-        sliding_window: if sliding[i] { c.sliding_window } else { None },
-        qkv_bias: c.attention_bias,
-        o_bias: c.attention_bias,
-        qk_norm: QkNorm::PerHead(norm),
+        sliding_window: c.sliding_window.filter(|_| sliding[i]),
+        qk_norm,
         rope: if sliding[i] { LOCAL } else { GLOBAL },
-        ..AttentionOptions::new(heads, kv_heads, head_dim)
+        ..f.attention.clone()
     })
 }
 
@@ -180,9 +138,8 @@ mod tests {
     #[test]
     fn omitted_keys_take_transformers_defaults() {
         let (raw, c) = parse("");
-        assert_eq!((c.head_dim, c.num_key_value_heads, c.query_pre_attn_scalar), (256, Some(4), 256.0));
+        assert_eq!(c.query_pre_attn_scalar, 256.0);
         assert_eq!((c.attn_logit_softcapping, c.final_logit_softcapping), (None, None));
-        assert!(c.tie_word_embeddings);
         let p = Path::new("config.json");
         let sliding =
             config::sliding_layers(p, &raw, 12, |i| (i + 1) % c.sliding_window_pattern != 0).unwrap();

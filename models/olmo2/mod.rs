@@ -15,87 +15,30 @@
 //! vocab_size. Defaults as transformers' `Olmo2Config`: num_key_value_heads = heads,
 //! rms_norm_eps 1e-5, hidden_act "silu", attention_bias false.
 
-use crate::blocks::{
-    AttentionOptions, DecoderSpec, NormPlacement, NormSpec, QkNorm, inverse_frequencies,
-    load_decoder,
-};
+use crate::blocks::{AttentionOptions, DecoderSpec, NormPlacement, QkNorm, load_decoder};
+use crate::config::Defaults;
 use crate::ops::ModelBackend;
-use crate::{FamilyModel, Loader, config};
-use gradlens_core::{Result, parse_config};
-use serde::Deserialize;
-use std::path::Path;
+use crate::{FamilyConfig, FamilyModel, Loader};
+use gradlens_core::Result;
 
 /// The chat template takes a system turn.
 pub const SYSTEM_TURN: bool = true;
 
-#[derive(Debug, Deserialize)]
-struct Olmo2Config {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    vocab_size: usize,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
-    #[serde(default = "default_act")]
-    hidden_act: String,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    #[serde(default)]
-    attention_bias: bool,
-}
+/// transformers' `Olmo2Config` defaults: RMSNorm eps 1e-5, otherwise Llama's.
+pub const DEFAULTS: Defaults = Defaults {
+    rms_norm_eps: 1e-5,
+    ..Defaults::LLAMA
+};
 
-fn default_eps() -> f64 {
-    1e-5
-}
-fn default_act() -> String {
-    "silu".into()
-}
-
-pub fn load<B: ModelBackend>(
-    l: &mut Loader<'_, B>,
-    raw: &serde_json::Value,
-    path: &Path,
-) -> Result<FamilyModel<B>> {
-    let c: Olmo2Config = parse_config(path, raw)?;
-    let heads = c.num_attention_heads;
-    let (kv_heads, head_dim) =
-        config::head_dims(path, c.hidden_size, heads, c.num_key_value_heads, None)?;
-    let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
-    let norm = NormSpec::plain(c.rms_norm_eps);
-    let spec = DecoderSpec {
-        vocab: c.vocab_size,
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        layers: c.num_hidden_layers,
-        norm,
-        act: config::activation(path, &c.hidden_act)?,
-        placement: NormPlacement::PostOnly,
-        tie_word_embeddings: c.tie_word_embeddings,
-        rope: vec![inverse_frequencies(head_dim, theta, &scaling)],
-        ..DecoderSpec::default()
+pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, f: FamilyConfig<'_>) -> Result<FamilyModel<B>> {
+    let attention = AttentionOptions {
+        qk_norm: QkNorm::Whole(f.spec.norm),
+        ..f.attention.clone()
     };
-    load_decoder(l, &spec, |_| AttentionOptions {
-        qkv_bias: c.attention_bias,
-        o_bias: c.attention_bias,
-        qk_norm: QkNorm::Whole(norm),
-        ..AttentionOptions::new(heads, kv_heads, head_dim)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn omitted_keys_take_transformers_defaults() {
-        let c: Olmo2Config = serde_json::from_str(
-            r#"{"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
-                "num_attention_heads": 2, "vocab_size": 10}"#,
-        )
-        .unwrap();
-        assert_eq!((c.num_key_value_heads, c.rms_norm_eps), (None, 1e-5));
-        assert!(!c.tie_word_embeddings && !c.attention_bias);
-    }
+    let spec = DecoderSpec {
+        placement: NormPlacement::PostOnly,
+        rope: vec![f.rope_table(10_000.0)?],
+        ..f.spec
+    };
+    load_decoder(l, &spec, |_| attention.clone())
 }

@@ -11,75 +11,29 @@
 //! Required keys: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
 //! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu", max_window_layers 28.
 
-use crate::blocks::{AttentionOptions, DecoderSpec, NormSpec, inverse_frequencies, load_decoder};
+use crate::blocks::{AttentionOptions, DecoderSpec, load_decoder};
+use crate::config::{Defaults, SlidingFromLayer};
 use crate::ops::ModelBackend;
-use crate::{FamilyModel, Loader, config};
-use gradlens_core::{Result, parse_config};
-use serde::Deserialize;
-use std::path::Path;
+use crate::{FamilyConfig, FamilyModel, Loader};
+use gradlens_core::Result;
 
 /// The chat template takes a system turn.
 pub const SYSTEM_TURN: bool = true;
 
-#[derive(Debug, Deserialize)]
-struct Qwen2Config {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    vocab_size: usize,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
-    #[serde(default = "default_act")]
-    hidden_act: String,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    #[serde(default)]
-    use_sliding_window: bool,
-    sliding_window: Option<usize>,
-    #[serde(default = "default_max_window_layers")]
-    max_window_layers: usize,
-}
+/// transformers' `Qwen2Config` defaults for the shared keys (Llama's).
+pub const DEFAULTS: Defaults = Defaults::LLAMA;
 
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_act() -> String {
-    "silu".into()
-}
-fn default_max_window_layers() -> usize {
-    28
-}
-
-pub fn load<B: ModelBackend>(
-    l: &mut Loader<'_, B>,
-    raw: &serde_json::Value,
-    path: &Path,
-) -> Result<FamilyModel<B>> {
-    let c: Qwen2Config = parse_config(path, raw)?;
-    let heads = c.num_attention_heads;
-    let (kv_heads, head_dim) =
-        config::head_dims(path, c.hidden_size, heads, c.num_key_value_heads, None)?;
-    let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
-    let window = if c.use_sliding_window { c.sliding_window } else { None };
-    let sliding = config::sliding_layers(path, raw, c.num_hidden_layers, |i| {
-        window.is_some() && i >= c.max_window_layers
-    })?;
+pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, f: FamilyConfig<'_>) -> Result<FamilyModel<B>> {
+    let windows = f.own::<SlidingFromLayer>()?.windows(&f)?;
     let spec = DecoderSpec {
-        vocab: c.vocab_size,
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        layers: c.num_hidden_layers,
-        norm: NormSpec::plain(c.rms_norm_eps),
-        act: config::activation(path, &c.hidden_act)?,
-        tie_word_embeddings: c.tie_word_embeddings,
-        rope: vec![inverse_frequencies(head_dim, theta, &scaling)],
-        ..DecoderSpec::default()
+        rope: vec![f.rope_table(10_000.0)?],
+        ..f.spec
     };
+    // Biases on q, k and v, none on o.
     load_decoder(l, &spec, |i| AttentionOptions {
-        sliding_window: if sliding[i] { window } else { None },
+        sliding_window: windows[i],
         qkv_bias: true,
-        ..AttentionOptions::new(heads, kv_heads, head_dim)
+        o_bias: false,
+        ..f.attention.clone()
     })
 }

@@ -14,108 +14,31 @@
 //! vocab_size. Defaults as transformers' `Qwen3Config`: head_dim 128, rms_norm_eps 1e-6,
 //! hidden_act "silu", attention_bias false, sliding_window 4096, max_window_layers 28.
 
-use crate::blocks::{
-    AttentionOptions, DecoderSpec, NormSpec, QkNorm, inverse_frequencies, load_decoder,
-};
+use crate::blocks::{AttentionOptions, DecoderSpec, QkNorm, load_decoder};
+use crate::config::{Defaults, SlidingFromLayer};
 use crate::ops::ModelBackend;
-use crate::{FamilyModel, Loader, config};
-use gradlens_core::{Result, parse_config};
-use serde::Deserialize;
-use std::path::Path;
+use crate::{FamilyConfig, FamilyModel, Loader};
+use gradlens_core::Result;
 
 /// The chat template takes a system turn.
 pub const SYSTEM_TURN: bool = true;
 
-#[derive(Debug, Deserialize)]
-struct Qwen3Config {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    #[serde(default = "default_head_dim")]
-    head_dim: usize,
-    vocab_size: usize,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
-    #[serde(default = "default_act")]
-    hidden_act: String,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    #[serde(default)]
-    attention_bias: bool,
-    #[serde(default)]
-    use_sliding_window: bool,
-    #[serde(default = "default_window")]
-    sliding_window: Option<usize>,
-    #[serde(default = "default_max_window_layers")]
-    max_window_layers: usize,
-}
+/// transformers' `Qwen3Config` defaults: head_dim 128, otherwise Llama's.
+pub const DEFAULTS: Defaults = Defaults {
+    head_dim: Some(128),
+    ..Defaults::LLAMA
+};
 
-fn default_head_dim() -> usize {
-    128
-}
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_act() -> String {
-    "silu".into()
-}
-fn default_window() -> Option<usize> {
-    Some(4096)
-}
-fn default_max_window_layers() -> usize {
-    28
-}
-
-pub fn load<B: ModelBackend>(
-    l: &mut Loader<'_, B>,
-    raw: &serde_json::Value,
-    path: &Path,
-) -> Result<FamilyModel<B>> {
-    let c: Qwen3Config = parse_config(path, raw)?;
-    let heads = c.num_attention_heads;
-    let (kv_heads, head_dim) =
-        config::head_dims(path, c.hidden_size, heads, c.num_key_value_heads, Some(c.head_dim))?;
-    let (theta, scaling) = config::rope(path, raw, 10_000.0)?;
-    let window = if c.use_sliding_window { c.sliding_window } else { None };
-    let sliding = config::sliding_layers(path, raw, c.num_hidden_layers, |i| {
-        window.is_some() && i >= c.max_window_layers
-    })?;
-    let norm = NormSpec::plain(c.rms_norm_eps);
+pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, f: FamilyConfig<'_>) -> Result<FamilyModel<B>> {
+    let windows = f.own::<SlidingFromLayer>()?.windows(&f)?;
+    let qk_norm = QkNorm::PerHead(f.spec.norm);
     let spec = DecoderSpec {
-        vocab: c.vocab_size,
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        layers: c.num_hidden_layers,
-        norm,
-        act: config::activation(path, &c.hidden_act)?,
-        tie_word_embeddings: c.tie_word_embeddings,
-        rope: vec![inverse_frequencies(head_dim, theta, &scaling)],
-        ..DecoderSpec::default()
+        rope: vec![f.rope_table(10_000.0)?],
+        ..f.spec
     };
     load_decoder(l, &spec, |i| AttentionOptions {
-        sliding_window: if sliding[i] { window } else { None },
-        qkv_bias: c.attention_bias,
-        o_bias: c.attention_bias,
-        qk_norm: QkNorm::PerHead(norm),
-        ..AttentionOptions::new(heads, kv_heads, head_dim)
+        sliding_window: windows[i],
+        qk_norm,
+        ..f.attention.clone()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn omitted_keys_take_transformers_defaults() {
-        let c: Qwen3Config = serde_json::from_str(
-            r#"{"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
-                "num_attention_heads": 2, "vocab_size": 10}"#,
-        )
-        .unwrap();
-        assert_eq!((c.head_dim, c.rms_norm_eps, c.max_window_layers), (128, 1e-6, 28));
-        assert!(!c.tie_word_embeddings && !c.attention_bias && !c.use_sliding_window);
-        assert_eq!(c.sliding_window, Some(4096));
-    }
 }
