@@ -99,9 +99,13 @@ enum Command {
 
 #[derive(clap::Args)]
 struct GradsArgs {
-    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json), or a hub
+    /// model id (`Qwen/Qwen3-1.7B`) already in the local Hugging Face cache (offline).
     #[arg(long)]
     model: PathBuf,
+    /// With a hub model id: the branch, tag or commit of the cached snapshot (default main).
+    #[arg(long)]
+    revision: Option<String>,
     /// Data file: a JSON array of {instruction, input, output} records.
     #[arg(long)]
     data: PathBuf,
@@ -180,8 +184,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Grads(a) => {
+            let model = gradlens::hub::resolve(&a.model, a.revision.as_deref())?;
             let opts = GradsOptions {
-                model: a.model.clone(),
+                model: model.clone(),
                 data: a.data,
                 out: a.out,
                 start: a.start,
@@ -191,7 +196,7 @@ fn run(cli: Cli) -> Result<()> {
                 backend: a.backend,
                 mode: if a.instruct {
                     PromptMode::instruct_from_dir(
-                        &a.model,
+                        &model,
                         InstructOptions {
                             add_special_tokens: !a.single_bos,
                         },

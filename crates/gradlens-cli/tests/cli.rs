@@ -295,3 +295,61 @@ fn init_then_grads() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(indices(&out), vec![0, 1]);
 }
+
+/// `--model ORG/NAME` finds the snapshot in a Hugging Face cache laid out as the hub client lays it
+/// (refs/main → snapshots/<commit>/, files linked to blobs/), offline; a missing one says where it
+/// looked.
+#[test]
+fn hub_ids_resolve_in_the_local_cache() {
+    let cache = scratch("hub-cache");
+    let repo = cache.join("models--test-org--tiny-qwen2");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for entry in std::fs::read_dir(fixture("qwen2-tiny")).unwrap() {
+        let entry = entry.unwrap();
+        if !entry.file_type().unwrap().is_file() {
+            continue;
+        }
+        let blob = repo.join("blobs").join(entry.file_name());
+        std::fs::copy(entry.path(), &blob).unwrap();
+        std::os::unix::fs::symlink(
+            Path::new("../../blobs").join(entry.file_name()),
+            snapshot.join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let out = cache.join("o.jsonl");
+    let run = |model: &str, extra: &[&str]| {
+        gradlens()
+            .env("HF_HUB_CACHE", &cache)
+            .args(["grads", "--quiet", "--max-length", "96", "--limit", "2"])
+            .args(["--model", model, "--data"])
+            .arg(tiny_data())
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let r = run("test-org/tiny-qwen2", &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        indices(&out).len() + indices(&cache.join("o.skipped.jsonl")).len(),
+        2
+    );
+    // A commit hash as the revision.
+    let r = run("test-org/tiny-qwen2", &["--revision", commit]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // Not cached: the error says where it looked.
+    let r = run("test-org/absent", &[]);
+    assert_clear_error(
+        &r,
+        &["test-org/absent", "models--test-org--absent", "refs/main"],
+    );
+    let r = run("test-org/tiny-qwen2", &["--revision", "v2"]);
+    assert_clear_error(&r, &["revision \"v2\"", "refs/v2"]);
+}

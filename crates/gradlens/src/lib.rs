@@ -28,7 +28,7 @@ pub mod sweep;
 pub mod tokenizer;
 pub mod two_stage;
 
-pub use gradlens_core::{Checkpoint, CheckpointError};
+pub use gradlens_core::{Checkpoint, CheckpointError, hub};
 pub use gradlens_models::{LoadedModel, SUPPORTED, paper_selector};
 
 /// An error and its causes on one line (`outer: cause: cause`), leaving out a cause whose text

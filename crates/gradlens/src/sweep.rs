@@ -30,8 +30,12 @@ pub enum ModelMode {
 pub struct ModelSpec {
     /// Short name: the folder of this model's results.
     pub name: String,
-    /// Checkpoint directory (relative to the sweep file's folder).
+    /// Checkpoint directory (relative to the sweep file's folder), or a hub model id
+    /// (`Qwen/Qwen3-1.7B`) in the local Hugging Face cache.
     pub path: String,
+    /// With a hub model id: the branch, tag or commit of the cached snapshot (default main).
+    #[serde(default)]
+    pub revision: Option<String>,
     #[serde(default)]
     pub mode: ModelMode,
     /// Instruct mode without adding special tokens to the rendered template (one BOS).
@@ -201,6 +205,12 @@ impl Plan {
         let mut model_dirs = Vec::new();
         for m in &sweep.models {
             let dir = normalize(&base_dir.join(&m.path));
+            let dir = if !dir.exists() && crate::hub::is_model_id(Path::new(&m.path)) {
+                crate::hub::resolve(Path::new(&m.path), m.revision.as_deref())
+                    .with_context(|| format!("{}: model {:?}", sweep_path.display(), m.name))?
+            } else {
+                dir
+            };
             if !dir.join("config.json").is_file() {
                 bail!(
                     "{}: model {:?}: {} is not a checkpoint directory (no config.json)",
