@@ -7,6 +7,7 @@
 
 use crate::loader::Loader;
 use crate::ops::{ModelBackend, attention, softmax, swiglu};
+pub use crate::tensor::{float_tensor, int_tensor, zeros};
 use burn::module::{Module, Param};
 use burn::tensor::activation::gelu_approximate;
 use burn::tensor::backend::Backend;
@@ -855,38 +856,4 @@ impl<B: ModelBackend> crate::CausalLm<B> for Decoder<B> {
     fn vocab_size(&self) -> usize {
         self.embed_tokens.weight.dims()[0]
     }
-}
-
-/// A float tensor in the backend's own float dtype, whatever the device's default dtype is.
-///
-/// Burn 0.21 keeps one default dtype per device *type*: `NdArray<f32>` and `NdArray<f64>` share
-/// `NdArrayDevice`, so in a process that uses both, a plain `from_data` could silently give an f64
-/// model f32 tensors. Every tensor gradlens creates goes through these two functions.
-pub fn float_tensor<B: Backend, const D: usize>(
-    data: TensorData,
-    device: &B::Device,
-) -> Tensor<B, D> {
-    use burn::tensor::Element;
-    let dtype = <B::FloatElem as Element>::dtype();
-    Tensor::from_data(data.convert::<B::FloatElem>(), (device, dtype))
-}
-
-/// Zeros in the backend's own float dtype (see [`float_tensor`]).
-pub fn zeros<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
-    use burn::tensor::Element;
-    Tensor::zeros(shape, (device, <B::FloatElem as Element>::dtype()))
-}
-
-/// An int tensor in the backend's own int dtype (see [`float_tensor`]).
-pub fn int_tensor<B: Backend, const D: usize>(
-    values: Vec<i64>,
-    shape: [usize; D],
-    device: &B::Device,
-) -> Tensor<B, D, burn::tensor::Int> {
-    use burn::tensor::Element;
-    let dtype = <B::IntElem as Element>::dtype();
-    Tensor::from_data(
-        TensorData::new(values, shape).convert::<B::IntElem>(),
-        (device, dtype),
-    )
 }

@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod config;
 pub mod loader;
 pub mod ops;
+pub mod tensor;
 
 pub use loader::{Loader, Selected, Selector, paper_selector};
 pub use ops::ModelBackend;

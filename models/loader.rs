@@ -1,7 +1,7 @@
 //! Moves checkpoint tensors into Burn parameters, in the compute dtype of the backend, and records
 //! which 2-D parameters take part in the measurement (in checkpoint order).
 
-use crate::blocks::float_tensor;
+use crate::tensor::float_tensor;
 use burn::module::{Param, ParamId};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;

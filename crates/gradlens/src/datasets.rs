@@ -179,7 +179,7 @@ impl Manifest {
         let base = self.path.parent().unwrap_or(Path::new("."));
         self.default_data_root
             .as_ref()
-            .map(|r| crate::sweep::normalize(&base.join(r)))
+            .map(|r| crate::paths::normalize(&base.join(r)))
     }
 }
 

@@ -10,8 +10,9 @@ use crate::stats::{
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Element, Tensor};
 use gradlens_models::LoadedModel;
-use gradlens_models::blocks::{Capture, int_tensor, zeros};
+use gradlens_models::blocks::Capture;
 use gradlens_models::ops::weighted_nll;
+use gradlens_models::tensor::{float_tensor, int_tensor, zeros};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -46,10 +47,7 @@ pub fn response_loss<B: GradBackend>(
         .unzip();
     let logits = model.model.logits(hidden.narrow(0, start, rows));
     let targets = int_tensor::<B, 2>(targets, [rows, 1], &device);
-    let coeff = gradlens_models::blocks::float_tensor::<B, 2>(
-        burn::tensor::TensorData::new(coeff, [rows, 1]),
-        &device,
-    );
+    let coeff = float_tensor::<B, 2>(burn::tensor::TensorData::new(coeff, [rows, 1]), &device);
     weighted_nll(logits, targets, coeff)
 }
 

@@ -3,34 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A float type the host-side linear algebra runs in: the model's compute dtype (f32 on CUDA and
-/// for `--dtype f32`, f64 for the reference path).
-pub trait Real:
-    faer::traits::RealField + Copy + Send + Sync + Into<f64> + std::fmt::Debug + 'static
-{
-    /// The rounding unit (machine epsilon) as f64.
-    const EPSILON: f64;
-    /// Reduce `b` (rows ≥ cols) to upper bidiagonal form in place; its diagonal and
-    /// superdiagonal in f64 (see [`crate::svd`]).
-    fn bidiagonalise(b: &mut faer::Mat<Self>) -> (Vec<f64>, Vec<f64>) {
-        crate::svd::bidiagonalise_one_stage(b)
-    }
-}
-impl Real for f32 {
-    const EPSILON: f64 = f32::EPSILON as f64;
-    /// From [`crate::svd::TWO_STAGE_FROM`] columns on, the two-stage reduction
-    /// ([`crate::two_stage`]).
-    fn bidiagonalise(b: &mut faer::Mat<f32>) -> (Vec<f64>, Vec<f64>) {
-        if b.ncols() >= crate::svd::TWO_STAGE_FROM {
-            crate::two_stage::bidiagonalise(b, crate::two_stage::BAND)
-        } else {
-            crate::svd::bidiagonalise_one_stage(b)
-        }
-    }
-}
-impl Real for f64 {
-    const EPSILON: f64 = f64::EPSILON;
-}
+pub use crate::svd::{Real, SvdError};
 
 /// A matrix on the host, row-major `[rows, cols]` (a gradient as the checkpoint stores the weight,
 /// or a factor `[tokens, dim]`).
@@ -75,10 +48,6 @@ pub struct GradStats {
     /// Σσ_i² / σ_max²; beyond the paper.
     pub stable_rank: f64,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("singular value decomposition did not converge ({0})")]
-pub struct SvdError(pub(crate) String);
 
 /// The factors of one sample's gradient of a linear map `y = x Wᵀ (+ b)` applied at `tokens`
 /// positions: G = Δᵀ X, with X `[tokens, d_in]` the inputs (shared by projections of the same

@@ -9,9 +9,41 @@
 //! bidiagonalisation alone accounts for 8e-8 (measured; see docs/performance.md). dqds in f64 on
 //! the same bidiagonal keeps the latter and takes less than half the time.
 
-use crate::stats::{Real, SvdError};
 use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::{Mat, MatMut, MatRef, Par};
+use faer::{Mat, MatRef, Par};
+
+/// A float type the host-side linear algebra runs in: the model's compute dtype (f32 on CUDA and
+/// for `--dtype f32`, f64 for the reference path).
+pub trait Real:
+    faer::traits::RealField + Copy + Send + Sync + Into<f64> + std::fmt::Debug + 'static
+{
+    /// The rounding unit (machine epsilon) as f64.
+    const EPSILON: f64;
+    /// Reduce `b` (rows ≥ cols) to upper bidiagonal form in place; its diagonal and
+    /// superdiagonal in f64 (see [`crate::svd`]).
+    fn bidiagonalise(b: &mut faer::Mat<Self>) -> (Vec<f64>, Vec<f64>) {
+        bidiagonalise_one_stage(b)
+    }
+}
+impl Real for f32 {
+    const EPSILON: f64 = f32::EPSILON as f64;
+    /// From [`TWO_STAGE_FROM`] columns on, the two-stage reduction
+    /// ([`crate::two_stage`]).
+    fn bidiagonalise(b: &mut faer::Mat<f32>) -> (Vec<f64>, Vec<f64>) {
+        if b.ncols() >= TWO_STAGE_FROM {
+            crate::two_stage::bidiagonalise(b, crate::two_stage::BAND)
+        } else {
+            bidiagonalise_one_stage(b)
+        }
+    }
+}
+impl Real for f64 {
+    const EPSILON: f64 = f64::EPSILON;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("singular value decomposition did not converge ({0})")]
+pub struct SvdError(pub(crate) String);
 
 /// faer's own rule: a matrix with more than 11/6 as many rows as columns is reduced by a thin QR
 /// first and its square R bidiagonalised.
@@ -87,23 +119,7 @@ pub fn thin_r<T: Real>(mut a: Mat<T>) -> Mat<T> {
     Mat::from_fn(k, n, |i, j| if j >= i { a[(i, j)] } else { T::zero() })
 }
 
-/// Householder QR of `a` in place (faer, one thread), in blocks of `h.nrows()` reflectors whose
-/// panels are not split further (faer splits them in halves above 48² entries); `h`
-/// (block size × min(m, n)) receives the blocks' triangular factors.
-pub fn householder_qr_in_place<T: Real>(a: MatMut<'_, T>, h: MatMut<'_, T>) {
-    use faer::linalg::qr::no_pivoting::factor;
-    let (m, n) = a.shape();
-    let mut params: faer::Spec<factor::QrParams, T> = Default::default();
-    params.config.blocking_threshold = usize::MAX;
-    let mut mem = MemBuffer::new(factor::qr_in_place_scratch::<T>(
-        m,
-        n,
-        h.nrows(),
-        Par::Seq,
-        params,
-    ));
-    factor::qr_in_place(a, h, Par::Seq, MemStack::new(&mut mem), params);
-}
+pub use crate::householder::householder_qr_in_place;
 
 /// The relative accuracy asked of each singular value of the bidiagonal: the matrix dtype's
 /// rounding unit (the bidiagonalisation in that dtype is no more accurate), and no tighter than

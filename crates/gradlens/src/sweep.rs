@@ -108,26 +108,7 @@ pub struct Plan {
     pub max_memory: Option<u64>,
 }
 
-/// `a/b/../c` → `a/c` (lexically; for paths shown to people and recorded in run.json).
-pub fn normalize(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir
-                if out
-                    .components()
-                    .next_back()
-                    .is_some_and(|l| matches!(l, Component::Normal(_))) =>
-            {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
+pub use crate::paths::normalize;
 
 /// `I/N` with 1 ≤ I ≤ N.
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
