@@ -180,6 +180,40 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// YaRN (`"yarn"`, arXiv 2309.00071, as transformers computes it): frequencies between the
+    /// interpolated and the original ones along a ramp over the dimensions, and cos/sin multiplied
+    /// by `attention_factor`.
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        /// Round the ramp's ends outwards (transformers' `truncate`, default true).
+        truncate: bool,
+        attention_factor: f64,
+    },
+}
+
+/// One rotary table: inverse frequencies and the factor on cos and sin (1 but for YaRN).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeTable {
+    pub inv_freq: Vec<f64>,
+    pub scale: f64,
+}
+
+impl RopeTable {
+    /// The table of `theta` and `scaling` for heads of `head_dim`.
+    pub fn new(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Self {
+        Self {
+            inv_freq: inverse_frequencies(head_dim, theta, scaling),
+            scale: match *scaling {
+                RopeScaling::Yarn {
+                    attention_factor, ..
+                } => attention_factor,
+                _ => 1.0,
+            },
+        }
+    }
 }
 
 /// Rotary tables for one sequence, computed on the host in f64 and stored in the compute dtype.
@@ -220,11 +254,40 @@ pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -
                 })
                 .collect()
         }
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings: old_ctx,
+            beta_fast,
+            beta_slow,
+            truncate,
+            ..
+        } => {
+            let dim = head_dim as f64;
+            // The dimension at which `rotations` full turns fit in the original context.
+            let correction = |rotations: f64| {
+                dim * (old_ctx / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+            };
+            let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+            if truncate {
+                (low, high) = (low.floor(), high.ceil());
+            }
+            let (low, high) = (low.max(0.0), high.min(dim - 1.0));
+            let high = if low == high { high + 0.001 } else { high };
+            base.into_iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                    let extrapolation = 1.0 - ramp;
+                    f / factor * (1.0 - extrapolation) + f * extrapolation
+                })
+                .collect()
+        }
     }
 }
 
 impl<B: Backend> Rotary<B> {
-    pub fn new(tokens: usize, inv_freq: &[f64], device: &B::Device) -> Self {
+    pub fn new(tokens: usize, table: &RopeTable, device: &B::Device) -> Self {
+        let (inv_freq, scale) = (&table.inv_freq, table.scale);
         let half = inv_freq.len();
         let dim = 2 * half;
         let mut cos = Vec::with_capacity(tokens * dim);
@@ -234,8 +297,8 @@ impl<B: Backend> Rotary<B> {
                 let _ = rep;
                 for f in inv_freq {
                     let angle = t as f64 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
+                    cos.push(angle.cos() * scale);
+                    sin.push(angle.sin() * scale);
                 }
             }
         }
@@ -305,14 +368,14 @@ pub struct SequenceContext<'a, B: Backend> {
 impl<'a, B: Backend> SequenceContext<'a, B> {
     pub fn new(
         tokens: usize,
-        rope: &[Vec<f64>],
+        rope: &[RopeTable],
         device: &B::Device,
         capture: Option<&'a Capture<B>>,
     ) -> Self {
         Self {
             rotary: rope
                 .iter()
-                .map(|inv_freq| Rotary::new(tokens, inv_freq, device))
+                .map(|table| Rotary::new(tokens, table, device))
                 .collect(),
             causal_bias: mask_bias(Tensor::<B, 2, Bool>::tril_mask([tokens, tokens], 0, device)),
             sliding_bias: Default::default(),
@@ -760,7 +823,7 @@ pub struct DecoderSpec {
     pub final_logit_softcap: Option<f64>,
     /// The rotary tables (inverse frequencies, already scaled); a layer picks one through
     /// [`AttentionOptions::rope`].
-    pub rope: Vec<Vec<f64>>,
+    pub rope: Vec<RopeTable>,
 }
 
 impl Default for DecoderSpec {
@@ -824,7 +887,7 @@ pub struct Decoder<B: Backend> {
     pub norm: RmsNorm<B>,
     pub lm_head: LmHead<B>,
     #[module(skip)]
-    pub rope: Vec<Vec<f64>>,
+    pub rope: Vec<RopeTable>,
     #[module(skip)]
     pub embed_scale: Option<f64>,
     #[module(skip)]

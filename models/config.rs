@@ -37,7 +37,13 @@ pub fn rope(path: &Path, config: &Value, default_theta: f64) -> Result<(f64, Rop
         .or(params)
     {
         None => RopeScaling::None,
-        Some(s) => rope_scaling(path, s)?,
+        Some(s) => rope_scaling(
+            path,
+            s,
+            config
+                .get("max_position_embeddings")
+                .and_then(Value::as_f64),
+        )?,
     };
     Ok((theta, scaling))
 }
@@ -49,11 +55,11 @@ pub fn rope_params(path: &Path, params: &Value, default_theta: f64) -> Result<(f
         .get("rope_theta")
         .and_then(Value::as_f64)
         .unwrap_or(default_theta);
-    Ok((theta, rope_scaling(path, params)?))
+    Ok((theta, rope_scaling(path, params, None)?))
 }
 
 /// The scaling of a `rope_scaling` / `rope_parameters` object.
-fn rope_scaling(path: &Path, s: &Value) -> Result<RopeScaling> {
+fn rope_scaling(path: &Path, s: &Value, max_positions: Option<f64>) -> Result<RopeScaling> {
     let kind = s
         .get("rope_type")
         .or_else(|| s.get("type"))
@@ -78,11 +84,47 @@ fn rope_scaling(path: &Path, s: &Value) -> Result<RopeScaling> {
                 )?,
             }
         }
+        "yarn" => {
+            let ctx = "rope_scaling (yarn)";
+            let factor = number(path, s, "factor", ctx)?;
+            let opt = |key: &str| s.get(key).and_then(Value::as_f64);
+            let mscale = |m: f64| {
+                if factor <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * factor.ln() + 1.0
+                }
+            };
+            let attention_factor = match (
+                opt("attention_factor"),
+                opt("mscale"),
+                opt("mscale_all_dim"),
+            ) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => mscale(m) / mscale(all),
+                _ => mscale(1.0),
+            };
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: opt("original_max_position_embeddings")
+                    .or(max_positions)
+                    .ok_or_else(|| {
+                        config_error(
+                            path,
+                            format!("{ctx}: missing number `original_max_position_embeddings`"),
+                        )
+                    })?,
+                beta_fast: opt("beta_fast").filter(|&b| b != 0.0).unwrap_or(32.0),
+                beta_slow: opt("beta_slow").filter(|&b| b != 0.0).unwrap_or(1.0),
+                truncate: s.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+                attention_factor,
+            }
+        }
         other => {
             return Err(config_error(
                 path,
                 format!(
-                    "unsupported rope_scaling type {other:?} (supported: default, linear, llama3)"
+                    "unsupported rope_scaling type {other:?} (supported: default, linear, llama3, yarn)"
                 ),
             ));
         }
@@ -380,11 +422,9 @@ pub fn rope_table(
     raw: &Value,
     default_theta: f64,
     head_dim: usize,
-) -> Result<Vec<f64>> {
+) -> Result<crate::blocks::RopeTable> {
     let (theta, scaling) = rope(path, raw, default_theta)?;
-    Ok(crate::blocks::inverse_frequencies(
-        head_dim, theta, &scaling,
-    ))
+    Ok(crate::blocks::RopeTable::new(head_dim, theta, &scaling))
 }
 
 #[cfg(test)]

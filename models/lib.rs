@@ -59,7 +59,7 @@ impl FamilyConfig<'_> {
     }
 
     /// The rotary table of `rope_theta` (default `default_theta`) and `rope_scaling`.
-    pub fn rope_table(&self, default_theta: f64) -> Result<Vec<f64>> {
+    pub fn rope_table(&self, default_theta: f64) -> Result<blocks::RopeTable> {
         config::rope_table(self.path, self.raw, default_theta, self.attention.head_dim)
     }
 

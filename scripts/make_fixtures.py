@@ -200,6 +200,11 @@ def family_config(family: str, a: argparse.Namespace, vocab: int):
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     elif a.rope_scaling == "linear":
         rope = {"rope_type": "linear", "rope_theta": a.rope_theta, "factor": 2.0}
+    elif a.rope_scaling == "yarn":
+        # Qwen3's long-context setting in miniature: the ramp and the attention factor bite within
+        # the samples' 1024 positions.
+        rope = {"rope_type": "yarn", "rope_theta": a.rope_theta, "factor": 4.0,
+                "original_max_position_embeddings": 64}
     if a.head_dim:
         common["head_dim"] = a.head_dim
     if family in ("qwen2", "llama"):
@@ -281,6 +286,22 @@ def inv_freq64(config, rp=None) -> torch.Tensor:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         mid = ~(wl < hi_wl) & ~(wl > lo_wl)
         inv = torch.where(mid, smoothed, scaled)
+    elif kind == "yarn":
+        factor = rp["factor"]
+        old = rp.get("original_max_position_embeddings") or config.max_position_embeddings
+        beta_fast, beta_slow = rp.get("beta_fast") or 32, rp.get("beta_slow") or 1
+
+        def correction(rotations):
+            return head_dim * math.log(old / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+        low, high = correction(beta_fast), correction(beta_slow)
+        if rp.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, head_dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        extrapolation = 1 - ramp
+        inv = inv / factor * (1 - extrapolation) + inv * extrapolation
     elif kind != "default":
         raise ValueError(kind)
     return inv
@@ -314,10 +335,13 @@ def to_float64_reference(model: torch.nn.Module) -> torch.nn.Module:
             assert torch.allclose(ours, theirs, rtol=1e-6, atol=0), (ours, theirs)
             mod.inv_freq = inv.clone()
 
-            def rot_forward(x, position_ids, _inv=inv):
+            # YaRN's factor on cos and sin (1 otherwise), a Python float computed in float64.
+            scale = float(getattr(mod, "attention_scaling", 1.0))
+
+            def rot_forward(x, position_ids, _inv=inv, _scale=scale):
                 freqs = position_ids[..., None].to(torch.float64) * _inv
                 emb = torch.cat((freqs, freqs), dim=-1)
-                return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+                return (emb.cos() * _scale).to(x.dtype), (emb.sin() * _scale).to(x.dtype)
             mod.forward = rot_forward
         elif cls.endswith("RMSNorm"):
             gemma = "Gemma" in cls
@@ -498,9 +522,10 @@ FIXTURE_SPECS = {
                         intermediate=96, tie=True, tokenizer="metaspace_gemma", vocab=600, sliding_window=16,
                         query_pre_attn_scalar=24, attn_softcap=2.0, final_softcap=1.5),
     # Qwen3: q/k RMSNorm per head, no q/k/v bias, head_dim 24 != hidden/heads (q and o not square),
-    # a sliding window of 16 on layer 1 (layer_types).
+    # a sliding window of 16 on layer 1 (layer_types), YaRN rope scaling (factor 4 over 64 positions).
     "qwen3-tiny": dict(family="qwen3", seed=7, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=24,
-                       intermediate=96, tokenizer="byte_level", vocab=600, sliding_window=16, instruct=True),
+                       intermediate=96, tokenizer="byte_level", vocab=600, sliding_window=16, instruct=True,
+                       rope_scaling="yarn"),
     # Gemma 3: local (sliding window 16, rotary base 1000) and global layers (rope_theta 10000, linear
     # scaling 2), q/k RMSNorm per head, sandwich norms, query_pre_attn_scalar 24 != head_dim 16.
     "gemma3-tiny": dict(family="gemma3", seed=9, hidden=64, layers=3, heads=4, kv_heads=2, head_dim=16,

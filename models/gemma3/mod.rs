@@ -18,8 +18,7 @@
 //! rms_norm_eps 1e-6, hidden_activation "gelu_pytorch_tanh", tie_word_embeddings true.
 
 use crate::blocks::{
-    AttentionOptions, DecoderSpec, NormPlacement, QkNorm, RopeScaling, inverse_frequencies,
-    load_decoder,
+    AttentionOptions, DecoderSpec, NormPlacement, QkNorm, RopeScaling, RopeTable, load_decoder,
 };
 use crate::config::{self, Defaults};
 use crate::ops::ModelBackend;
@@ -107,7 +106,7 @@ pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, f: FamilyConfig<'_>) -> Resu
         embed_scale: Some((f.spec.hidden as f64).sqrt()),
         final_logit_softcap: c.final_logit_softcapping,
         rope: rope_tables(f.path, f.raw, &c)?
-            .map(|(theta, scaling)| inverse_frequencies(head_dim, theta, &scaling))
+            .map(|(theta, scaling)| RopeTable::new(head_dim, theta, &scaling))
             .to_vec(),
         ..f.spec
     };
