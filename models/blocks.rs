@@ -35,7 +35,9 @@ impl<B: Backend> Linear<B> {
     ) -> Result<Self> {
         let weight_name = format!("{name}.weight");
         let weight = l.matrix(&weight_name, [d_out, d_in])?;
-        let measured_as = l.is_selected(&weight_name).then_some(weight_name);
+        let measured_as = l
+            .is_selected(&weight_name)
+            .then(|| l.stored_name(&weight_name));
         let bias = if bias {
             Some(l.vector(&format!("{name}.bias"), d_out)?)
         } else {

@@ -77,8 +77,7 @@ pub fn load<B: ModelBackend>(
     selector: &Selector,
 ) -> Result<LoadedModel<B>> {
     let mut ckpt = Checkpoint::open(dir)?;
-    config::check_sizes(ckpt.config_path(), ckpt.config())?;
-    let model_type = ckpt.model_type()?.to_string();
+    let model_type = unwrap_text_model(&mut ckpt)?;
     let config = ckpt.config().clone();
     let config_path = ckpt.config_path().to_path_buf();
     let mut loader = Loader::new(&mut ckpt, device, selector);
@@ -102,14 +101,23 @@ pub fn load<B: ModelBackend>(
     })
 }
 
+/// The `model_type` to load, after reading the text model out of a wrapper checkpoint (a
+/// multimodal Gemma 3); the sizes of the config checked first.
+fn unwrap_text_model(ckpt: &mut Checkpoint) -> Result<String> {
+    if ckpt.model_type()? == gemma3::MULTIMODAL {
+        gemma3::text_part(ckpt)?;
+    }
+    config::check_sizes(ckpt.config_path(), ckpt.config())?;
+    Ok(ckpt.model_type()?.to_string())
+}
+
 /// The tensors a checkpoint of this config needs, as the family's own `load` asks for them (name,
 /// shape, and a norm scale's identity value): the basis of random initialisation. No weights
 /// are read or allocated.
 pub fn describe(config_path: &Path) -> Result<(String, Vec<gradlens_core::Described>)> {
     type Probe = burn::backend::NdArray<f32>;
     let mut ckpt = Checkpoint::describe(config_path)?;
-    config::check_sizes(config_path, ckpt.config())?;
-    let model_type = ckpt.model_type()?.to_string();
+    let model_type = unwrap_text_model(&mut ckpt)?;
     let config = ckpt.config().clone();
     let never = |_: &str, _: [usize; 2]| false;
     let mut loader = Loader::<Probe>::new(&mut ckpt, &Default::default(), &never);

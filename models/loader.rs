@@ -53,7 +53,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         let tensor = if (self.selector)(name, shape) {
             let t = tensor.require_grad();
             self.selected.push(Selected {
-                name: name.to_string(),
+                name: self.ckpt.stored_name(name),
                 tensor: t.clone(),
             });
             t
@@ -65,7 +65,13 @@ impl<'a, B: Backend> Loader<'a, B> {
 
     /// Whether the weight of this name was selected for measurement.
     pub fn is_selected(&self, name: &str) -> bool {
-        self.selected.iter().any(|s| s.name == name)
+        let stored = self.ckpt.stored_name(name);
+        self.selected.iter().any(|s| s.name == stored)
+    }
+
+    /// The checkpoint's own name of the tensor asked for as `name` (outputs use it).
+    pub fn stored_name(&self, name: &str) -> String {
+        self.ckpt.stored_name(name)
     }
 
     /// A 1-D weight (norm scale, bias): never measured, never requires grad.
@@ -95,7 +101,8 @@ impl<'a, B: Backend> Loader<'a, B> {
 
     /// Accept a tensor the model does not use (e.g. a stored copy of a tied head).
     pub fn ignore(&mut self, name: &str) {
-        self.ckpt.ignore_where(|n| n == name);
+        let stored = self.ckpt.stored_name(name);
+        self.ckpt.ignore_where(|n| n == stored);
     }
 
     /// Accept every tensor whose name satisfies `pred` (e.g. old checkpoints' `rotary_emb.inv_freq`).

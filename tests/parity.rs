@@ -400,3 +400,68 @@ fn padded_sequences_give_the_reference_numbers() {
         }
     }
 }
+
+/// A multimodal Gemma 3 checkpoint (`model_type: "gemma3"`, the text model's config under
+/// `text_config`, its tensors under `language_model.`, a vision tower beside them) measures its
+/// text model exactly as the text-only checkpoint, under the checkpoint's own tensor names.
+#[test]
+fn multimodal_gemma3_measures_its_text_model() {
+    let dir = scratch("gemma3-multimodal").join("model");
+    gradlens_tests::copy_dir(&fixture("gemma3-tiny"), &dir);
+    let text: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let wrapped = serde_json::json!({
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": text,
+        "vision_config": {"hidden_size": 8, "model_type": "siglip_vision_model"},
+    });
+    std::fs::write(dir.join("config.json"), wrapped.to_string()).unwrap();
+    gradlens_tests::rewrite_weights(&dir, |t| {
+        let names: Vec<String> = t.keys().cloned().collect();
+        for n in names {
+            let v = t.remove(&n).unwrap();
+            t.insert(format!("language_model.{n}"), v);
+        }
+        for extra in [
+            "vision_tower.vision_model.embeddings.patch_embedding.weight",
+            "multi_modal_projector.mm_input_projection_weight",
+        ] {
+            t.insert(
+                extra.into(),
+                (safetensors::Dtype::F32, vec![2, 2], vec![0; 16]),
+            );
+        }
+    });
+    let max_length = expected_logits("gemma3-tiny")["max_length"]
+        .as_u64()
+        .unwrap() as usize;
+    let m =
+        Measurer::<CpuF64>::load(&dir, max_length, PromptMode::Base, &Default::default()).unwrap();
+    assert!(
+        m.model
+            .selected
+            .iter()
+            .all(|s| s.name.starts_with("language_model.model.layers.")),
+        "outputs keep the checkpoint's own names"
+    );
+    let records = load_records(&tiny_data()).unwrap();
+    let out = dir.parent().unwrap().join("grads.jsonl");
+    m.measure_file(&records, &tiny_data(), 0..records.len(), &out, None, None)
+        .unwrap();
+    // The same numbers as the text-only fixture's reference, under the names it would have.
+    let renamed = dir.parent().unwrap().join("renamed.jsonl");
+    let text = std::fs::read_to_string(&out).unwrap();
+    std::fs::write(
+        &renamed,
+        text.replace("\"language_model.model.", "\"model."),
+    )
+    .unwrap();
+    let expected = fixture("gemma3-tiny").join("expected/grads.jsonl");
+    let errs = compare_files(&expected, &renamed, F64_RTOL).unwrap();
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+    assert_eq!(
+        read_jsonl_by_index(&expected).unwrap().len(),
+        read_jsonl_by_index(&renamed).unwrap().len()
+    );
+}

@@ -87,6 +87,46 @@ fn rope_tables(path: &Path, raw: &Value, c: &Gemma3Config) -> Result<[(f64, Rope
     })
 }
 
+/// The `model_type` of the multimodal Gemma 3 checkpoints (Gemma3ForConditionalGeneration).
+pub const MULTIMODAL: &str = "gemma3";
+
+/// Read the text model of a multimodal Gemma 3 checkpoint: its `text_config` as the config (model
+/// type `gemma3_text`), its tensors under `language_model.model.…` (as Google ships them) or
+/// `model.language_model.…` (as transformers 5 saves them), the vision tower and the projector
+/// left unread, with a note saying so.
+pub fn text_part(ckpt: &mut gradlens_core::Checkpoint) -> Result<()> {
+    let path = ckpt.config_path().to_path_buf();
+    let mut text = match ckpt.config().get("text_config") {
+        Some(Value::Object(t)) => t.clone(),
+        _ => {
+            return Err(gradlens_core::CheckpointError::Config {
+                path,
+                message: "a multimodal Gemma 3 config (model_type \"gemma3\") without an object \
+                          `text_config`"
+                    .into(),
+            });
+        }
+    };
+    text.insert("model_type".into(), Value::from("gemma3_text"));
+    if let Some(tie) = ckpt.config().get("tie_word_embeddings") {
+        text.entry("tie_word_embeddings").or_insert(tie.clone());
+    }
+    ckpt.set_config(Value::Object(text));
+    ckpt.with_prefixes(&[
+        ("model.", "language_model.model."),
+        ("model.", "model.language_model."),
+        ("lm_head.", "language_model.lm_head."),
+    ]);
+    let vision = ["vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."];
+    ckpt.ignore_where(|n| vision.iter().any(|v| n.starts_with(v)));
+    tracing::warn!(
+        "{}: a multimodal Gemma 3 checkpoint: measuring its text model (text_config, the \
+         language_model tensors); the vision tower and the projector are not loaded",
+        path.display()
+    );
+    Ok(())
+}
+
 /// Rotary table 0 serves the global layers, table 1 the sliding ones.
 const GLOBAL: usize = 0;
 const LOCAL: usize = 1;

@@ -38,6 +38,9 @@ pub struct Checkpoint {
     taken: BTreeSet<String>,
     /// `Some` for [`Checkpoint::describe`]: no weights, every requested tensor is recorded.
     described: Option<Vec<Described>>,
+    /// `(asked, stored)` name prefixes: a model wrapped in another (the text model of a multimodal
+    /// checkpoint) asks for `model.layers.0…` and finds `language_model.model.layers.0…`.
+    prefixes: Vec<(String, String)>,
 }
 
 /// A tensor a family asks for, recorded by [`Checkpoint::describe`].
@@ -170,6 +173,7 @@ impl Checkpoint {
             entries,
             taken: BTreeSet::new(),
             described: None,
+            prefixes: Vec::new(),
         })
     }
 
@@ -203,6 +207,7 @@ impl Checkpoint {
             entries: BTreeMap::new(),
             taken: BTreeSet::new(),
             described: Some(Vec::new()),
+            prefixes: Vec::new(),
         })
     }
 
@@ -243,9 +248,36 @@ impl Checkpoint {
             })
     }
 
+    /// Read the model a checkpoint wraps: a tensor asked for as `asked…` is stored as `stored…`
+    /// (the first pair that names a stored tensor wins).
+    pub fn with_prefixes(&mut self, prefixes: &[(&str, &str)]) {
+        self.prefixes = prefixes
+            .iter()
+            .map(|(a, s)| (a.to_string(), s.to_string()))
+            .collect();
+    }
+
+    /// Replace the configuration (the text model's part of a wrapper's config.json).
+    pub fn set_config(&mut self, config: serde_json::Value) {
+        self.config = config;
+    }
+
+    /// The name under which the checkpoint stores the tensor asked for as `name`.
+    pub fn stored_name(&self, name: &str) -> String {
+        for (asked, stored) in &self.prefixes {
+            if let Some(rest) = name.strip_prefix(asked.as_str()) {
+                let candidate = format!("{stored}{rest}");
+                if self.entries.contains_key(&candidate) {
+                    return candidate;
+                }
+            }
+        }
+        name.to_string()
+    }
+
     /// Whether the checkpoint stores a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
-        self.described.is_some() || self.entries.contains_key(name)
+        self.described.is_some() || self.entries.contains_key(&self.stored_name(name))
     }
 
     /// The stored dtypes of all tensors, for reporting.
@@ -258,6 +290,8 @@ impl Checkpoint {
 
     /// Read tensor `name`, check its shape, and convert it to f32 (f64 when stored as f64).
     pub fn take(&mut self, name: &str, expected_shape: &[usize]) -> Result<HostTensor> {
+        let stored = self.stored_name(name);
+        let name = stored.as_str();
         if let Some(d) = &mut self.described {
             d.push(Described {
                 name: name.to_string(),
