@@ -269,49 +269,31 @@ parity_tests! {
     gemma3_tiny: "gemma3-tiny",
 }
 
-/// Instruct mode (chat template) against transformers' `apply_chat_template`: Qwen2 renders a
-/// system turn, Gemma none (its template raises on one) and starts with the BOS text.
+/// Instruct-mode tests of the fixtures with a chat template: `<module>: "<fixture>"`.
+macro_rules! instruct_tests {
+    ($($module:ident: $fixture:literal),* $(,)?) => {$(
+        mod $module {
+            use super::super::*;
+            #[test]
+            fn f64() { check_jsonl::<CpuF64>($fixture, F64_RTOL, true) }
+            #[test]
+            fn f32() { check_jsonl::<CpuF32>($fixture, F32_RTOL, true) }
+        }
+    )*};
+}
+
+/// Instruct mode (chat template) against transformers' `apply_chat_template`: Qwen2, Qwen3, OLMo 2
+/// and Gemma 3 render a system turn, Gemma none (its template raises on one) and starts with the
+/// BOS text.
 mod instruct {
     use super::*;
-    #[test]
-    fn qwen2_f64() {
-        check_jsonl::<CpuF64>("qwen2-tiny", F64_RTOL, true)
-    }
-    #[test]
-    fn qwen2_f32() {
-        check_jsonl::<CpuF32>("qwen2-tiny", F32_RTOL, true)
-    }
-    #[test]
-    fn gemma_f64() {
-        check_jsonl::<CpuF64>("gemma-tiny", F64_RTOL, true)
-    }
-    #[test]
-    fn gemma_f32() {
-        check_jsonl::<CpuF32>("gemma-tiny", F32_RTOL, true)
-    }
-    #[test]
-    fn qwen3_f64() {
-        check_jsonl::<CpuF64>("qwen3-tiny", F64_RTOL, true)
-    }
-    #[test]
-    fn qwen3_f32() {
-        check_jsonl::<CpuF32>("qwen3-tiny", F32_RTOL, true)
-    }
-    #[test]
-    fn gemma3_f64() {
-        check_jsonl::<CpuF64>("gemma3-tiny", F64_RTOL, true)
-    }
-    #[test]
-    fn gemma3_f32() {
-        check_jsonl::<CpuF32>("gemma3-tiny", F32_RTOL, true)
-    }
-    #[test]
-    fn olmo2_f64() {
-        check_jsonl::<CpuF64>("olmo2-tiny", F64_RTOL, true)
-    }
-    #[test]
-    fn olmo2_f32() {
-        check_jsonl::<CpuF32>("olmo2-tiny", F32_RTOL, true)
+
+    instruct_tests! {
+        qwen2: "qwen2-tiny",
+        gemma: "gemma-tiny",
+        qwen3: "qwen3-tiny",
+        gemma3: "gemma3-tiny",
+        olmo2: "olmo2-tiny",
     }
 
     fn ids_of(name: &str, opts: gradlens::sample::InstructOptions) -> Vec<u32> {
