@@ -17,6 +17,10 @@ fn json_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 }
 
 #[test]
+#[cfg_attr(
+    not(paper_data),
+    ignore = "needs the paper's data: GRADLENS_DATA=DIR, or ../shared/paper-data beside the checkout (then rebuild the tests)"
+)]
 fn every_paper_data_file_parses() {
     let Some(root) = paper_data() else { return };
     let mut files = Vec::new();

@@ -232,10 +232,13 @@ macro_rules! parity_tests {
             #[test]
             fn factored_spectra_f64() { check_factored($fixture) }
             #[test]
+            #[cfg_attr(not(paper_data), ignore = "needs the paper's data: GRADLENS_DATA=DIR, or ../shared/paper-data beside the checkout (then rebuild the tests)")]
             fn paper_detailed_cot_f64() { check_paper_samples::<CpuF64>($fixture, DETAILED, "aqua_detailed", F64_RTOL) }
             #[test]
+            #[cfg_attr(not(paper_data), ignore = "needs the paper's data: GRADLENS_DATA=DIR, or ../shared/paper-data beside the checkout (then rebuild the tests)")]
             fn paper_detailed_cot_f32() { check_paper_samples::<CpuF32>($fixture, DETAILED, "aqua_detailed", F32_RTOL) }
             #[test]
+            #[cfg_attr(not(paper_data), ignore = "needs the paper's data: GRADLENS_DATA=DIR, or ../shared/paper-data beside the checkout (then rebuild the tests)")]
             fn paper_answer_only_f64() { check_paper_samples::<CpuF64>($fixture, ANSWER_ONLY, "aqua_none", F64_RTOL) }
             // The same model code on Burn's Flex backend (f32 only).
             #[test]

@@ -14,6 +14,10 @@ fn plan_of(path: &Path, shards: usize) -> anyhow::Result<Plan> {
 }
 
 #[test]
+#[cfg_attr(
+    not(paper_data),
+    ignore = "needs the paper's data: GRADLENS_DATA=DIR, or ../shared/paper-data beside the checkout (then rebuild the tests)"
+)]
 fn paper_smoke_covers_all_56_conditions_and_every_file_parses() {
     if paper_data().is_none() {
         return;

@@ -66,7 +66,7 @@ enum Command {
         /// Folders (searched recursively) or JSONL files.
         #[arg(long = "in", required = true, num_args = 1..)]
         inputs: Vec<PathBuf>,
-        /// Output folder (default: <first input>/report).
+        /// Output folder (default: <folder>/report, or <stem>-report beside a file).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -195,7 +195,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             gradlens::bench::run(&args, &repo_root()).map(|_| ())
         }
         Command::Report { inputs, out } => {
-            let out = out.unwrap_or_else(|| inputs[0].join("report"));
+            let out = out.unwrap_or_else(|| gradlens::reporting::default_out(&inputs));
             report(&inputs, &out)
         }
     }

@@ -34,7 +34,7 @@ enum Command {
         /// Folders (searched recursively) or JSONL files.
         #[arg(long = "in", required = true, num_args = 1..)]
         inputs: Vec<PathBuf>,
-        /// Output folder (default: <first input>/report).
+        /// Output folder (default: <folder>/report, or <stem>-report beside a file).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -83,6 +83,9 @@ enum Command {
     },
     /// Benchmark against the paper's PyTorch pipeline (same checkpoint, same samples, one run).
     Bench(gradlens::bench::BenchArgs),
+    /// The supported model families (config.json's model_type) and whether instruct mode gives
+    /// them a system turn.
+    Models,
     /// Compare two measurement JSONL files (e.g. against the transformers reference).
     Compare {
         /// The reference JSONL.
@@ -124,7 +127,8 @@ struct GradsArgs {
     /// Compute dtype: f32 (as the paper) or f64 (reference precision).
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
-    /// Where the model runs: cpu, or cuda / cuda:N (a build with `--features cuda`).
+    /// Where the model runs: cpu (Burn's NdArray, f32 and f64), flex (Burn's Flex, f32), libtorch
+    /// (a build with `--features tch`), cuda / cuda:N (a build with `--features cuda`, f32).
     #[arg(long, default_value = "cpu")]
     backend: Device,
     /// Instruct model: render the checkpoint's chat template (system "You are a helpful
@@ -216,7 +220,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Report { inputs, out } => {
-            let out = out.unwrap_or_else(|| inputs[0].join("report"));
+            let out = out.unwrap_or_else(|| gradlens::reporting::default_out(&inputs));
             gradlens::reporting::build_and_print(&inputs, &out)?;
             Ok(())
         }
@@ -295,6 +299,17 @@ fn run(cli: Cli) -> Result<()> {
                 gradlens::backend::limit_cpu_threads(args.threads);
             }
             gradlens::bench::run(&args, &std::env::current_dir()?)?;
+            Ok(())
+        }
+        Command::Models => {
+            println!("{:<14} system turn", "model_type");
+            for t in gradlens::SUPPORTED {
+                let system = gradlens::system_turn(t).unwrap_or(false);
+                println!("{t:<14} {}", if system { "yes" } else { "no" });
+            }
+            println!(
+                "(also: multimodal Gemma 3 checkpoints, model_type gemma3, measured by their text model)"
+            );
             Ok(())
         }
         Command::Compare {

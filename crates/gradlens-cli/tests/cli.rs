@@ -353,3 +353,32 @@ fn hub_ids_resolve_in_the_local_cache() {
     let r = run("test-org/tiny-qwen2", &["--revision", "v2"]);
     assert_clear_error(&r, &["revision \"v2\"", "refs/v2"]);
 }
+
+/// `report --in FILE.jsonl` writes beside the file; `models` lists every family.
+#[test]
+fn report_of_one_file_and_the_models_list() {
+    let dir = scratch("cli-report-file");
+    let out = dir.join("o.jsonl");
+    let r = grads(
+        &fixture("qwen2-tiny"),
+        &tiny_data(),
+        &out,
+        &["--max-length", "96"],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = gradlens()
+        .args(["report", "--in"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(dir.join("o-report").join("report.md").is_file());
+    let r = gradlens().arg("models").output().unwrap();
+    let text = String::from_utf8_lossy(&r.stdout);
+    for t in gradlens::SUPPORTED {
+        assert!(
+            text.lines().any(|l| l.starts_with(t)),
+            "{t} missing in:\n{text}"
+        );
+    }
+}

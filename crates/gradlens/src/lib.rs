@@ -31,7 +31,7 @@ pub mod tokenizer;
 pub mod two_stage;
 
 pub use gradlens_core::{Checkpoint, CheckpointError, hub};
-pub use gradlens_models::{LoadedModel, SUPPORTED, paper_selector};
+pub use gradlens_models::{LoadedModel, SUPPORTED, paper_selector, system_turn};
 
 /// An error and its causes on one line (`outer: cause: cause`), leaving out a cause whose text
 /// the message already carries (many messages quote their source).

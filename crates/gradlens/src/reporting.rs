@@ -427,6 +427,24 @@ fn instruct_pairs(models: &[String]) -> Vec<(String, String)> {
     pairs
 }
 
+/// Where a report goes when no `--out` is given: `<folder>/report` for a folder, `<stem>-report`
+/// beside a file.
+pub fn default_out(inputs: &[PathBuf]) -> PathBuf {
+    let first = inputs
+        .first()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("."));
+    if first.is_file() {
+        let stem = first
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "measurements".into());
+        first.with_file_name(format!("{stem}-report"))
+    } else {
+        first.join("report")
+    }
+}
+
 /// Build the whole report into `out`.
 pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
     let (measured, mut warnings) = collect(inputs)?;
