@@ -72,6 +72,18 @@ enum Command {
     },
 }
 
+/// The shard count of a sharded run whose `run-shard-I-of-N.json` files are in `out`.
+fn shards_run(out: &Path) -> Option<usize> {
+    std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| {
+            let rest = n.strip_prefix("run-shard-")?.strip_suffix(".json")?;
+            rest.split_once("-of-")?.1.parse::<usize>().ok()
+        })
+        .max()
+}
+
 fn report(inputs: &[PathBuf], out: &Path) -> Result<()> {
     gradlens::reporting::build_and_print(inputs, out).map(|_| ())
 }
@@ -149,6 +161,14 @@ fn run_cli(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             if merge {
+                // A sharded sweep's merge names each unfinished unit's shard as the run split it
+                // (from its run-shard-I-of-N.json files).
+                if shard.is_none()
+                    && let Some(n) = shards_run(&plan.out)
+                    && n != plan.shards
+                {
+                    plan = Plan::new(&path, &text, &base, data_root.as_deref(), n)?;
+                }
                 let incomplete = check_complete(&plan)?;
                 print!("{}", summary_table(&plan)?);
                 if incomplete.is_empty() {
@@ -157,6 +177,7 @@ fn run_cli(cli: Cli) -> Result<()> {
                         plan.units.len(),
                         path.display()
                     );
+                    eprintln!("the report: cargo xtask report --in {}", plan.out.display());
                     return Ok(());
                 }
                 for (i, m) in &incomplete {

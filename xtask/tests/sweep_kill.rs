@@ -261,3 +261,36 @@ fn bad_sweep_files_get_one_clear_error() {
         &["config.json", "needs about", "--max-memory"],
     );
 }
+
+/// The merge of a sharded sweep names the shard of each unfinished unit as the run split it, and
+/// once complete says how to make the report.
+#[test]
+fn the_merge_names_the_shards_of_unfinished_units() {
+    let dir = scratch("sweep-merge-shards");
+    let sweep = sweep_file(&dir, "out", 1);
+    let r = xtask(&sweep).args(["--shard", "1/3"]).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let merge = xtask(&sweep).arg("--merge").output().unwrap();
+    assert!(!merge.status.success());
+    let text = String::from_utf8_lossy(&merge.stdout);
+    assert!(
+        text.contains("(shard 2/3)")
+            && text.contains("(shard 3/3)")
+            && !text.contains("(shard 1/3)"),
+        "{text}"
+    );
+    for i in [2, 3] {
+        let r = xtask(&sweep)
+            .args(["--shard", &format!("{i}/3")])
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let merge = xtask(&sweep).arg("--merge").output().unwrap();
+    assert!(
+        merge.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merge.stdout)
+    );
+    assert!(String::from_utf8_lossy(&merge.stderr).contains("xtask report --in"));
+}
