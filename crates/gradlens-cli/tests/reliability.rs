@@ -128,6 +128,31 @@ fn config_case(
     })
 }
 
+/// config.json with one key set.
+fn config_set(
+    name: &'static str,
+    needles: &'static [&'static str],
+    key: &'static str,
+    value: Value,
+) -> Case {
+    config_case(name, needles, move |c| {
+        c.insert(key.into(), value.clone());
+    })
+}
+
+/// One file of the checkpoint replaced (or removed, for `None`).
+fn file_case(
+    name: &'static str,
+    needles: &'static [&'static str],
+    file: &'static str,
+    content: Option<&'static [u8]>,
+) -> Case {
+    case(name, needles, move |dir| {
+        let m = model_with_file(dir, file, content);
+        grads(dir, &m, &data(dir), &[])
+    })
+}
+
 /// A weights edit.
 fn weights_case(
     name: &'static str,
@@ -177,72 +202,80 @@ const K: &str = "model.layers.0.self_attn.k_proj.weight";
 fn corpus() -> Vec<Case> {
     vec![
         // config.json
-        config_case("hidden-zero", &["config.json", "hidden_size", "0"], |c| {
-            c.insert("hidden_size".into(), json!(0));
-        }),
-        config_case(
+        config_set(
+            "hidden-zero",
+            &["config.json", "hidden_size", "0"],
+            "hidden_size",
+            json!(0),
+        ),
+        config_set(
             "hidden-string",
             &["config.json", "hidden_size", "whole number"],
-            |c| {
-                c.insert("hidden_size".into(), json!("64"));
-            },
+            "hidden_size",
+            json!("64"),
         ),
-        config_case(
+        config_set(
             "hidden-float",
             &["config.json", "hidden_size", "whole number"],
-            |c| {
-                c.insert("hidden_size".into(), json!(64.5));
-            },
+            "hidden_size",
+            json!(64.5),
         ),
-        config_case("hidden-huge", &["config.json", "hidden_size"], |c| {
-            c.insert("hidden_size".into(), json!(1u64 << 40));
-        }),
-        config_case(
+        config_set(
+            "hidden-huge",
+            &["config.json", "hidden_size"],
+            "hidden_size",
+            json!(1u64 << 40),
+        ),
+        config_set(
             "layers-absurd",
             &["config.json", "num_hidden_layers"],
-            |c| {
-                c.insert("num_hidden_layers".into(), json!(1_000_000_000u64));
-            },
+            "num_hidden_layers",
+            json!(1_000_000_000u64),
         ),
-        config_case(
+        config_set(
             "layers-negative",
             &["config.json", "num_hidden_layers"],
-            |c| {
-                c.insert("num_hidden_layers".into(), json!(-2));
-            },
+            "num_hidden_layers",
+            json!(-2),
         ),
-        config_case("heads-zero", &["config.json", "num_attention_heads"], |c| {
-            c.insert("num_attention_heads".into(), json!(0));
-        }),
-        config_case("heads-not-dividing", &["config.json", "multiple of"], |c| {
-            c.insert("num_attention_heads".into(), json!(5));
-        }),
-        config_case(
+        config_set(
+            "heads-zero",
+            &["config.json", "num_attention_heads"],
+            "num_attention_heads",
+            json!(0),
+        ),
+        config_set(
+            "heads-not-dividing",
+            &["config.json", "multiple of"],
+            "num_attention_heads",
+            json!(5),
+        ),
+        config_set(
             "kv-heads-not-dividing",
             &["config.json", "num_key_value_heads"],
-            |c| {
-                c.insert("num_key_value_heads".into(), json!(3));
-            },
+            "num_key_value_heads",
+            json!(3),
         ),
-        config_case("vocab-absurd", &["config.json", "vocab_size"], |c| {
-            c.insert("vocab_size".into(), json!(1u64 << 33));
-        }),
-        config_case(
+        config_set(
+            "vocab-absurd",
+            &["config.json", "vocab_size"],
+            "vocab_size",
+            json!(1u64 << 33),
+        ),
+        config_set(
             "intermediate-absurd",
             &["config.json", "intermediate_size"],
-            |c| {
-                c.insert("intermediate_size".into(), json!(1u64 << 30));
-            },
+            "intermediate_size",
+            json!(1u64 << 30),
         ),
         config_case("no-model-type", &["config.json", "model_type"], |c| {
             c.remove("model_type");
         }),
-        config_case(
+        config_set(
             "unknown-model-type",
             &["config.json", "gpt2", "supported"],
-            |c| {
-                c.insert("model_type".into(), json!("gpt2"));
-            },
+            "model_type",
+            json!("gpt2"),
         ),
         config_case(
             "missing-required",
@@ -251,15 +284,24 @@ fn corpus() -> Vec<Case> {
                 c.remove("intermediate_size");
             },
         ),
-        config_case("eps-string", &["config.json", "rms_norm_eps"], |c| {
-            c.insert("rms_norm_eps".into(), json!("small"));
-        }),
-        config_case("tie-string", &["config.json", "tie_word_embeddings"], |c| {
-            c.insert("tie_word_embeddings".into(), json!("yes"));
-        }),
-        config_case("activation", &["config.json", "relu", "activation"], |c| {
-            c.insert("hidden_act".into(), json!("relu"));
-        }),
+        config_set(
+            "eps-string",
+            &["config.json", "rms_norm_eps"],
+            "rms_norm_eps",
+            json!("small"),
+        ),
+        config_set(
+            "tie-string",
+            &["config.json", "tie_word_embeddings"],
+            "tie_word_embeddings",
+            json!("yes"),
+        ),
+        config_set(
+            "activation",
+            &["config.json", "relu", "activation"],
+            "hidden_act",
+            json!("relu"),
+        ),
         config_case(
             "rope-type",
             &["config.json", "rope_scaling", "dynamic"],
@@ -270,21 +312,29 @@ fn corpus() -> Vec<Case> {
                 );
             },
         ),
-        config_case("rope-linear-no-factor", &["config.json", "factor"], |c| {
-            c.insert("rope_scaling".into(), json!({"rope_type": "linear"}));
-        }),
-        config_case("layer-types-length", &["config.json", "layer_types"], |c| {
-            c.insert("layer_types".into(), json!(["full_attention"]));
-        }),
-        config_case("layer-types-entry", &["config.json", "layer_types"], |c| {
-            c.insert("layer_types".into(), json!(["full_attention", "chunked"]));
-        }),
-        config_case(
+        config_set(
+            "rope-linear-no-factor",
+            &["config.json", "factor"],
+            "rope_scaling",
+            json!({"rope_type": "linear"}),
+        ),
+        config_set(
+            "layer-types-length",
+            &["config.json", "layer_types"],
+            "layer_types",
+            json!(["full_attention"]),
+        ),
+        config_set(
+            "layer-types-entry",
+            &["config.json", "layer_types"],
+            "layer_types",
+            json!(["full_attention", "chunked"]),
+        ),
+        config_set(
             "hidden-mismatch",
             &["model.safetensors", "has shape"],
-            |c| {
-                c.insert("hidden_size".into(), json!(32));
-            },
+            "hidden_size",
+            json!(32),
         ),
         config_case("layers-more", &["missing tensor", "model.layers.2"], |c| {
             c.insert("num_hidden_layers".into(), json!(3));
@@ -298,61 +348,44 @@ fn corpus() -> Vec<Case> {
                 c.insert("layer_types".into(), Value::Null);
             },
         ),
-        case("config-missing", &["config.json"], |dir| {
-            let m = model_with_file(dir, "config.json", None);
-            grads(dir, &m, &data(dir), &[])
-        }),
-        case(
+        file_case("config-missing", &["config.json"], "config.json", None),
+        file_case(
             "config-not-json",
             &["config.json", "not valid JSON"],
-            |dir| {
-                let m = model_with_file(dir, "config.json", Some(b"{\"model_type\": "));
-                grads(dir, &m, &data(dir), &[])
-            },
+            "config.json",
+            Some(b"{\"model_type\": "),
         ),
-        case("config-array", &["config.json", "JSON object"], |dir| {
-            let m = model_with_file(dir, "config.json", Some(b"[1, 2]"));
-            grads(dir, &m, &data(dir), &[])
-        }),
+        file_case(
+            "config-array",
+            &["config.json", "JSON object"],
+            "config.json",
+            Some(b"[1, 2]"),
+        ),
         case("model-is-a-file", &["config.json"], |dir| {
             grads(dir, &tiny_data(), &data(dir), &[])
         }),
-        case(
+        option_case(
             "memory-max-length",
             &["config.json", "needs about", "--max-length"],
-            |dir| {
-                grads(
-                    dir,
-                    &fixture("qwen2-tiny"),
-                    &data(dir),
-                    &["--max-length", "50000000"],
-                )
-            },
+            &["--max-length", "50000000"],
         ),
-        case(
+        option_case(
             "memory-limit",
             &["config.json", "needs about", "--max-memory"],
-            |dir| {
-                grads(
-                    dir,
-                    &fixture("qwen2-tiny"),
-                    &data(dir),
-                    &["--max-memory", "1K"],
-                )
-            },
+            &["--max-memory", "1K"],
         ),
         // safetensors
-        case("weights-missing", &["no weights found"], |dir| {
-            let m = model_with_file(dir, "model.safetensors", None);
-            grads(dir, &m, &data(dir), &[])
-        }),
-        case(
+        file_case(
+            "weights-missing",
+            &["no weights found"],
+            "model.safetensors",
+            None,
+        ),
+        file_case(
             "weights-empty",
             &["model.safetensors", "broken safetensors"],
-            |dir| {
-                let m = model_with_file(dir, "model.safetensors", Some(b""));
-                grads(dir, &m, &data(dir), &[])
-            },
+            "model.safetensors",
+            Some(b""),
         ),
         case(
             "weights-truncated",
@@ -434,37 +467,37 @@ fn corpus() -> Vec<Case> {
                 grads(dir, &m, &data(dir), &[])
             },
         ),
-        case(
+        file_case(
             "index-no-map",
             &["model.safetensors.index.json", "weight_map"],
-            |dir| {
-                let m = model(dir);
-                std::fs::write(m.join("model.safetensors.index.json"), "{}").unwrap();
-                grads(dir, &m, &data(dir), &[])
-            },
+            "model.safetensors.index.json",
+            Some(b"{}"),
         ),
-        case(
+        file_case(
             "index-not-json",
             &["model.safetensors.index.json", "not valid JSON"],
-            |dir| {
-                let m = model(dir);
-                std::fs::write(m.join("model.safetensors.index.json"), "{").unwrap();
-                grads(dir, &m, &data(dir), &[])
-            },
+            "model.safetensors.index.json",
+            Some(b"{"),
         ),
         // tokenizer
-        case("tokenizer-missing", &["tokenizer.json"], |dir| {
-            let m = model_with_file(dir, "tokenizer.json", None);
-            grads(dir, &m, &data(dir), &[])
-        }),
-        case("tokenizer-not-json", &["tokenizer.json"], |dir| {
-            let m = model_with_file(dir, "tokenizer.json", Some(b"{\"model\": "));
-            grads(dir, &m, &data(dir), &[])
-        }),
-        case("tokenizer-empty-object", &["tokenizer.json"], |dir| {
-            let m = model_with_file(dir, "tokenizer.json", Some(b"{}"));
-            grads(dir, &m, &data(dir), &[])
-        }),
+        file_case(
+            "tokenizer-missing",
+            &["tokenizer.json"],
+            "tokenizer.json",
+            None,
+        ),
+        file_case(
+            "tokenizer-not-json",
+            &["tokenizer.json"],
+            "tokenizer.json",
+            Some(b"{\"model\": "),
+        ),
+        file_case(
+            "tokenizer-empty-object",
+            &["tokenizer.json"],
+            "tokenizer.json",
+            Some(b"{}"),
+        ),
         // chat template (--instruct)
         case(
             "template-config-missing",
