@@ -153,6 +153,22 @@ fn file_case(
     })
 }
 
+/// model.safetensors' bytes edited (a broken file).
+fn weights_bytes_case(
+    name: &'static str,
+    needles: &'static [&'static str],
+    edit: fn(&mut Vec<u8>),
+) -> Case {
+    case(name, needles, move |dir| {
+        let m = model(dir);
+        let p = m.join("model.safetensors");
+        let mut b = std::fs::read(&p).unwrap();
+        edit(&mut b);
+        std::fs::write(&p, b).unwrap();
+        grads(dir, &m, &data(dir), &[])
+    })
+}
+
 /// A weights edit.
 fn weights_case(
     name: &'static str,
@@ -387,42 +403,20 @@ fn corpus() -> Vec<Case> {
             "model.safetensors",
             Some(b""),
         ),
-        case(
+        weights_bytes_case(
             "weights-truncated",
             &["model.safetensors", "broken safetensors"],
-            |dir| {
-                let m = model(dir);
-                let p = m.join("model.safetensors");
-                let b = std::fs::read(&p).unwrap();
-                std::fs::write(&p, &b[..b.len() / 2]).unwrap();
-                grads(dir, &m, &data(dir), &[])
-            },
+            |b| b.truncate(b.len() / 2),
         ),
-        case(
+        weights_bytes_case(
             "weights-header-length",
             &["model.safetensors", "broken safetensors"],
-            |dir| {
-                let m = model(dir);
-                let p = m.join("model.safetensors");
-                let mut b = std::fs::read(&p).unwrap();
-                b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-                std::fs::write(&p, b).unwrap();
-                grads(dir, &m, &data(dir), &[])
-            },
+            |b| b[..8].copy_from_slice(&u64::MAX.to_le_bytes()),
         ),
-        case(
+        weights_bytes_case(
             "weights-header-garbage",
             &["model.safetensors", "broken safetensors"],
-            |dir| {
-                let m = model(dir);
-                let p = m.join("model.safetensors");
-                let mut b = std::fs::read(&p).unwrap();
-                for x in &mut b[8..40] {
-                    *x = b'#';
-                }
-                std::fs::write(&p, b).unwrap();
-                grads(dir, &m, &data(dir), &[])
-            },
+            |b| b[8..40].fill(b'#'),
         ),
         weights_case("tensor-missing", &["missing tensor", Q], |t| {
             t.remove(Q);

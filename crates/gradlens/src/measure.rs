@@ -5,7 +5,7 @@ use crate::backend::GradBackend;
 use crate::sample::Prepared;
 use crate::stats::{
     EntryStats, Factors, HostMatrix, MeasuredGrad, Real, Spectra, SpectrumSource, SvdError,
-    spectra_each, spectra_of,
+    spectra_each,
 };
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Element, Tensor};
@@ -82,13 +82,6 @@ impl HostGrads {
         match self {
             HostGrads::F32(g) => g.iter().map(|g| (g.name.clone(), g.entries)).collect(),
             HostGrads::F64(g) => g.iter().map(|g| (g.name.clone(), g.entries)).collect(),
-        }
-    }
-    /// Singular values of every gradient, in order (see [`spectra_of`]).
-    pub fn spectra(&self) -> Result<Vec<Vec<f64>>, SvdError> {
-        match self {
-            HostGrads::F32(g) => spectra_of(g),
-            HostGrads::F64(g) => spectra_of(g),
         }
     }
     /// Singular values of every gradient, in order, one result per weight (see

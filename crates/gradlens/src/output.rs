@@ -12,7 +12,7 @@
 use crate::provenance::Provenance;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -388,29 +388,6 @@ impl JsonlAppender {
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
-
-/// The skipped samples of an output, by index.
-pub fn read_skipped(out: &Path) -> Result<BTreeMap<usize, SkippedLine>, OutputError> {
-    let path = skipped_path(out);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(io(&path)(e)),
-    };
-    let mut map = BTreeMap::new();
-    for (i, l) in text.lines().enumerate() {
-        if l.trim().is_empty() {
-            continue;
-        }
-        let s: SkippedLine = serde_json::from_str(l).map_err(|e| OutputError::Corrupt {
-            path: path.clone(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
-        map.insert(s.index, s);
-    }
-    Ok(map)
 }
 
 #[cfg(test)]

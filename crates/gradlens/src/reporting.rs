@@ -148,10 +148,9 @@ pub fn collect(inputs: &[PathBuf]) -> Result<(Vec<Measured>, Vec<String>)> {
         let mut skipped = BTreeMap::new();
         if let Ok(text) = std::fs::read_to_string(&skipped_file) {
             for l in text.lines() {
-                let reason = serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
-                    .unwrap_or_else(|| "unreadable".into());
+                let reason = serde_json::from_str::<crate::output::SkippedLine>(l)
+                    .map(|s| s.reason)
+                    .unwrap_or_else(|_| "unreadable".into());
                 // Group "no response token within max_length N (the prompt takes K tokens)".
                 let key = reason.split(" (").next().unwrap_or(&reason).to_string();
                 *skipped.entry(key).or_insert(0) += 1;

@@ -220,15 +220,9 @@ pub fn factored_singular_values<T: Real>(f: &Factors<T>) -> Result<Vec<f64>, Svd
     factored_singular_values_with(&thin_r_of_transpose(&f.x), f)
 }
 
-/// The singular values of every measured weight of one sample, in order: the weights run in
-/// parallel (rayon), each inner factorisation on one thread, and each shared input X is
-/// factorised once.
-pub fn spectra_of<T: Real>(grads: &[MeasuredGrad<T>]) -> Result<Vec<Vec<f64>>, SvdError> {
-    spectra_each(grads).into_iter().collect()
-}
-
-/// Like [`spectra_of`], one result per weight: a failure names its weight and leaves the others'
-/// values intact.
+/// The singular values of every measured weight of one sample, in order, one result per weight (a
+/// failure leaves the others' values intact): the weights run in parallel (rayon), each inner
+/// factorisation on one thread, and each shared input X is factorised once.
 pub fn spectra_each<T: Real>(grads: &[MeasuredGrad<T>]) -> Vec<Result<Vec<f64>, SvdError>> {
     spectra_pool().install(|| spectra_in_pool(grads))
 }
