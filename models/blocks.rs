@@ -921,4 +921,8 @@ impl<B: ModelBackend> crate::CausalLm<B> for Decoder<B> {
     fn vocab_size(&self) -> usize {
         self.embed_tokens.weight.dims()[0]
     }
+
+    fn replace_params(&mut self, replacer: &mut crate::ParamReplacer<B>) {
+        *self = self.clone().map(replacer);
+    }
 }

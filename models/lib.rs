@@ -9,10 +9,12 @@ pub mod blocks;
 pub mod config;
 pub mod loader;
 pub mod ops;
+pub mod params;
 pub mod tensor;
 
-pub use loader::{Loader, Selected, Selector, paper_selector};
+pub use loader::{Loader, Selected, Selector, TrainSelector, paper_selector};
 pub use ops::ModelBackend;
+pub use params::{ParamReplacer, ParamValue, Parameter};
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -29,15 +31,42 @@ pub trait CausalLm<B: Backend> {
     fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2>;
     /// Rows of the embedding matrix: token ids must be below this.
     fn vocab_size(&self) -> usize;
+    /// Put new parameter values in (by parameter id; see [`params`]).
+    fn replace_params(&mut self, replacer: &mut ParamReplacer<B>);
 }
 
 /// A loaded model and its measured parameters, in checkpoint order.
 pub struct LoadedModel<B: Backend> {
     pub model: Box<dyn CausalLm<B>>,
     pub selected: Vec<Selected<B>>,
+    /// Every parameter, in checkpoint order (a tied head is the embedding's parameter).
+    pub params: Vec<Parameter<B>>,
+    /// Whether the model was read out of a wrapper checkpoint (a multimodal Gemma 3).
+    pub wrapped: bool,
     pub model_type: String,
     pub num_layers: usize,
     pub device: B::Device,
+}
+
+impl<B: Backend> LoadedModel<B> {
+    /// Give parameters new values: `(index into params, value)`. The model, the measured
+    /// handles and `params` all take the new tensors.
+    pub fn set_params(&mut self, values: Vec<(usize, ParamValue<B>)>) {
+        let mut by_name = std::collections::HashMap::new();
+        let mut ids = Vec::with_capacity(values.len());
+        for (i, v) in values {
+            let p = &mut self.params[i];
+            p.value = v.clone();
+            ids.push((p.id, v.clone()));
+            by_name.insert(p.name.clone(), v);
+        }
+        for s in &mut self.selected {
+            if let Some(ParamValue::Matrix(t)) = by_name.get(&s.name) {
+                s.tensor = t.clone();
+            }
+        }
+        self.model.replace_params(&mut ParamReplacer::new(ids));
+    }
 }
 
 /// What a family's `load` returns: the model and its layer count.
@@ -76,11 +105,34 @@ pub fn load<B: ModelBackend>(
     device: &B::Device,
     selector: &Selector,
 ) -> Result<LoadedModel<B>> {
+    load_with(dir, device, selector, None)
+}
+
+/// [`load`] for training: the parameters `trains` picks require gradients too.
+pub fn load_for_training<B: ModelBackend>(
+    dir: &Path,
+    device: &B::Device,
+    selector: &Selector,
+    trains: &TrainSelector,
+) -> Result<LoadedModel<B>> {
+    load_with(dir, device, selector, Some(trains))
+}
+
+fn load_with<B: ModelBackend>(
+    dir: &Path,
+    device: &B::Device,
+    selector: &Selector,
+    trains: Option<&TrainSelector>,
+) -> Result<LoadedModel<B>> {
     let mut ckpt = Checkpoint::open(dir)?;
     let model_type = unwrap_text_model(&mut ckpt)?;
+    let wrapped = ckpt.is_wrapped();
     let config = ckpt.config().clone();
     let config_path = ckpt.config_path().to_path_buf();
     let mut loader = Loader::new(&mut ckpt, device, selector);
+    if let Some(trains) = trains {
+        loader = loader.with_training(trains);
+    }
     let (model, num_layers) = match dispatch::<B>(&model_type, &mut loader, &config, &config_path) {
         Some(result) => result?,
         None => {
@@ -91,10 +143,12 @@ pub fn load<B: ModelBackend>(
             });
         }
     };
-    let selected = loader.finish()?;
+    let (selected, params) = loader.finish()?;
     Ok(LoadedModel {
         model,
         selected,
+        params,
+        wrapped,
         model_type,
         num_layers,
         device: device.clone(),

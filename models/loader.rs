@@ -1,6 +1,7 @@
 //! Moves checkpoint tensors into Burn parameters, in the compute dtype of the backend, and records
 //! which 2-D parameters take part in the measurement (in checkpoint order).
 
+use crate::params::{ParamValue, Parameter};
 use crate::tensor::float_tensor;
 use burn::module::{Param, ParamId};
 use burn::tensor::Tensor;
@@ -15,6 +16,13 @@ pub fn paper_selector(name: &str, shape: [usize; 2]) -> bool {
     shape[0] == shape[1] || name.contains("self_attn")
 }
 
+/// Decides whether a parameter (any number of dimensions) of the given checkpoint name and shape
+/// is trained.
+pub type TrainSelector = dyn Fn(&str, &[usize]) -> bool + Send + Sync;
+
+/// What a finished load hands over: the measured parameters and every parameter.
+pub type Finished<B> = (Vec<Selected<B>>, Vec<Parameter<B>>);
+
 /// A measured parameter: its checkpoint name and a handle to the (grad-requiring) tensor.
 pub struct Selected<B: Backend> {
     pub name: String,
@@ -26,6 +34,8 @@ pub struct Loader<'a, B: Backend> {
     device: B::Device,
     selector: &'a Selector,
     selected: Vec<Selected<B>>,
+    trains: Option<&'a TrainSelector>,
+    params: Vec<Parameter<B>>,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
@@ -35,7 +45,33 @@ impl<'a, B: Backend> Loader<'a, B> {
             device: device.clone(),
             selector,
             selected: Vec::new(),
+            trains: None,
+            params: Vec::new(),
         }
+    }
+
+    /// Also make the parameters that `trains` picks require gradients (for training).
+    pub fn with_training(mut self, trains: &'a TrainSelector) -> Self {
+        self.trains = Some(trains);
+        self
+    }
+
+    fn trained(&self, name: &str, shape: &[usize]) -> bool {
+        self.trains.is_some_and(|t| t(name, shape))
+    }
+
+    fn record(&mut self, name: &str, id: ParamId, value: ParamValue<B>, trained: bool) {
+        let stored = self
+            .ckpt
+            .stored_dtype_of(name)
+            .unwrap_or(gradlens_core::StoredDtype::F32);
+        self.params.push(Parameter {
+            name: self.ckpt.stored_name(name),
+            id,
+            value,
+            trained,
+            stored,
+        });
     }
 
     pub fn device(&self) -> &B::Device {
@@ -50,17 +86,22 @@ impl<'a, B: Backend> Loader<'a, B> {
     pub fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Param<Tensor<B, 2>>> {
         let data = self.ckpt.take(name, &shape)?;
         let tensor = float_tensor::<B, 2>(data, &self.device);
-        let tensor = if (self.selector)(name, shape) {
-            let t = tensor.require_grad();
-            self.selected.push(Selected {
-                name: self.ckpt.stored_name(name),
-                tensor: t.clone(),
-            });
-            t
+        let measured = (self.selector)(name, shape);
+        let trained = self.trained(name, &shape);
+        let tensor = if measured || trained {
+            tensor.require_grad()
         } else {
             tensor
         };
-        Ok(Param::initialized(ParamId::new(), tensor))
+        if measured {
+            self.selected.push(Selected {
+                name: self.ckpt.stored_name(name),
+                tensor: tensor.clone(),
+            });
+        }
+        let id = ParamId::new();
+        self.record(name, id, ParamValue::Matrix(tensor.clone()), trained);
+        Ok(Param::initialized(id, tensor))
     }
 
     /// Whether the weight of this name was selected for measurement.
@@ -74,11 +115,19 @@ impl<'a, B: Backend> Loader<'a, B> {
         self.ckpt.stored_name(name)
     }
 
-    /// A 1-D weight (norm scale, bias): never measured, never requires grad.
+    /// A 1-D weight (norm scale, bias): never measured; requires grad only when trained.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<B, 1>>> {
         let data = self.ckpt.take(name, &[len])?;
         let tensor = float_tensor::<B, 1>(data, &self.device);
-        Ok(Param::initialized(ParamId::new(), tensor))
+        let trained = self.trained(name, &[len]);
+        let tensor = if trained {
+            tensor.require_grad()
+        } else {
+            tensor
+        };
+        let id = ParamId::new();
+        self.record(name, id, ParamValue::Vector(tensor.clone()), trained);
+        Ok(Param::initialized(id, tensor))
     }
 
     /// A norm's scale vector, `identity` being the value that leaves its input unchanged (used
@@ -110,9 +159,10 @@ impl<'a, B: Backend> Loader<'a, B> {
         self.ckpt.ignore_where(pred);
     }
 
-    /// Check that every tensor was used, and hand over the measured parameters.
-    pub fn finish(self) -> Result<Vec<Selected<B>>> {
+    /// Check that every tensor was used, and hand over the measured parameters and every
+    /// parameter.
+    pub fn finish(self) -> Result<Finished<B>> {
         self.ckpt.finish()?;
-        Ok(self.selected)
+        Ok((self.selected, self.params))
     }
 }

@@ -29,6 +29,9 @@ struct Cli {
 enum Command {
     /// Measure per-sample gradient statistics of a data file into a JSONL (resumable).
     Grads(GradsArgs),
+    /// Fine-tune with AdamW, recording the gradient statistics of every step (and, with
+    /// --per-sample, of every sample) into a run directory; resumable.
+    Train(TrainArgs),
     /// Curves, MAD tables, figures and report.md/html from measurement JSONL.
     Report {
         /// Folders (searched recursively) or JSONL files.
@@ -165,6 +168,100 @@ struct GradsArgs {
     quiet: bool,
 }
 
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Hugging Face checkpoint directory, or a hub model id in the local Hugging Face cache.
+    #[arg(long)]
+    model: PathBuf,
+    /// With a hub model id: the branch, tag or commit of the cached snapshot (default main).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Training data: JSON arrays of {instruction, input, output} records; several files are read
+    /// one after the other (sample indices run on across them).
+    #[arg(long, required = true, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// The run directory (steps.jsonl, per_sample.jsonl, eval.jsonl, checkpoint-N/, final/).
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples per optimizer step (the next usable ones in data order, wrapping at the end).
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Optimizer steps.
+    #[arg(long, conflicts_with = "epochs", required_unless_present = "epochs")]
+    steps: Option<usize>,
+    /// Passes over the usable samples (steps = ceil(epochs × samples / batch size)).
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Shuffle the samples of each epoch (reproducibly, from --seed).
+    #[arg(long)]
+    shuffle: bool,
+    #[arg(long, default_value_t = 0, requires = "shuffle")]
+    seed: u64,
+    /// attention: the paper's selection (2-D weights that are square or in self_attn); all:
+    /// every parameter.
+    #[arg(long, value_enum, default_value_t = gradlens::train::TrainSet::Attention)]
+    train: gradlens::train::TrainSet,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-5)]
+    lr: f64,
+    /// After the warmup: constant, linear (down to 0) or cosine (down to 0), as transformers'
+    /// get_*_schedule_with_warmup.
+    #[arg(long, value_enum, default_value_t = gradlens::train::schedule::Schedule::Linear)]
+    schedule: gradlens::train::schedule::Schedule,
+    /// Linear warmup steps (the first update then uses rate 0, as transformers' Trainer).
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    eps: f64,
+    /// Decoupled weight decay on parameters of 2 or more dimensions.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the batch gradient's norm to this (0: off), as torch's clip_grad_norm_.
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Compute dtype.
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
+    /// Where the model runs (as for grads).
+    #[arg(long, default_value = "cpu")]
+    backend: Device,
+    #[arg(long, default_value_t = 1024)]
+    max_length: usize,
+    /// Render the checkpoint's chat template, as for grads.
+    #[arg(long)]
+    instruct: bool,
+    #[arg(long, requires = "instruct")]
+    single_bos: bool,
+    /// How singular values are computed (as for grads).
+    #[arg(long, default_value = "auto")]
+    spectra: gradlens::stats::Spectra,
+    /// Also write each sample's own statistics at each step (per_sample.jsonl).
+    #[arg(long)]
+    per_sample: bool,
+    /// Evaluation data: its token-weighted loss goes to eval.jsonl at step 0, every
+    /// --eval-every steps and at the end.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    #[arg(long, requires = "eval_data")]
+    eval_every: Option<usize>,
+    /// Write checkpoint-N/ every N steps (a Hugging Face checkpoint plus the optimizer state).
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Dtype of saved weights (default: the source checkpoint's).
+    #[arg(long, value_enum)]
+    save_dtype: Option<gradlens::train::checkpoint::SaveDtype>,
+    /// Continue the run in --out from its newest checkpoint (same options required).
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
 /// A relative tolerance: a finite number ≥ 0.
 fn parse_rtol(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -217,6 +314,58 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary = run_grads(&opts)?;
             eprintln!("{}", summary.line(&opts.out));
+            Ok(())
+        }
+        Command::Train(a) => {
+            let model = gradlens::hub::resolve(&a.model, a.revision.as_deref())?;
+            let mode = if a.instruct {
+                PromptMode::instruct_from_dir(
+                    &model,
+                    InstructOptions {
+                        add_special_tokens: !a.single_bos,
+                    },
+                )?
+            } else {
+                PromptMode::Base
+            };
+            use gradlens::train::{Length, TrainOptions, optimizer::AdamWConfig};
+            let opts = TrainOptions {
+                model,
+                data: a.data,
+                out: a.out,
+                batch_size: a.batch_size,
+                length: match (a.steps, a.epochs) {
+                    (Some(n), _) => Length::Steps(n),
+                    (None, Some(e)) => Length::Epochs(e),
+                    (None, None) => unreachable!("clap requires one"),
+                },
+                shuffle: a.shuffle.then_some(a.seed),
+                train: a.train,
+                lr: a.lr,
+                schedule: a.schedule,
+                warmup_steps: a.warmup_steps,
+                adamw: AdamWConfig {
+                    beta1: a.beta1,
+                    beta2: a.beta2,
+                    eps: a.eps,
+                    weight_decay: a.weight_decay,
+                },
+                max_grad_norm: a.max_grad_norm,
+                dtype: a.dtype,
+                backend: a.backend,
+                max_length: a.max_length,
+                mode,
+                spectra: a.spectra,
+                per_sample: a.per_sample,
+                eval_data: a.eval_data,
+                eval_every: a.eval_every,
+                save_every: a.save_every,
+                save_dtype: a.save_dtype,
+                resume: a.resume,
+                progress: !a.quiet && std::io::stderr().is_terminal(),
+            };
+            let summary = gradlens::train::run_train(&opts)?;
+            eprintln!("{}", summary.paragraph());
             Ok(())
         }
         Command::Report { inputs, out } => {

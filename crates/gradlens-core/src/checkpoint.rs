@@ -288,6 +288,21 @@ impl Checkpoint {
             .collect()
     }
 
+    /// The dtype tensor `name` is stored in (f32 for a described checkpoint).
+    pub fn stored_dtype_of(&self, name: &str) -> Option<StoredDtype> {
+        if self.described.is_some() {
+            return Some(StoredDtype::F32);
+        }
+        self.entries
+            .get(&self.stored_name(name))
+            .and_then(|e| stored_dtype(e.info.dtype))
+    }
+
+    /// Whether the model was read out of a wrapper checkpoint (stored names carry a prefix).
+    pub fn is_wrapped(&self) -> bool {
+        !self.prefixes.is_empty()
+    }
+
     /// Read tensor `name`, check its shape, and convert it to f32 (f64 when stored as f64).
     pub fn take(&mut self, name: &str, expected_shape: &[usize]) -> Result<HostTensor> {
         let stored = self.stored_name(name);

@@ -137,6 +137,48 @@ pub fn finish(work: Work, save_spectrum: bool) -> std::result::Result<Finished, 
             grads,
         } => (index, instr, output, loss, n_tokens, n_loss_tokens, grads),
     };
+    let (stats, spectra_values) = statistics(index, &grads)?;
+    let mut spectrum_line = save_spectrum.then(Map::new);
+    if let Some(l) = &mut spectrum_line {
+        l.insert("index".into(), json!(index));
+    }
+    for ((name, _), s) in stats.iter().zip(&spectra_values) {
+        if let Some(l) = &mut spectrum_line {
+            let floor = 1e-12 * s.first().copied().unwrap_or(0.0);
+            l.insert(
+                name.clone(),
+                json!(
+                    s.iter()
+                        .copied()
+                        .filter(|&x| x > floor)
+                        .collect::<Vec<f64>>()
+                ),
+            );
+        }
+    }
+    let line = sample_line(
+        index,
+        &instr,
+        &output,
+        loss,
+        n_tokens,
+        n_loss_tokens,
+        &stats,
+    );
+    Ok(Finished {
+        line,
+        spectrum: spectrum_line,
+    })
+}
+
+/// The statistics of every measured gradient (checkpoint names, in order) and their singular
+/// values, or why they are not a measurement (a non-finite gradient, a failed decomposition);
+/// `index` names the sample (or step) in the reason.
+#[allow(clippy::type_complexity)]
+pub fn statistics(
+    index: usize,
+    grads: &HostGrads,
+) -> std::result::Result<(Vec<(String, GradStats)>, Vec<Vec<f64>>), SkippedLine> {
     let entries = grads.entries();
     for (name, e) in &entries {
         if ![e.mean, e.max, e.min, e.frobenius]
@@ -167,39 +209,12 @@ pub fn finish(work: Work, save_spectrum: bool) -> std::result::Result<Finished, 
             }
         }
     }
-    let mut stats = Vec::with_capacity(grads.len());
-    let mut spectrum_line = save_spectrum.then(Map::new);
-    if let Some(l) = &mut spectrum_line {
-        l.insert("index".into(), json!(index));
-    }
-    for ((name, entries), s) in entries.into_iter().zip(&spectra_values) {
-        if let Some(l) = &mut spectrum_line {
-            let floor = 1e-12 * s.first().copied().unwrap_or(0.0);
-            l.insert(
-                name.clone(),
-                json!(
-                    s.iter()
-                        .copied()
-                        .filter(|&x| x > floor)
-                        .collect::<Vec<f64>>()
-                ),
-            );
-        }
-        stats.push((name, stats_from(entries, s)));
-    }
-    let line = sample_line(
-        index,
-        &instr,
-        &output,
-        loss,
-        n_tokens,
-        n_loss_tokens,
-        &stats,
-    );
-    Ok(Finished {
-        line,
-        spectrum: spectrum_line,
-    })
+    let stats = entries
+        .into_iter()
+        .zip(&spectra_values)
+        .map(|((name, e), s)| (name, stats_from(e, s)))
+        .collect();
+    Ok((stats, spectra_values))
 }
 
 impl<B: GradBackend> Measurer<B> {

@@ -28,6 +28,7 @@ pub mod stats;
 pub mod svd;
 pub mod sweep;
 pub mod tokenizer;
+pub mod train;
 pub mod two_stage;
 
 pub use gradlens_core::{Checkpoint, CheckpointError, hub};

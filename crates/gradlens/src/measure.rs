@@ -94,6 +94,44 @@ impl HostGrads {
     }
 }
 
+/// The compute dtypes' host element types: [`HostGrads`] as a typed list and back.
+pub trait HostReal: Real + Element {
+    fn unwrap(g: HostGrads) -> Vec<MeasuredGrad<Self>>;
+    fn wrap(g: Vec<MeasuredGrad<Self>>) -> HostGrads;
+    /// `x` rounded to this type.
+    fn of_f64(x: f64) -> Self;
+}
+
+impl HostReal for f32 {
+    fn unwrap(g: HostGrads) -> Vec<MeasuredGrad<f32>> {
+        match g {
+            HostGrads::F32(g) => g,
+            HostGrads::F64(_) => unreachable!("f32 compute gives f32 gradients"),
+        }
+    }
+    fn wrap(g: Vec<MeasuredGrad<f32>>) -> HostGrads {
+        HostGrads::F32(g)
+    }
+    fn of_f64(x: f64) -> f32 {
+        x as f32
+    }
+}
+
+impl HostReal for f64 {
+    fn unwrap(g: HostGrads) -> Vec<MeasuredGrad<f64>> {
+        match g {
+            HostGrads::F64(g) => g,
+            HostGrads::F32(_) => unreachable!("f64 compute gives f64 gradients"),
+        }
+    }
+    fn wrap(g: Vec<MeasuredGrad<f64>>) -> HostGrads {
+        HostGrads::F64(g)
+    }
+    fn of_f64(x: f64) -> f64 {
+        x
+    }
+}
+
 /// The loss and the gradients of one sample.
 pub struct SampleGrads {
     pub loss: f64,
@@ -121,14 +159,26 @@ pub fn sample_grads<B: GradBackend>(
     spectra: Spectra,
     pad_to: usize,
 ) -> SampleGrads {
+    sample_grads_with(model, sample, spectra, pad_to, &mut |_| {})
+}
+
+/// [`sample_grads`], handing the backward pass's gradients to `on_backward` first (training reads
+/// the gradients of the parameters it updates there).
+pub fn sample_grads_with<B: GradBackend>(
+    model: &LoadedModel<B>,
+    sample: &Prepared,
+    spectra: Spectra,
+    pad_to: usize,
+    on_backward: &mut dyn FnMut(&B::Gradients),
+) -> SampleGrads {
     if <B::FloatElem as Element>::dtype() == DType::F64 {
-        let (loss, g) = collect::<B, f64>(model, sample, spectra, pad_to);
+        let (loss, g) = collect::<B, f64>(model, sample, spectra, pad_to, on_backward);
         SampleGrads {
             loss,
             grads: HostGrads::F64(g),
         }
     } else {
-        let (loss, g) = collect::<B, f32>(model, sample, spectra, pad_to);
+        let (loss, g) = collect::<B, f32>(model, sample, spectra, pad_to, on_backward);
         SampleGrads {
             loss,
             grads: HostGrads::F32(g),
@@ -141,6 +191,7 @@ fn collect<B: GradBackend, T: Real + Element>(
     sample: &Prepared,
     spectra: Spectra,
     pad_to: usize,
+    on_backward: &mut dyn FnMut(&B::Gradients),
 ) -> (f64, Vec<MeasuredGrad<T>>) {
     let tokens = sample.padded_ids(pad_to).len();
     let t0 = std::time::Instant::now();
@@ -149,6 +200,7 @@ fn collect<B: GradBackend, T: Real + Element>(
     let capture = any_factored.then(Capture::<B>::default);
     let loss = response_loss(model, sample, capture.as_ref(), pad_to);
     let mut grads = loss.backward();
+    on_backward(&grads);
     let loss_value = loss
         .into_data()
         .convert::<f64>()
@@ -192,22 +244,44 @@ fn collect<B: GradBackend, T: Real + Element>(
             );
         }
     }
+    let gradients = model
+        .selected
+        .iter()
+        .map(|s| {
+            // A weight the loss does not reach has a zero gradient (as a zero-filled .grad).
+            let g = s
+                .tensor
+                .grad_remove(&mut grads)
+                .unwrap_or_else(|| zeros_like(s.tensor.dims()));
+            (s.name.clone(), g)
+        })
+        .collect();
+    let measured = measured_grads(gradients, factors);
+    tracing::debug!(
+        "gradients reduced and copied to the host in {:.3} s after the start of the sample",
+        t0.elapsed().as_secs_f64()
+    );
+    (loss_value, measured)
+}
 
+/// The measured gradients `(name, gradient)` with their entry statistics reduced where they are
+/// (one transfer for all of them), and what their singular values come from: the factors in
+/// `factors` under that name, else the dense gradient copied to the host.
+pub fn measured_grads<B: Backend, T: Real + Element>(
+    gradients: Vec<(String, Tensor<B, 2>)>,
+    mut factors: HashMap<String, Factors<T>>,
+) -> Vec<MeasuredGrad<T>> {
     // Every gradient's entry statistics in one transfer: [sum, max, min, Σx²] per weight.
-    let mut reductions = Vec::with_capacity(model.selected.len());
-    let mut dense = Vec::with_capacity(model.selected.len());
-    for s in &model.selected {
-        let dims = s.tensor.dims();
-        // A weight the loss does not reach has a zero gradient (as a zero-filled .grad).
-        let g = s
-            .tensor
-            .grad_remove(&mut grads)
-            .unwrap_or_else(|| zeros_like(dims));
+    let mut reductions = Vec::with_capacity(gradients.len());
+    let mut dense = Vec::with_capacity(gradients.len());
+    let mut shapes = Vec::with_capacity(gradients.len());
+    for (name, g) in gradients {
+        let dims = g.dims();
         // Max and min in two stages, over the rows first (one partial result per column): a
         // reduction of all entries to one value runs on one GPU thread in burn-cuda without
         // autotuning (cubek's `Unit` routine), 4 s per Qwen2-1.5B sample on an H100 against
         // milliseconds this way. The sums are one-kernel atomic reductions already.
-        let flat: Tensor<B::InnerBackend, 1> = g.clone().reshape([dims[0] * dims[1]]);
+        let flat: Tensor<B, 1> = g.clone().reshape([dims[0] * dims[1]]);
         reductions.push(Tensor::cat(
             vec![
                 flat.clone().sum(),
@@ -217,7 +291,8 @@ fn collect<B: GradBackend, T: Real + Element>(
             ],
             0,
         ));
-        dense.push((!factors.contains_key(&s.name)).then(|| download::<_, T>(g)));
+        dense.push((!factors.contains_key(&name)).then(|| download::<_, T>(g)));
+        shapes.push((name, dims));
     }
     let reduced: Vec<f64> = if reductions.is_empty() {
         Vec::new()
@@ -228,17 +303,11 @@ fn collect<B: GradBackend, T: Real + Element>(
             .into_vec::<f64>()
             .expect("f64 data")
     };
-    tracing::debug!(
-        "gradients reduced and copied to the host in {:.3} s after the start of the sample",
-        t0.elapsed().as_secs_f64()
-    );
-    let measured = model
-        .selected
-        .iter()
+    shapes
+        .into_iter()
         .zip(dense)
         .enumerate()
-        .map(|(i, (s, dense))| {
-            let [rows, cols] = s.tensor.dims();
+        .map(|(i, ((name, [rows, cols]), dense))| {
             let r = &reduced[4 * i..4 * i + 4];
             let entries = EntryStats {
                 mean: r[0] / (rows * cols) as f64,
@@ -248,18 +317,17 @@ fn collect<B: GradBackend, T: Real + Element>(
             };
             let source = match dense {
                 Some(m) => SpectrumSource::Dense(m),
-                None => SpectrumSource::Factored(factors.remove(&s.name).expect("factors")),
+                None => SpectrumSource::Factored(factors.remove(&name).expect("factors")),
             };
             MeasuredGrad {
-                name: s.name.clone(),
+                name,
                 rows,
                 cols,
                 entries,
                 source,
             }
         })
-        .collect();
-    (loss_value, measured)
+        .collect()
 }
 
 /// Forward and backward only (the benchmark's "forward+backward alone"): the loss and one scalar

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 
 const PAPER_MANIFEST: &str = include_str!("../../../datasets/paper.toml");
 const BUILTIN_MANIFEST: &str = include_str!("../../../datasets/builtin.toml");
-static FONT: &[u8] = include_bytes!("../../../assets/DejaVuSans.ttf");
+pub(crate) static FONT: &[u8] = include_bytes!("../../../assets/DejaVuSans.ttf");
 
 /// Projections drawn, with their colours (the paper's: red, green, blue, grey).
-const QKVO: [(&str, &str, RGBColor); 4] = [
+pub(crate) const QKVO: [(&str, &str, RGBColor); 4] = [
     ("q_proj", "Q", RGBColor(214, 39, 40)),
     ("k_proj", "K", RGBColor(44, 160, 44)),
     ("v_proj", "V", RGBColor(31, 119, 180)),
@@ -253,29 +253,46 @@ fn dataset_title(m: &Measured) -> String {
     }
 }
 
-/// A series on a chart: label, colour, dashed, values per layer.
-struct Series<'a> {
-    label: String,
-    color: RGBColor,
-    dashed: bool,
-    values: &'a [f64],
+/// A series on a chart: label, colour, dashed, values per layer (or at the x positions `x`).
+pub(crate) struct Series<'a> {
+    pub label: String,
+    pub color: RGBColor,
+    pub dashed: bool,
+    pub values: &'a [f64],
+    /// The x of each value (default: 0, 1, 2, … — the layers).
+    pub x: Option<Vec<f64>>,
+}
+
+impl Series<'_> {
+    fn points(&self) -> Vec<(f64, f64)> {
+        self.values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (self.x.as_ref().map_or(i as f64, |x| x[i]), v))
+            .collect()
+    }
 }
 
 fn draw_chart<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
     y_label: &str,
+    x_desc: &str,
     series: &[Series<'_>],
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
-    let layers = series
-        .iter()
-        .map(|s| s.values.len())
-        .max()
-        .unwrap_or(1)
-        .max(2);
+    let (mut x_lo, mut x_hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (x, _) in series.iter().flat_map(Series::points) {
+        x_lo = x_lo.min(x);
+        x_hi = x_hi.max(x);
+    }
+    if !x_lo.is_finite() {
+        (x_lo, x_hi) = (0.0, 1.0);
+    } else if x_hi <= x_lo {
+        x_hi = x_lo + 1.0;
+    }
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for s in series {
         for &v in s.values {
@@ -302,12 +319,12 @@ where
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(64)
-        .build_cartesian_2d(0f64..(layers - 1) as f64, lo..hi)
+        .build_cartesian_2d(x_lo..x_hi, lo..hi)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
         .configure_mesh()
-        .x_desc("layer")
-        .x_labels(layers.min(15))
+        .x_desc(x_desc)
+        .x_labels(((x_hi - x_lo) as usize + 1).min(15))
         .x_label_formatter(&|x| format!("{}", x.round() as i64))
         .y_desc(y_label)
         .light_line_style(RGBColor(235, 235, 235))
@@ -315,12 +332,7 @@ where
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     for s in series {
-        let pts: Vec<(f64, f64)> = s
-            .values
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| (i as f64, v))
-            .collect();
+        let pts = s.points();
         let style = ShapeStyle::from(&s.color).stroke_width(2);
         let color = s.color;
         if s.dashed {
@@ -352,9 +364,11 @@ where
 }
 
 /// One figure: a title, then a grid of charts (rows × columns), each a list of series.
-struct Figure<'a> {
-    title: String,
-    cells: Vec<Vec<(String, &'static str, Vec<Series<'a>>)>>,
+pub(crate) struct Figure<'a> {
+    pub title: String,
+    pub cells: Vec<Vec<(String, &'static str, Vec<Series<'a>>)>>,
+    /// The x axis' name (`layer`, `step`).
+    pub x_desc: &'static str,
 }
 
 fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure<'_>) -> Result<()>
@@ -370,14 +384,14 @@ where
     let areas = body.split_evenly((rows, cols));
     for (r, row) in fig.cells.iter().enumerate() {
         for (c, (title, ylabel, series)) in row.iter().enumerate() {
-            draw_chart(&areas[r * cols + c], title, ylabel, series)?;
+            draw_chart(&areas[r * cols + c], title, ylabel, fig.x_desc, series)?;
         }
     }
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 
-fn save(fig: &Figure<'_>, dir: &Path, stem: &str) -> Result<PathBuf> {
+pub(crate) fn save(fig: &Figure<'_>, dir: &Path, stem: &str) -> Result<PathBuf> {
     let rows = fig.cells.len() as u32;
     let cols = fig.cells.iter().map(Vec::len).max().unwrap_or(1) as u32;
     let size = (cols * 480, rows * 340 + 44);
@@ -390,7 +404,7 @@ fn save(fig: &Figure<'_>, dir: &Path, stem: &str) -> Result<PathBuf> {
     Ok(png)
 }
 
-fn slug(s: &str) -> String {
+pub(crate) fn slug(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
@@ -543,6 +557,7 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
                     color: *color,
                     dashed,
                     values: &c.values,
+                    x: None,
                 })
             })
             .collect()
@@ -595,6 +610,7 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
             &Figure {
                 title: title.clone(),
                 cells: rows,
+                x_desc: "layer",
             },
             &figdir,
             &stem,
@@ -634,6 +650,7 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
             &Figure {
                 title: title.clone(),
                 cells: vec![row],
+                x_desc: "layer",
             },
             &figdir,
             &slug(&stem),

@@ -1,0 +1,825 @@
+//! `gradlens train`: fine-tuning with AdamW, recording the paper's gradient statistics of every
+//! step's batch gradient (and, with `--per-sample`, of every sample's own gradient).
+//!
+//! The semantics are those of transformers' Trainer, so that runs compare:
+//! - step k (1-based) takes the next `batch_size` usable samples ([`order`]);
+//! - the batch loss is the token-weighted mean, L = Σ_tokens(−log p) / N, so
+//!   ∇L = Σ_i (n_i / N) ∇ℓ_i with ℓ_i a sample's own mean loss (the paper's loss): each sample
+//!   runs forward and backward on its own (the same pipeline as `grads`) and its gradient is
+//!   accumulated with weight n_i / N;
+//! - `grad_norm` is ‖∇L‖ before clipping, clipping is `clip_grad_norm_` ([`optimizer::clip`]);
+//! - the learning rate of step k is `lr · schedule(k − 1)` ([`schedule`]);
+//! - AdamW as `torch.optim.AdamW`, weight decay on parameters of 2 or more dimensions only.
+
+pub mod checkpoint;
+pub mod optimizer;
+pub mod order;
+pub mod records;
+pub mod run_dir;
+pub mod schedule;
+
+use crate::backend::{BackendJob, Device, Dtype, GradBackend, dispatch};
+use crate::data::{Record, load_records};
+use crate::grads::{Work, finish, statistics};
+use crate::measure::{HostReal, measured_grads, response_loss, sample_grads_with};
+use crate::sample::{Preparation, Prepared, PromptMode, prepare};
+use crate::stats::{Factors, HostMatrix, Spectra, SpectrumSource};
+use crate::tokenizer::TextTokenizer;
+use anyhow::{Context, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Element, Tensor, TensorData};
+use checkpoint::{
+    CheckpointContent, HostParam, SaveDtype, TrainerState, read_safetensors, save_dtype_of,
+    write_checkpoint,
+};
+use gradlens_core::StoredDtype;
+use gradlens_models::tensor::float_tensor;
+use gradlens_models::{LoadedModel, ParamValue, paper_selector};
+use optimizer::{AdamW, AdamWConfig, clip, total_norm};
+use order::SampleOrder;
+use records::{EvalLine, StepLine, per_sample_line};
+use run_dir::{EVAL, PER_SAMPLE, RunDir, RunRecord, STEPS, Start, has_step};
+use schedule::Schedule;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Which parameters training updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainSet {
+    /// The paper's selection: 2-D weights that are square or in `self_attn`.
+    #[default]
+    Attention,
+    /// Every parameter (tied embeddings are one parameter and receive both gradients).
+    All,
+}
+
+impl TrainSet {
+    fn picks(self, name: &str, shape: &[usize]) -> bool {
+        match self {
+            TrainSet::All => true,
+            TrainSet::Attention => shape.len() == 2 && paper_selector(name, [shape[0], shape[1]]),
+        }
+    }
+}
+
+/// How long a run is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Length {
+    Steps(usize),
+    Epochs(f64),
+}
+
+/// Options of one `train` run.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub model: PathBuf,
+    pub data: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub batch_size: usize,
+    pub length: Length,
+    /// Shuffle each epoch with this seed.
+    pub shuffle: Option<u64>,
+    pub train: TrainSet,
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    pub adamw: AdamWConfig,
+    /// 0: no clipping.
+    pub max_grad_norm: f64,
+    pub dtype: Dtype,
+    pub backend: Device,
+    pub max_length: usize,
+    pub mode: PromptMode,
+    pub spectra: Spectra,
+    pub per_sample: bool,
+    pub eval_data: Option<PathBuf>,
+    pub eval_every: Option<usize>,
+    pub save_every: Option<usize>,
+    pub save_dtype: Option<SaveDtype>,
+    pub resume: bool,
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    pub first_step: usize,
+    pub last_step: usize,
+    pub total_steps: usize,
+    pub samples: usize,
+    pub seconds: f64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub last_grad_norm: Option<f64>,
+    pub eval: Option<(f64, f64)>,
+    pub out: PathBuf,
+}
+
+impl TrainSummary {
+    /// The paragraph printed at the end of a run.
+    pub fn paragraph(&self) -> String {
+        if self.first_step > self.last_step {
+            return format!(
+                "{}: the run is complete already ({} steps); nothing to do. Final weights in {}",
+                self.out.display(),
+                self.total_steps,
+                self.out.join("final").display()
+            );
+        }
+        let rate = self.samples as f64 / self.seconds.max(1e-9);
+        let mut s = format!(
+            "trained steps {}–{} of {} ({} samples) in {:.1} s ({:.3} samples/s)",
+            self.first_step, self.last_step, self.total_steps, self.samples, self.seconds, rate
+        );
+        if let (Some(a), Some(b)) = (self.first_loss, self.last_loss) {
+            s += &format!(
+                "; batch loss {a:.4} at step {} → {b:.4} at step {}",
+                self.first_step, self.last_step
+            );
+        }
+        if let Some(g) = self.last_grad_norm {
+            s += &format!(", last gradient norm {g:.4}");
+        }
+        if let Some((a, b)) = self.eval {
+            s += &format!("; evaluation loss {a:.4} → {b:.4}");
+        }
+        s += &format!(
+            ". Per-step statistics in {}, final weights in {}; `gradlens report --in {}` draws them.",
+            self.out.join(STEPS).display(),
+            self.out.join("final").display(),
+            self.out.display()
+        );
+        s
+    }
+}
+
+/// Run `gradlens train`.
+pub fn run_train(opts: &TrainOptions) -> Result<TrainSummary> {
+    struct Job<'a>(&'a TrainOptions);
+    impl BackendJob for Job<'_> {
+        type Output = TrainSummary;
+        fn run<B: GradBackend>(self, device: &B::Device) -> Result<TrainSummary> {
+            if <B::FloatElem as Element>::dtype() == DType::F64 {
+                Trainer::<B, f64>::run(self.0, device)
+            } else {
+                Trainer::<B, f32>::run(self.0, device)
+            }
+        }
+    }
+    check_options(opts)?;
+    dispatch(opts.backend, opts.dtype, Job(opts))
+}
+
+fn check_options(o: &TrainOptions) -> Result<()> {
+    anyhow::ensure!(
+        o.batch_size >= 1,
+        "--batch-size 0: need at least 1 sample a step"
+    );
+    match o.length {
+        Length::Steps(n) => anyhow::ensure!(n >= 1, "--steps 0: need at least 1 step"),
+        Length::Epochs(e) => anyhow::ensure!(
+            e.is_finite() && e > 0.0,
+            "--epochs {e}: expected a number > 0"
+        ),
+    }
+    anyhow::ensure!(
+        o.lr.is_finite() && o.lr >= 0.0,
+        "--lr {}: expected a number ≥ 0",
+        o.lr
+    );
+    for (name, b) in [("--beta1", o.adamw.beta1), ("--beta2", o.adamw.beta2)] {
+        anyhow::ensure!((0.0..1.0).contains(&b), "{name} {b}: expected 0 ≤ beta < 1");
+    }
+    anyhow::ensure!(
+        o.adamw.eps.is_finite() && o.adamw.eps > 0.0,
+        "--eps {}: expected a number > 0",
+        o.adamw.eps
+    );
+    anyhow::ensure!(
+        o.adamw.weight_decay.is_finite() && o.adamw.weight_decay >= 0.0,
+        "--weight-decay {}: expected a number ≥ 0",
+        o.adamw.weight_decay
+    );
+    anyhow::ensure!(
+        o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0,
+        "--max-grad-norm {}: expected a number ≥ 0 (0: no clipping)",
+        o.max_grad_norm
+    );
+    anyhow::ensure!(o.max_length > 0, "--max-length 0: need at least 1 token");
+    anyhow::ensure!(!o.data.is_empty(), "--data: at least one data file");
+    if let Some(n) = o.eval_every {
+        anyhow::ensure!(n >= 1, "--eval-every 0: expected a number of steps ≥ 1");
+        anyhow::ensure!(o.eval_data.is_some(), "--eval-every needs --eval-data FILE");
+    }
+    if let Some(n) = o.save_every {
+        anyhow::ensure!(n >= 1, "--save-every 0: expected a number of steps ≥ 1");
+    }
+    Ok(())
+}
+
+/// The prepared samples of data files read one after the other (indices run on across files).
+struct Samples {
+    records: Vec<Record>,
+    prepared: Vec<Option<Prepared>>,
+}
+
+fn read_samples(
+    files: &[PathBuf],
+    tokenizer: &TextTokenizer,
+    mode: &PromptMode,
+    vocab: usize,
+) -> Result<(Samples, Vec<(usize, String)>)> {
+    let mut records = Vec::new();
+    for f in files {
+        let r = load_records(f)?;
+        anyhow::ensure!(!r.is_empty(), "{}: holds no records", f.display());
+        records.extend(r);
+    }
+    let mut prepared = Vec::with_capacity(records.len());
+    let mut skipped = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        match prepare(tokenizer, mode, r)? {
+            Preparation::Ready(p) => {
+                if let Some(&bad) = p.ids.iter().find(|&&id| id as usize >= vocab) {
+                    anyhow::bail!(
+                        "{}: sample {i}: token id {bad} is outside the model's vocabulary of \
+                         {vocab}: tokenizer and checkpoint do not belong together",
+                        tokenizer.path().display()
+                    );
+                }
+                prepared.push(Some(p));
+            }
+            Preparation::Skip(reason) => {
+                skipped.push((i, reason));
+                prepared.push(None);
+            }
+        }
+    }
+    Ok((Samples { records, prepared }, skipped))
+}
+
+/// The settings that decide a run's numbers, as recorded in run.json.
+fn settings(o: &TrainOptions, total_steps: usize) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        m.insert(k.to_string(), v);
+    };
+    put("--batch-size", json!(o.batch_size));
+    put("steps (from --steps or --epochs)", json!(total_steps));
+    put("--shuffle --seed", json!(o.shuffle));
+    put("--train", json!(o.train));
+    put("--lr", json!(o.lr));
+    put("--schedule", json!(o.schedule));
+    put("--warmup-steps", json!(o.warmup_steps));
+    put("--beta1", json!(o.adamw.beta1));
+    put("--beta2", json!(o.adamw.beta2));
+    put("--eps", json!(o.adamw.eps));
+    put("--weight-decay", json!(o.adamw.weight_decay));
+    put("--max-grad-norm", json!(o.max_grad_norm));
+    put("--dtype", json!(o.dtype));
+    put(
+        "--backend",
+        json!(o.backend.to_string().split(':').next().unwrap_or("")),
+    );
+    put("--max-length", json!(o.max_length));
+    put("--instruct/--single-bos", json!(o.mode.describe()));
+    put("--spectra", json!(o.spectra));
+    put("--per-sample", json!(o.per_sample));
+    put("--eval-every", json!(o.eval_every));
+    put("--save-every", json!(o.save_every));
+    put("--save-dtype", json!(o.save_dtype));
+    m
+}
+
+/// A training run on backend `B` with host element `T` (the compute dtype).
+struct Trainer<'a, B: GradBackend, T: HostReal> {
+    opts: &'a TrainOptions,
+    model: LoadedModel<B>,
+    /// Indices into `model.params` of the trained parameters.
+    trained: Vec<usize>,
+    optimizer: AdamW<B::InnerBackend>,
+    pad_to: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
+    fn run(opts: &'a TrainOptions, device: &B::Device) -> Result<TrainSummary> {
+        let t0 = Instant::now();
+        let tokenizer = TextTokenizer::from_dir(&opts.model, opts.max_length)?;
+        let set = opts.train;
+        let trains = move |name: &str, shape: &[usize]| set.picks(name, shape);
+        let model =
+            gradlens_models::load_for_training::<B>(&opts.model, device, &paper_selector, &trains)?;
+        anyhow::ensure!(
+            !model.wrapped,
+            "{}: a multimodal checkpoint: train its text model instead (a checkpoint of the \
+             text part alone, model_type {})",
+            opts.model.display(),
+            model.model_type
+        );
+        let vocab = model.model.vocab_size();
+        let (samples, skipped) = read_samples(&opts.data, &tokenizer, &opts.mode, vocab)?;
+        for (i, reason) in skipped.iter().take(5) {
+            tracing::warn!("sample {i} is not used: {reason}");
+        }
+        if skipped.len() > 5 {
+            tracing::warn!("{} more samples are not used", skipped.len() - 5);
+        }
+        let usable: Vec<usize> = (0..samples.prepared.len())
+            .filter(|&i| samples.prepared[i].is_some())
+            .collect();
+        anyhow::ensure!(
+            !usable.is_empty(),
+            "no usable sample in {} (every one was skipped: {})",
+            opts.data
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            skipped.first().map(|s| s.1.as_str()).unwrap_or("")
+        );
+        let order = SampleOrder::new(usable, opts.shuffle);
+        let total = match opts.length {
+            Length::Steps(n) => n,
+            Length::Epochs(e) => order.steps_for_epochs(e, opts.batch_size),
+        };
+        let eval = match &opts.eval_data {
+            Some(f) => {
+                Some(read_samples(std::slice::from_ref(f), &tokenizer, &opts.mode, vocab)?.0)
+            }
+            None => None,
+        };
+        let record = RunRecord::new(
+            &opts.model,
+            &opts.data,
+            opts.eval_data.as_deref(),
+            settings(opts, total),
+        )?;
+        let mut inputs: Vec<&Path> = vec![&opts.model];
+        inputs.extend(opts.data.iter().map(PathBuf::as_path));
+        inputs.extend(opts.eval_data.as_deref());
+        let run = RunDir::claim(&opts.out, &record, &inputs, opts.resume)?;
+        let start_at = run.start(total)?;
+        if start_at == Start::Complete {
+            return Ok(TrainSummary {
+                first_step: total + 1,
+                last_step: total,
+                total_steps: total,
+                samples: 0,
+                seconds: 0.0,
+                first_loss: None,
+                last_loss: None,
+                last_grad_norm: None,
+                eval: None,
+                out: opts.out.clone(),
+            });
+        }
+
+        let trained: Vec<usize> = (0..model.params.len())
+            .filter(|&i| model.params[i].trained)
+            .collect();
+        let lengths: Vec<usize> = trained
+            .iter()
+            .map(|&i| model.params[i].value.numel())
+            .collect();
+        let optimizer = AdamW::new(opts.adamw, &lengths, device);
+        let mut trainer = Trainer::<B, T> {
+            opts,
+            model,
+            trained,
+            optimizer,
+            pad_to: opts.backend.default_pad_to(),
+            _t: std::marker::PhantomData,
+        };
+        let Start::After(start, from) = start_at else {
+            unreachable!("handled above")
+        };
+        if let Some(dir) = &from {
+            trainer.restore(dir)?;
+            tracing::info!("resuming {} after step {start}", opts.out.display());
+        }
+
+        let mut steps_out = run_dir::appender(&run.file(STEPS))?;
+        let mut per_sample_out = if opts.per_sample {
+            Some(run_dir::appender(&run.file(PER_SAMPLE))?)
+        } else {
+            None
+        };
+        let mut eval_out = match &eval {
+            Some(_) => Some(run_dir::appender(&run.file(EVAL))?),
+            None => None,
+        };
+        let mut summary = TrainSummary {
+            first_step: start + 1,
+            last_step: start,
+            total_steps: total,
+            samples: 0,
+            seconds: 0.0,
+            first_loss: None,
+            last_loss: None,
+            last_grad_norm: None,
+            eval: None,
+            out: opts.out.clone(),
+        };
+        let mut eval_first = None;
+        if let (Some(ev), Some(w)) = (&eval, &mut eval_out)
+            && start == 0
+            && !has_step(&run.file(EVAL), 0)
+        {
+            let line = trainer.evaluate(ev, 0);
+            eval_first = Some(line.loss);
+            w.append_serialized(&line)?;
+        }
+        let bar = opts.progress.then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "train [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {msg}  ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(start as u64);
+            bar.reset_eta();
+            bar
+        });
+        let t_steps = Instant::now();
+        for step in start + 1..=total {
+            let batch = order.batch(step, opts.batch_size);
+            let (line, sample_lines) = trainer.step(step, total, &batch, &samples)?;
+            if let Some(w) = &mut per_sample_out {
+                for l in &sample_lines {
+                    w.append(l)?;
+                }
+            }
+            steps_out.append_serialized(&line)?;
+            summary.samples += batch.len();
+            summary.first_loss.get_or_insert(line.loss);
+            summary.last_loss = Some(line.loss);
+            summary.last_grad_norm = Some(line.grad_norm);
+            summary.last_step = step;
+            let due = |every: Option<usize>| every.is_some_and(|n| step % n == 0);
+            if let (Some(ev), Some(w)) = (&eval, &mut eval_out)
+                && (due(opts.eval_every) || step == total)
+            {
+                let e = trainer.evaluate(ev, step);
+                eval_first.get_or_insert(e.loss);
+                summary.eval = eval_first.map(|a| (a, e.loss));
+                w.append_serialized(&e)?;
+            }
+            if due(opts.save_every) && step < total {
+                trainer.save(&run.file(&format!("checkpoint-{step}")), step, total, true)?;
+            }
+            if let Some(bar) = &bar {
+                let rate = summary.samples as f64 / t_steps.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "loss {:.4}  lr {:.2e}  {:.2} samples/s",
+                    line.loss, line.lr, rate
+                ));
+                bar.set_position(step as u64);
+            }
+        }
+        trainer.save(&run.file("final"), total, total, false)?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        summary.seconds = t0.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    /// One optimizer step on the samples `batch`: the step's line and, with `--per-sample`, each
+    /// sample's own line.
+    fn step(
+        &mut self,
+        step: usize,
+        total: usize,
+        batch: &[usize],
+        samples: &Samples,
+    ) -> Result<(StepLine, Vec<serde_json::Map<String, serde_json::Value>>)> {
+        let opts = self.opts;
+        let prepared: Vec<&Prepared> = batch
+            .iter()
+            .map(|&i| samples.prepared[i].as_ref().expect("usable"))
+            .collect();
+        let n_total: usize = prepared.iter().map(|p| p.n_loss_tokens()).sum();
+        let mut acc: Vec<Option<Tensor<B::InnerBackend, 1>>> = vec![None; self.trained.len()];
+        let mut loss_sum = 0.0;
+        let mut tokens = 0;
+        let mut factors: Vec<Vec<Option<Factors<T>>>> = Vec::with_capacity(batch.len());
+        let mut sample_lines = Vec::new();
+        for (&index, p) in batch.iter().zip(&prepared) {
+            let weight = p.n_loss_tokens() as f64 / n_total as f64;
+            let model = &self.model;
+            let trained = &self.trained;
+            let mut hook = |grads: &<B as AutodiffBackend>::Gradients| {
+                for (k, &pi) in trained.iter().enumerate() {
+                    if let Some(g) = model.params[pi].value.grad_flat(grads) {
+                        let g = g.mul_scalar(weight);
+                        acc[k] = Some(match acc[k].take() {
+                            Some(a) => a.add(g),
+                            None => g,
+                        });
+                    }
+                }
+            };
+            let sample = sample_grads_with(model, p, opts.spectra, self.pad_to, &mut hook);
+            anyhow::ensure!(
+                sample.loss.is_finite(),
+                "step {step}: sample {index}: non-finite loss {} (the weights or the data); \
+                 stopping: the last checkpoint in {} is intact",
+                sample.loss,
+                opts.out.display()
+            );
+            loss_sum += sample.loss * p.n_loss_tokens() as f64;
+            tokens += p.padded_ids(self.pad_to).len();
+            let grads = T::unwrap(sample.grads);
+            factors.push(
+                grads
+                    .iter()
+                    .map(|g| match &g.source {
+                        SpectrumSource::Factored(f) => Some(f.clone()),
+                        SpectrumSource::Dense(_) => None,
+                    })
+                    .collect(),
+            );
+            if opts.per_sample {
+                let record = &samples.records[index];
+                let work = Work::Measured {
+                    index,
+                    instr: record.instr(),
+                    output: record.output.clone(),
+                    loss: sample.loss,
+                    n_tokens: p.ids.len(),
+                    n_loss_tokens: p.n_loss_tokens(),
+                    grads: T::wrap(grads),
+                };
+                let f = finish(work, false).map_err(|s| {
+                    anyhow::anyhow!(
+                        "step {step}: sample {index}: {}{}",
+                        s.weight.map(|w| format!("{w}: ")).unwrap_or_default(),
+                        s.reason
+                    )
+                })?;
+                sample_lines.push(per_sample_line(step, f.line));
+            }
+        }
+        let device = self.model.device.clone();
+        let grads: Vec<Tensor<B::InnerBackend, 1>> = acc
+            .into_iter()
+            .zip(&self.trained)
+            .map(|(g, &pi)| {
+                g.unwrap_or_else(|| {
+                    gradlens_models::tensor::zeros([self.model.params[pi].value.numel()], &device)
+                })
+            })
+            .collect();
+
+        // The statistics of the batch gradient of every measured weight (all are trained).
+        let index_of: HashMap<&str, usize> = self
+            .trained
+            .iter()
+            .enumerate()
+            .map(|(k, &pi)| (self.model.params[pi].name.as_str(), k))
+            .collect();
+        let weights: Vec<f64> = prepared
+            .iter()
+            .map(|p| p.n_loss_tokens() as f64 / n_total as f64)
+            .collect();
+        let mut stacked_x: HashMap<Vec<usize>, Arc<HostMatrix<T>>> = HashMap::new();
+        let mut gradients = Vec::with_capacity(self.model.selected.len());
+        let mut batch_factors = HashMap::new();
+        for (w, s) in self.model.selected.iter().enumerate() {
+            let k = *index_of
+                .get(s.name.as_str())
+                .expect("every measured weight is trained");
+            let [rows, cols] = s.tensor.dims();
+            gradients.push((s.name.clone(), grads[k].clone().reshape([rows, cols])));
+            let parts: Option<Vec<&Factors<T>>> = factors.iter().map(|f| f[w].as_ref()).collect();
+            if let Some(parts) = parts
+                && opts.spectra.factored(tokens, rows, cols)
+            {
+                batch_factors.insert(s.name.clone(), stack(&parts, &weights, &mut stacked_x));
+            }
+        }
+        let measured = measured_grads::<B::InnerBackend, T>(gradients, batch_factors);
+        let (stats, _) = statistics(step, &T::wrap(measured)).map_err(|s| {
+            anyhow::anyhow!(
+                "step {step}: the batch gradient: {}{}",
+                s.weight.map(|w| format!("{w}: ")).unwrap_or_default(),
+                s.reason
+            )
+        })?;
+
+        let grad_norm = total_norm(&grads);
+        anyhow::ensure!(
+            grad_norm.is_finite(),
+            "step {step}: non-finite gradient norm {grad_norm}; stopping: the last checkpoint in \
+             {} is intact",
+            opts.out.display()
+        );
+        let clipped = clip(grads, grad_norm, opts.max_grad_norm);
+        let lr = opts.schedule.lr(opts.lr, step, opts.warmup_steps, total);
+        let values: Vec<Tensor<B::InnerBackend, 1>> = self
+            .trained
+            .iter()
+            .map(|&pi| self.model.params[pi].value.inner_flat())
+            .collect();
+        let decays: Vec<bool> = self
+            .trained
+            .iter()
+            .map(|&pi| self.model.params[pi].value.dims().len() >= 2)
+            .collect();
+        let updated = self.optimizer.step(values, clipped, &decays, lr);
+        self.set_trained(updated);
+        let line = StepLine {
+            step,
+            lr,
+            loss: loss_sum / n_total as f64,
+            grad_norm,
+            n_samples: batch.len(),
+            n_loss_tokens: n_total,
+            samples: batch.to_vec(),
+            weights: stats.into_iter().collect(),
+        };
+        Ok((line, sample_lines))
+    }
+
+    /// Put new values of the trained parameters (in order) into the model.
+    fn set_trained(&mut self, values: Vec<Tensor<B::InnerBackend, 1>>) {
+        let new = self
+            .trained
+            .iter()
+            .zip(values)
+            .map(|(&pi, v)| {
+                let dims = self.model.params[pi].value.dims();
+                (pi, ParamValue::<B>::leaf(v, &dims, true))
+            })
+            .collect();
+        self.model.set_params(new);
+    }
+
+    /// The token-weighted loss on the evaluation samples after `step` steps.
+    fn evaluate(&self, eval: &Samples, step: usize) -> EvalLine {
+        let (mut sum, mut n, mut count) = (0.0, 0, 0);
+        for p in eval.prepared.iter().flatten() {
+            let loss = response_loss(&self.model, p, None, self.pad_to);
+            let value = loss
+                .into_data()
+                .convert::<f64>()
+                .to_vec::<f64>()
+                .expect("f64")[0];
+            sum += value * p.n_loss_tokens() as f64;
+            n += p.n_loss_tokens();
+            count += 1;
+        }
+        EvalLine {
+            step,
+            loss: if n > 0 { sum / n as f64 } else { f64::NAN },
+            n_samples: count,
+            n_loss_tokens: n,
+        }
+    }
+
+    fn host_values(t: Tensor<impl Backend, 1>) -> Vec<f64> {
+        t.into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .expect("f64 data")
+    }
+
+    /// Write a checkpoint directory (with the training state when `state`).
+    fn save(&self, dir: &Path, step: usize, total: usize, state: bool) -> Result<()> {
+        let opts = self.opts;
+        let weights = self
+            .model
+            .params
+            .iter()
+            .map(|p| HostParam {
+                name: p.name.clone(),
+                dims: p.value.dims(),
+                values: Self::host_values(p.value.inner_flat()),
+                dtype: save_dtype_of(p.stored, opts.save_dtype),
+            })
+            .collect();
+        let compute = match opts.dtype {
+            Dtype::F32 => StoredDtype::F32,
+            Dtype::F64 => StoredDtype::F64,
+        };
+        let mut tensors = Vec::new();
+        if state {
+            for (k, &pi) in self.trained.iter().enumerate() {
+                let p = &self.model.params[pi];
+                let m = &self.optimizer.moments[k];
+                for (prefix, t) in [
+                    ("param", p.value.inner_flat()),
+                    ("exp_avg", m.exp_avg.clone()),
+                    ("exp_avg_sq", m.exp_avg_sq.clone()),
+                ] {
+                    tensors.push(HostParam {
+                        name: format!("{prefix}.{}", p.name),
+                        dims: vec![p.value.numel()],
+                        values: Self::host_values(t),
+                        dtype: compute,
+                    });
+                }
+            }
+        }
+        let trainer_state = TrainerState {
+            step,
+            total_steps: total,
+            gradlens: env!("CARGO_PKG_VERSION").into(),
+        };
+        write_checkpoint(
+            dir,
+            CheckpointContent {
+                source: &opts.model,
+                weights,
+                state: Some((tensors, trainer_state)),
+                config_dtype: opts.save_dtype,
+            },
+        )
+        .with_context(|| format!("saving {}", dir.display()))
+    }
+
+    /// Take the trained parameters and AdamW's state from a checkpoint's training state.
+    fn restore(&mut self, dir: &Path) -> Result<()> {
+        let state_path = dir.join("training_state.safetensors");
+        let tensors: HashMap<String, Vec<f64>> = read_safetensors(&state_path)?
+            .into_iter()
+            .map(|t| (t.name, t.values))
+            .collect();
+        let trainer_state = checkpoint::read_trainer_state(dir)?;
+        let device = self.model.device.clone();
+        let mut values = Vec::with_capacity(self.trained.len());
+        for (k, &pi) in self.trained.iter().enumerate() {
+            let p = &self.model.params[pi];
+            let n = p.value.numel();
+            let get = |prefix: &str| -> Result<Tensor<B::InnerBackend, 1>> {
+                let name = format!("{prefix}.{}", p.name);
+                let v = tensors
+                    .get(&name)
+                    .with_context(|| format!("{}: no tensor {name}", state_path.display()))?;
+                anyhow::ensure!(
+                    v.len() == n,
+                    "{}: tensor {name} has {} values, the parameter {n}",
+                    state_path.display(),
+                    v.len()
+                );
+                Ok(float_tensor::<B::InnerBackend, 1>(
+                    TensorData::new(v.clone(), [n]),
+                    &device,
+                ))
+            };
+            values.push(get("param")?);
+            self.optimizer.moments[k].exp_avg = get("exp_avg")?;
+            self.optimizer.moments[k].exp_avg_sq = get("exp_avg_sq")?;
+        }
+        self.optimizer.steps = trainer_state.step as u64;
+        self.set_trained(values);
+        Ok(())
+    }
+}
+
+/// The factors of a batch gradient Σ_i w_i Δ_iᵀ X_i = [w_1 Δ_1; …]ᵀ [X_1; …]: the samples' factors
+/// stacked by rows, Δ scaled. The stacked X of the same per-sample inputs (q, k and v share
+/// theirs) is built once.
+fn stack<T: HostReal>(
+    parts: &[&Factors<T>],
+    weights: &[f64],
+    stacked_x: &mut HashMap<Vec<usize>, Arc<HostMatrix<T>>>,
+) -> Factors<T> {
+    let key: Vec<usize> = parts.iter().map(|f| Arc::as_ptr(&f.x) as usize).collect();
+    let x = stacked_x
+        .entry(key)
+        .or_insert_with(|| {
+            let cols = parts[0].x.cols;
+            let mut data = Vec::with_capacity(parts.iter().map(|f| f.x.data.len()).sum());
+            for f in parts {
+                data.extend_from_slice(&f.x.data);
+            }
+            Arc::new(HostMatrix {
+                rows: data.len() / cols.max(1),
+                cols,
+                data,
+            })
+        })
+        .clone();
+    let cols = parts[0].delta.cols;
+    let mut data = Vec::with_capacity(parts.iter().map(|f| f.delta.data.len()).sum());
+    for (f, &w) in parts.iter().zip(weights) {
+        let w = T::of_f64(w);
+        data.extend(f.delta.data.iter().map(|&v| v * w));
+    }
+    Factors {
+        x,
+        delta: HostMatrix {
+            rows: data.len() / cols.max(1),
+            cols,
+            data,
+        },
+    }
+}
