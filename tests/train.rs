@@ -194,3 +194,61 @@ fn the_final_checkpoint_is_a_checkpoint() {
     )
     .unwrap();
 }
+
+/// `report` on run directories draws the training view: a figure per run, one comparing them,
+/// and MADs over the steps that are the MADs of the per-layer S_sum in steps.jsonl.
+#[test]
+fn the_report_draws_the_training_view() {
+    let base = scratch("train-report");
+    let mut runs = Vec::new();
+    for (name, lr) in [("low-lr", 1e-4), ("high-lr", 3e-3)] {
+        let out = base.join(name);
+        let mut o = options("qwen2-all", Dtype::F32, &out);
+        o.lr = lr;
+        o.per_sample = false;
+        o.eval_data = Some(tiny_data());
+        o.eval_every = Some(2);
+        run_train(&o).unwrap();
+        runs.push(out);
+    }
+    let report = base.join("report");
+    let r = gradlens::reporting::build_and_print(&runs, &report).unwrap();
+    assert_eq!(r.files, 2);
+    for f in [
+        "figures/low-lr-training.png",
+        "figures/high-lr-training.svg",
+        "figures/training-compare.png",
+        "training.md",
+        "training.html",
+    ] {
+        assert!(report.join(f).is_file(), "{f}");
+    }
+    // The CSV's MAD of q_proj at step 1 of the first run, recomputed from steps.jsonl.
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(runs[0].join("steps.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let q: Vec<f64> = (0..2)
+        .map(|l| {
+            first[format!("model.layers.{l}.self_attn.q_proj.weight")]["S_sum"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let csv = std::fs::read_to_string(report.join("training_mad.csv")).unwrap();
+    let row = csv
+        .lines()
+        .find(|l| l.starts_with("low-lr,1,q_proj,"))
+        .unwrap();
+    let mad: f64 = row.rsplit(',').next().unwrap().parse().unwrap();
+    assert!((mad - (q[1] - q[0]).abs()).abs() <= 1e-12 * mad, "{row}");
+    let md = std::fs::read_to_string(report.join("training.md")).unwrap();
+    assert!(
+        md.contains("## low-lr") && md.contains("evaluation loss"),
+        "{md}"
+    );
+}

@@ -29,6 +29,7 @@ pub mod svd;
 pub mod sweep;
 pub mod tokenizer;
 pub mod train;
+pub mod training_report;
 pub mod two_stage;
 
 pub use gradlens_core::{Checkpoint, CheckpointError, hub};

@@ -283,6 +283,12 @@ fn draw_chart<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
+    // Series without their own x run over the layers.
+    let x_desc = if series.iter().all(|s| s.x.is_none()) {
+        "layer"
+    } else {
+        x_desc
+    };
     let (mut x_lo, mut x_hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for (x, _) in series.iter().flat_map(Series::points) {
         x_lo = x_lo.min(x);
@@ -340,8 +346,14 @@ where
                 .draw_series(DashedLineSeries::new(pts, 6, 4, style))
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .label(&s.label)
+                // Dashed in the legend too.
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(1))
+                    plotters::element::DashedPathElement::new(
+                        vec![(x, y), (x + 22, y)],
+                        5,
+                        3,
+                        color.stroke_width(2),
+                    )
                 });
         } else {
             chart
@@ -367,7 +379,8 @@ where
 pub(crate) struct Figure<'a> {
     pub title: String,
     pub cells: Vec<Vec<(String, &'static str, Vec<Series<'a>>)>>,
-    /// The x axis' name (`layer`, `step`).
+    /// The x axis' name of the charts whose series have their own x (`step`); the others run
+    /// over the layers.
     pub x_desc: &'static str,
 }
 
@@ -745,7 +758,24 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
 
 /// [`build`], then the warnings on stderr and one line saying where the report is (for the CLIs).
 pub fn build_and_print(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
-    let r = build(inputs, out)?;
+    // Run directories of `gradlens train` get the training view; the rest the paper's.
+    let (runs, rest): (Vec<PathBuf>, Vec<PathBuf>) = inputs
+        .iter()
+        .cloned()
+        .partition(|p| crate::training_report::is_run_dir(p));
+    if !runs.is_empty() {
+        let r = crate::training_report::build(&runs, out)?;
+        println!(
+            "training report of {} run(s), {} figure(s): {}",
+            r.files,
+            r.figures.len(),
+            out.join("training.html").display()
+        );
+        if rest.is_empty() {
+            return Ok(r);
+        }
+    }
+    let r = build(&rest, out)?;
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
