@@ -34,7 +34,11 @@ def main():
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--variant", choices=["paper", "svdvals"], default="paper")
+    ap.add_argument("--variant", choices=["paper", "svdvals", "train"], default="paper",
+                    help="train: a transformers + torch.optim.AdamW fine-tuning loop (the paper's "
+                         "attention selection trained, token-weighted batches, clip_grad_norm_), "
+                         "no statistics")
+    ap.add_argument("--batch-size", type=int, default=4, help="samples per step (--variant train)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the paper ran on an H100)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed samples first")
     a = ap.parse_args()
@@ -56,6 +60,8 @@ def main():
         if p.ndim > 1 and (p.shape[0] == p.shape[1] or "self_attn" in name):
             p.requires_grad = True
     records = json.load(open(a.data))[: a.warmup + a.samples]
+    if a.variant == "train":
+        return train(a, tok, model, records, dev, sync)
     fb = st = 0.0
     n = tokens = 0
     for i, r in enumerate(records):
@@ -96,6 +102,55 @@ def main():
                       "spectra_s": st / n, "samples_per_s": n / (fb + st), "mean_tokens": tokens / n,
                       "peak_rss_mb": peak_rss_mb(),
                       "peak_gpu_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None}))
+
+
+def prepared(tok, r, max_length):
+    instr = r["instruction"] + ("\n" + r["input"] if r.get("input") else "")
+    text = instr + "\n" + r["output"]
+    ids = tok.encode(text, return_tensors="pt", truncation=True, max_length=max_length)
+    start = len(tok.encode(text[: text.rfind(r["output"])]))
+    labels = ids.clone()
+    labels[0, :start] = -100
+    return ids, labels, int((labels[0, 1:] != -100).sum())
+
+
+def train(a, tok, model, records, dev, sync):
+    """The fine-tuning loop a careful PyTorch user writes (what `gradlens train` computes, without
+    its statistics): per step, each sample's mean loss weighted by its share of the batch's response
+    tokens, clip_grad_norm_(1.0), AdamW. The first step is untimed when --warmup > 0."""
+    model.train(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, foreach=False)
+    samples = [prepared(tok, r, a.max_length) for r in records]
+    samples = [s for s in samples if s[2] > 0]
+    b = a.batch_size
+    batches = [samples[i:i + b] for i in range(0, len(samples) - b + 1, b)]
+    fb = st = 0.0
+    n = tokens = 0
+    for k, batch in enumerate(batches):
+        total = sum(s[2] for s in batch)
+        sync()
+        t0 = time.perf_counter()
+        for ids, labels, m in batch:
+            out = model(ids.to(dev), labels=labels.to(dev))
+            (out.loss * (m / total)).backward()
+        sync()
+        t1 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        t2 = time.perf_counter()
+        if k == 0 and a.warmup > 0:
+            continue
+        fb += t1 - t0
+        st += t2 - t1
+        n += len(batch)
+        tokens += sum(s[0].shape[1] for s in batch)
+    print(json.dumps({"variant": "train", "device": a.device, "samples": n, "fwd_bwd_s": fb / n,
+                      "spectra_s": st / n, "samples_per_s": n / (fb + st), "mean_tokens": tokens / n,
+                      "peak_rss_mb": peak_rss_mb(),
+                      "peak_gpu_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if a.device != "cpu" else None}))
 
 
 if __name__ == "__main__":

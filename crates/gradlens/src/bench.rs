@@ -50,13 +50,18 @@ pub struct BenchArgs {
     /// cpu or cuda[:N]; the PyTorch side runs on the same kind of device.
     #[arg(long, default_value = "cpu")]
     pub backend: Device,
-    /// Rows to run: fwd-bwd, factored, dense, auto, paper, svdvals.
+    /// Rows to run: fwd-bwd, factored, dense, auto, paper, svdvals; train (`gradlens train`
+    /// steps with their statistics) and torch-train (a transformers + torch.optim.AdamW loop)
+    /// on request.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "fwd-bwd,factored,dense,auto,paper,svdvals"
     )]
     pub rows: Vec<String>,
+    /// Samples per optimizer step of the train rows (the first step is untimed warm-up).
+    #[arg(long, default_value_t = 4)]
+    pub train_batch: usize,
     /// CPU threads for both sides (RAYON_NUM_THREADS, torch.set_num_threads); 0 = all.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -366,7 +371,7 @@ fn python_rows(
     label: &str,
     data: &Path,
 ) -> Result<Vec<Row>> {
-    let variants: Vec<&str> = ["paper", "svdvals"]
+    let variants: Vec<&str> = ["paper", "svdvals", "torch-train"]
         .into_iter()
         .filter(|v| a.rows.iter().any(|r| r == v))
         .collect();
@@ -394,6 +399,11 @@ fn python_rows(
     let mut rows = Vec::new();
     for variant in variants {
         eprintln!("[{label}] PyTorch reference ({variant}, {n} samples, {device})");
+        // The train loop: one untimed batch, then the timed ones (the samples of the train row).
+        let (variant, n, warmup) = match variant {
+            "torch-train" => ("train", train_samples(a), a.train_batch),
+            v => (v, n, a.warmup),
+        };
         let mut cmd = Command::new(&a.python);
         if a.threads > 0 {
             cmd.env("OMP_NUM_THREADS", a.threads.to_string());
@@ -408,7 +418,9 @@ fn python_rows(
                 "--samples",
                 &n.to_string(),
                 "--warmup",
-                &a.warmup.to_string(),
+                &warmup.to_string(),
+                "--batch-size",
+                &a.train_batch.to_string(),
                 "--max-length",
                 &a.max_length.to_string(),
                 "--threads",
@@ -429,23 +441,104 @@ fn python_rows(
         let line = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or("{}"))?;
         let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        // The train loop's split is forward+backward and the optimizer, not spectra: its time per
+        // sample stands in the forward+backward column.
+        let (fwd_bwd_s, spectra_s) = if variant == "train" {
+            (f("fwd_bwd_s") + f("spectra_s"), f64::NAN)
+        } else {
+            (f("fwd_bwd_s"), f("spectra_s"))
+        };
         rows.push(Row {
             model: label.to_string(),
-            name: if variant == "paper" {
-                format!("PyTorch {device}, the paper's method (full SVD)")
-            } else {
-                format!("PyTorch {device}, svdvals")
+            name: match variant {
+                "paper" => format!("PyTorch {device}, the paper's method (full SVD)"),
+                "train" => format!(
+                    "PyTorch {device}, AdamW loop (batch {}, no statistics)",
+                    a.train_batch
+                ),
+                _ => format!("PyTorch {device}, svdvals"),
             },
             samples: v["samples"].as_u64().unwrap_or(0) as usize,
             samples_per_s: f("samples_per_s"),
-            fwd_bwd_s: f("fwd_bwd_s"),
-            spectra_s: f("spectra_s"),
+            fwd_bwd_s,
+            spectra_s,
             mean_tokens: f("mean_tokens"),
             peak_rss_mb: f("peak_rss_mb"),
             peak_gpu_mb: f("peak_gpu_mb"),
         });
     }
     Ok(rows)
+}
+
+/// Timed samples of the train rows: --samples rounded down to whole batches (at least one).
+fn train_samples(a: &BenchArgs) -> usize {
+    (a.samples / a.train_batch.max(1)).max(1) * a.train_batch.max(1)
+}
+
+/// `gradlens train` on the first records (one untimed step, then the timed ones: the same samples
+/// as the PyTorch loop), the paper's attention selection trained, the statistics of every step.
+fn train_row(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Result<Option<Row>> {
+    if !a.rows.iter().any(|r| r == "train") {
+        return Ok(None);
+    }
+    let b = a.train_batch.max(1);
+    let n = train_samples(a);
+    let tmp = std::env::temp_dir().join(format!("gradlens-bench-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let data = tmp.join("data.json");
+    std::fs::write(
+        &data,
+        serde_json::to_string(&records[..records.len().min(b + n)])?,
+    )?;
+    eprintln!(
+        "[{label}] gradlens train ({n} samples, batch {b}, {})",
+        a.backend
+    );
+    let summary = crate::train::run_train(&crate::train::TrainOptions {
+        model: dir.to_path_buf(),
+        data: vec![data],
+        out: tmp.join("run"),
+        batch_size: b,
+        length: crate::train::Length::Steps(1 + n / b),
+        shuffle: None,
+        train: crate::train::TrainSet::Attention,
+        lr: 1e-5,
+        schedule: crate::train::schedule::Schedule::Constant,
+        warmup_steps: 0,
+        adamw: Default::default(),
+        max_grad_norm: 1.0,
+        dtype: Dtype::F32,
+        backend: a.backend,
+        max_length: a.max_length,
+        mode: PromptMode::Base,
+        spectra: Spectra::Auto,
+        per_sample: false,
+        eval_data: None,
+        eval_every: None,
+        save_every: None,
+        save_dtype: None,
+        resume: false,
+        progress: false,
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    let summary = summary?;
+    let timed = &summary.step_times[1.min(summary.step_times.len())..];
+    let (samples, secs) = timed.iter().fold((0, 0.0), |(n, s), (k, t)| (n + k, s + t));
+    Ok(Some(Row {
+        model: label.to_string(),
+        name: format!(
+            "gradlens {} f32, train step (batch {b}, statistics)",
+            a.backend
+        ),
+        samples,
+        samples_per_s: samples as f64 / secs,
+        fwd_bwd_s: f64::NAN,
+        spectra_s: f64::NAN,
+        mean_tokens: f64::NAN,
+        peak_rss_mb: peak_rss_mb(),
+        peak_gpu_mb: f64::NAN,
+    }))
 }
 
 /// The default data file: the paper's aqua Detailed CoT.
@@ -496,6 +589,7 @@ pub fn run(a: &BenchArgs, root: &Path) -> Result<Vec<Row>> {
             },
         )?;
         all.extend(rows);
+        all.extend(train_row(a, &dir, &label, &records)?);
         all.extend(python_rows(a, root, &dir, &label, &data)?);
     }
     print_table(&all, a);

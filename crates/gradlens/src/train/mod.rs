@@ -117,6 +117,9 @@ pub struct TrainSummary {
     pub last_grad_norm: Option<f64>,
     pub eval: Option<(f64, f64)>,
     pub out: PathBuf,
+    /// Per step run: its samples and seconds (statistics, update and writing included; the
+    /// evaluations and checkpoints not).
+    pub step_times: Vec<(usize, f64)>,
 }
 
 impl TrainSummary {
@@ -377,6 +380,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 last_grad_norm: None,
                 eval: None,
                 out: opts.out.clone(),
+                step_times: Vec::new(),
             });
         }
 
@@ -425,6 +429,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             last_grad_norm: None,
             eval: None,
             out: opts.out.clone(),
+            step_times: Vec::new(),
         };
         let mut eval_first = None;
         if let (Some(ev), Some(w)) = (&eval, &mut eval_out)
@@ -449,6 +454,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         });
         let t_steps = Instant::now();
         for step in start + 1..=total {
+            let t_step = Instant::now();
             let batch = order.batch(step, opts.batch_size);
             let (line, sample_lines) = trainer.step(step, total, &batch, &samples)?;
             if let Some(w) = &mut per_sample_out {
@@ -457,6 +463,9 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 }
             }
             steps_out.append_serialized(&line)?;
+            summary
+                .step_times
+                .push((batch.len(), t_step.elapsed().as_secs_f64()));
             summary.samples += batch.len();
             summary.first_loss.get_or_insert(line.loss);
             summary.last_loss = Some(line.loss);
