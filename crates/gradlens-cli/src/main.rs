@@ -86,6 +86,16 @@ enum Command {
     },
     /// Benchmark against the paper's PyTorch pipeline (same checkpoint, same samples, one run).
     Bench(gradlens::bench::BenchArgs),
+    /// A GGUF file (llama.cpp's format: Llama or Qwen2 with a byte-level BPE vocabulary; F32, F16,
+    /// BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) as a Hugging Face checkpoint directory, weights
+    /// dequantized to f32. (`--model FILE.gguf` does this once into gradlens' cache.)
+    ImportGguf {
+        /// The GGUF file.
+        file: PathBuf,
+        /// The checkpoint directory to write (must not exist yet).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The supported model families (config.json's model_type) and whether instruct mode gives
     /// them a system turn.
     Models,
@@ -285,7 +295,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Grads(a) => {
-            let model = gradlens::hub::resolve(&a.model, a.revision.as_deref())?;
+            let model = gradlens::model_source::resolve(&a.model, a.revision.as_deref())?;
             let opts = GradsOptions {
                 model: model.clone(),
                 data: a.data,
@@ -317,7 +327,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Train(a) => {
-            let model = gradlens::hub::resolve(&a.model, a.revision.as_deref())?;
+            let model = gradlens::model_source::resolve(&a.model, a.revision.as_deref())?;
             let mode = if a.instruct {
                 PromptMode::instruct_from_dir(
                     &model,
@@ -448,6 +458,25 @@ fn run(cli: Cli) -> Result<()> {
                 gradlens::backend::limit_cpu_threads(args.threads);
             }
             gradlens::bench::run(&args, &std::env::current_dir()?)?;
+            Ok(())
+        }
+        Command::ImportGguf { file, out } => {
+            anyhow::ensure!(
+                !out.exists(),
+                "{}: exists; import-gguf writes a new checkpoint directory (choose another --out)",
+                out.display()
+            );
+            let r = gradlens::gguf::import::import(&file, &out)?;
+            let types: Vec<String> = r.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            eprintln!(
+                "{}: {} ({} tensors: {}; {:.1} M parameters) -> {}",
+                file.display(),
+                r.architecture,
+                r.tensors,
+                types.join(", "),
+                r.parameters as f64 / 1e6,
+                out.display()
+            );
             Ok(())
         }
         Command::Models => {

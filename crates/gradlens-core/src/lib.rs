@@ -8,6 +8,7 @@
 
 mod checkpoint;
 mod error;
+pub mod gguf;
 pub mod hub;
 
 pub use checkpoint::{Checkpoint, Described, HostTensor, StoredDtype};

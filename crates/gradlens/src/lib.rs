@@ -17,6 +17,7 @@ pub mod grads;
 pub mod householder;
 pub mod init;
 pub mod measure;
+pub mod model_source;
 pub mod output;
 pub mod paths;
 pub mod provenance;
@@ -32,7 +33,7 @@ pub mod train;
 pub mod training_report;
 pub mod two_stage;
 
-pub use gradlens_core::{Checkpoint, CheckpointError, hub};
+pub use gradlens_core::{Checkpoint, CheckpointError, gguf, hub};
 pub use gradlens_models::{LoadedModel, SUPPORTED, paper_selector, system_turn};
 
 /// An error and its causes on one line (`outer: cause: cause`), leaving out a cause whose text

@@ -189,6 +189,9 @@ impl Plan {
             let dir = if !dir.exists() && crate::hub::is_model_id(Path::new(&m.path)) {
                 crate::hub::resolve(Path::new(&m.path), m.revision.as_deref())
                     .with_context(|| format!("{}: model {:?}", sweep_path.display(), m.name))?
+            } else if crate::model_source::is_gguf(&dir) {
+                crate::model_source::resolve(&dir, None)
+                    .with_context(|| format!("{}: model {:?}", sweep_path.display(), m.name))?
             } else {
                 dir
             };
