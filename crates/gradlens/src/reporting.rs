@@ -211,8 +211,29 @@ struct CurveRecord<'a> {
     n_samples: usize,
 }
 
-/// Panels of the paper's figure: per (model, group, dataset or "", correct) the columns.
-type PanelKey = (String, String, String, bool);
+/// Panels of the paper's figure: per (model, group, dataset or "", responses) the columns; correct
+/// responses sort before irrelevant ones.
+type PanelKey = (String, String, String, Responses);
+
+/// Which responses a condition holds, in the order reports show them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Responses {
+    Correct,
+    Irrelevant,
+}
+
+impl Responses {
+    fn of(correct: bool) -> Self {
+        if correct {
+            Responses::Correct
+        } else {
+            Responses::Irrelevant
+        }
+    }
+    fn correct(self) -> bool {
+        self == Responses::Correct
+    }
+}
 
 fn column_label(c: &Condition) -> String {
     match c.cot {
@@ -231,7 +252,7 @@ fn panel_key(m: &Measured) -> PanelKey {
         m.model.clone(),
         m.condition.group.clone(),
         dataset,
-        m.condition.correct,
+        Responses::of(m.condition.correct),
     )
 }
 
@@ -575,7 +596,8 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
             })
             .collect()
     };
-    for ((model, _group, _ds, correct), idx) in &panels {
+    for ((model, _group, _ds, responses), idx) in &panels {
+        let correct = &responses.correct();
         let first = &measured[idx[0]];
         let resp = if *correct {
             "correct responses"
@@ -672,11 +694,11 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
         figures.push(path);
         Ok(())
     };
-    for ((model, group, ds, correct), idx) in &panels {
-        if !*correct {
+    for ((model, group, ds, responses), idx) in &panels {
+        if !responses.correct() {
             continue;
         }
-        let Some(wrong) = panels.get(&(model.clone(), group.clone(), ds.clone(), false)) else {
+        let Some(wrong) = panels.get(&(model.clone(), group.clone(), ds.clone(), Responses::Irrelevant)) else {
             continue;
         };
         let pairs: Vec<_> = idx
@@ -707,11 +729,11 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
         .into_iter()
         .collect();
     for (base, it) in instruct_pairs(&models) {
-        for ((model, group, ds, correct), idx) in &panels {
-            if model != &base || !*correct {
+        for ((model, group, ds, responses), idx) in &panels {
+            if model != &base || !responses.correct() {
                 continue;
             }
-            let Some(other) = panels.get(&(it.clone(), group.clone(), ds.clone(), true)) else {
+            let Some(other) = panels.get(&(it.clone(), group.clone(), ds.clone(), Responses::Correct)) else {
                 continue;
             };
             let pairs: Vec<_> = idx
@@ -806,7 +828,8 @@ fn mad_tables(
         panels.entry(panel_key(m)).or_default().push(i);
     }
     let mut out = Vec::new();
-    for ((model, _, _, correct), mut idx) in panels {
+    for ((model, _, _, responses), mut idx) in panels {
+        let correct = responses.correct();
         idx.sort_by_key(|&i| column_order(&measured[i].condition));
         let mut rows = Vec::new();
         let mut rule = "paper";
