@@ -168,3 +168,56 @@ fn clear_messages_for_bad_inputs() {
         r.warnings
     );
 }
+
+/// A `grads` output on its own (no sweep layout) is labelled from its record: the checkpoint's
+/// name and the data file; a 2-layer model's early/middle/late MADs are "n/a"; `--shared-y` draws.
+#[test]
+fn a_standalone_output_is_labelled_from_its_record() {
+    use gradlens::backend::{Device, Dtype};
+    use gradlens::grads::{GradsOptions, run_grads};
+    let dir = scratch("report-standalone");
+    let out = dir.join("mine.jsonl");
+    gradlens::output::remove_output(&out);
+    run_grads(&GradsOptions {
+        model: fixture("qwen2-tiny"),
+        data: gradlens_tests::tiny_data(),
+        out: out.clone(),
+        start: 0,
+        limit: Some(3),
+        max_length: 128,
+        dtype: Dtype::F32,
+        backend: Device::Cpu,
+        mode: gradlens::sample::PromptMode::Base,
+        spectra: Default::default(),
+        save_spectrum: false,
+        pad_to: None,
+        retry_skipped: false,
+        max_memory: None,
+        progress: false,
+    })
+    .unwrap();
+    for shared_y in [false, true] {
+        let report = dir.join(format!("report-{shared_y}"));
+        gradlens::reporting::build_and_print_with(
+            std::slice::from_ref(&out),
+            &report,
+            &gradlens::reporting::ReportOptions { shared_y },
+        )
+        .unwrap();
+        let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+        assert!(
+            md.contains("qwen2-tiny"),
+            "the checkpoint names the model: {md}"
+        );
+        assert!(
+            md.contains("tiny"),
+            "the data file names the condition: {md}"
+        );
+        assert!(md.contains("n/a"), "MAD parts of a 2-layer model: {md}");
+        let csv = std::fs::read_to_string(report.join("mad.csv")).unwrap();
+        assert!(
+            csv.lines().nth(1).unwrap().starts_with("qwen2-tiny,"),
+            "{csv}"
+        );
+    }
+}

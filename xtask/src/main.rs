@@ -77,6 +77,9 @@ enum Command {
         /// Output folder (default: <folder>/report, or <stem>-report beside a file).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// One y scale for the conditions side by side.
+        #[arg(long)]
+        shared_y: bool,
     },
 }
 
@@ -92,8 +95,9 @@ fn shards_run(out: &Path) -> Option<usize> {
         .max()
 }
 
-fn report(inputs: &[PathBuf], out: &Path) -> Result<()> {
-    gradlens::reporting::build_and_print(inputs, out).map(|_| ())
+fn report(inputs: &[PathBuf], out: &Path, shared_y: bool) -> Result<()> {
+    let opts = gradlens::reporting::ReportOptions { shared_y };
+    gradlens::reporting::build_and_print_with(inputs, out, &opts).map(|_| ())
 }
 
 pub(crate) fn repo_root() -> PathBuf {
@@ -215,7 +219,11 @@ fn run_cli(cli: Cli) -> Result<()> {
             );
             println!("results: {}", plan.out.display());
             if !no_report && shard_i.is_none() {
-                report(std::slice::from_ref(&plan.out), &plan.out.join("report"))?;
+                report(
+                    std::slice::from_ref(&plan.out),
+                    &plan.out.join("report"),
+                    false,
+                )?;
             }
             Ok(())
         }
@@ -224,9 +232,13 @@ fn run_cli(cli: Cli) -> Result<()> {
             std::env::set_current_dir(repo_root())?;
             gradlens::bench::run(&args, &repo_root()).map(|_| ())
         }
-        Command::Report { inputs, out } => {
+        Command::Report {
+            inputs,
+            out,
+            shared_y,
+        } => {
             let out = out.unwrap_or_else(|| gradlens::reporting::default_out(&inputs));
-            report(&inputs, &out)
+            report(&inputs, &out, shared_y)
         }
     }
 }

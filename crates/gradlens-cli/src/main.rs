@@ -40,6 +40,10 @@ enum Command {
         /// Output folder (default: <folder>/report, or <stem>-report beside a file).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// One y scale for the conditions side by side (the paper's contrast is a difference in
+        /// level; by default each chart fits its own curves).
+        #[arg(long)]
+        shared_y: bool,
     },
     /// A random-initialised checkpoint from a config.json (any supported family), e.g. to
     /// benchmark a real shape without downloading weights.
@@ -378,9 +382,17 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{}", summary.paragraph());
             Ok(())
         }
-        Command::Report { inputs, out } => {
+        Command::Report {
+            inputs,
+            out,
+            shared_y,
+        } => {
             let out = out.unwrap_or_else(|| gradlens::reporting::default_out(&inputs));
-            gradlens::reporting::build_and_print(&inputs, &out)?;
+            gradlens::reporting::build_and_print_with(
+                &inputs,
+                &out,
+                &gradlens::reporting::ReportOptions { shared_y },
+            )?;
             Ok(())
         }
         Command::Init {

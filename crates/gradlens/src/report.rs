@@ -271,13 +271,18 @@ pub fn segments(layers: usize) -> ([std::ops::Range<usize>; 3], &'static str) {
     }
 }
 
-/// The MADs of a curve: early, middle, late, all, and the segment rule.
+/// The MADs of a curve: early, middle, late, all, and the segment rule. A part of fewer than two
+/// layers has no MAD: NaN (reports show "n/a"), as has a curve of fewer than two layers.
 pub fn mad_segments(curve: &[f64]) -> ([f64; 4], &'static str) {
     let ([a, b, c], rule) = segments(curve.len());
-    (
-        [mad(&curve[a]), mad(&curve[b]), mad(&curve[c]), mad(curve)],
-        rule,
-    )
+    let part = |r: std::ops::Range<usize>| {
+        if r.len() < 2 {
+            f64::NAN
+        } else {
+            mad(&curve[r])
+        }
+    };
+    ([part(a), part(b), part(c), part(0..curve.len())], rule)
 }
 
 /// The paper's MAD of a curve: mean over i of |c[i+1] − c[i]| (0 for fewer than two layers).

@@ -95,6 +95,13 @@ fn identify(file: &Path, cat: &BTreeMap<(String, String), Condition>) -> (String
         .and_then(|p| p.file_name())
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if let Some(c) = cat.get(&(task.clone(), data_stem.clone())) {
+        return (model, c.clone());
+    }
+    // A stand-alone output: its record names the checkpoint and the data file it was made from.
+    if let Some(found) = identify_by_provenance(file, cat) {
+        return found;
+    }
     let cond = cat
         .get(&(task.clone(), data_stem.clone()))
         .cloned()
@@ -108,6 +115,46 @@ fn identify(file: &Path, cat: &BTreeMap<(String, String), Condition>) -> (String
             name: data_stem.clone(),
         });
     (model, cond)
+}
+
+/// (model, condition) of an output from its `.meta.json`: the checkpoint folder's name (with
+/// "instruct" in instruct mode), and the condition of its data file (`<task>/<file>.json` through
+/// the manifests, else named after the file).
+fn identify_by_provenance(
+    file: &Path,
+    cat: &BTreeMap<(String, String), Condition>,
+) -> Option<(String, Condition)> {
+    let text = std::fs::read_to_string(crate::output::meta_path(file)).ok()?;
+    let p: crate::provenance::Provenance = serde_json::from_str(&text).ok()?;
+    let name = |s: &str| {
+        Path::new(s)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    let mut model = name(p.model.trim_end_matches('/'))?;
+    if p.prompt.starts_with("instruct") {
+        model.push_str(" (instruct)");
+    }
+    let data = Path::new(&p.data);
+    let stem = data.file_stem()?.to_string_lossy().into_owned();
+    let task = data
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cond = cat
+        .get(&(task.clone(), stem.clone()))
+        .cloned()
+        .unwrap_or_else(|| Condition {
+            id: format!("{task}/{stem}"),
+            file: format!("{task}/{stem}.json"),
+            group: "data".into(),
+            dataset: stem.clone(),
+            cot: None,
+            correct: !task.contains("wrong_answer"),
+            name: stem.clone(),
+        });
+    Some((model, cond))
 }
 
 /// Read the given files, or every JSONL under a folder.
@@ -300,6 +347,7 @@ fn draw_chart<DB: DrawingBackend>(
     y_label: &str,
     x_desc: &str,
     series: &[Series<'_>],
+    y_range: Option<(f64, f64)>,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
@@ -320,15 +368,7 @@ where
     } else if x_hi <= x_lo {
         x_hi = x_lo + 1.0;
     }
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for s in series {
-        for &v in s.values {
-            if v.is_finite() {
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
-        }
-    }
+    let (mut lo, mut hi) = y_range.unwrap_or_else(|| value_range(series));
     if !lo.is_finite() {
         (lo, hi) = (0.0, 1.0);
     }
@@ -341,7 +381,16 @@ where
         },
         hi + pad,
     );
-    let mut chart = ChartBuilder::on(area)
+    // The legend goes in a strip below the chart, never over the curves.
+    let (width, height) = area.dim_in_pixel();
+    let layout = legend_layout(series, width);
+    let legend_h = layout
+        .iter()
+        .map(|e| e.1)
+        .max()
+        .map_or(0, |r| (r + 1) * 18 + 6);
+    let (plot_area, legend_area) = area.split_vertically(height.saturating_sub(legend_h as u32));
+    let mut chart = ChartBuilder::on(&plot_area)
         .caption(title, ("sans-serif", 17))
         .margin(10)
         .x_label_area_size(36)
@@ -361,39 +410,71 @@ where
     for s in series {
         let pts = s.points();
         let style = ShapeStyle::from(&s.color).stroke_width(2);
-        let color = s.color;
         if s.dashed {
             chart
                 .draw_series(DashedLineSeries::new(pts, 6, 4, style))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .label(&s.label)
-                // Dashed in the legend too.
-                .legend(move |(x, y)| {
-                    plotters::element::DashedPathElement::new(
-                        vec![(x, y), (x + 22, y)],
-                        5,
-                        3,
-                        color.stroke_width(2),
-                    )
-                });
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         } else {
             chart
                 .draw_series(LineSeries::new(pts, style))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .label(&s.label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-                });
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(200, 200, 200))
-        .label_font(("sans-serif", 13))
-        .draw()
+    // The legend, dashed series dashed there too.
+    for (s, (x, row)) in series.iter().zip(layout) {
+        let y = row as i32 * 18 + 12;
+        let style = ShapeStyle::from(&s.color).stroke_width(2);
+        let line = vec![(x, y), (x + 22, y)];
+        if s.dashed {
+            legend_area.draw(&plotters::element::DashedPathElement::new(
+                line, 5, 3, style,
+            ))
+        } else {
+            legend_area.draw(&PathElement::new(line, style.stroke_width(3)))
+        }
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+        legend_area
+            .draw(&Text::new(
+                s.label.clone(),
+                (x + 28, y - 7),
+                ("sans-serif", 13).into_font().color(&BLACK),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     Ok(())
+}
+
+/// The smallest and largest finite value of the series (infinite when there is none).
+fn value_range(series: &[Series<'_>]) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for s in series {
+        for &v in s.values {
+            if v.is_finite() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+    }
+    (lo, hi)
+}
+
+/// Where each series' legend entry goes in the strip below a chart `width` pixels wide: its x and
+/// its row (entries flow left to right and wrap).
+fn legend_layout(series: &[Series<'_>], width: u32) -> Vec<(i32, usize)> {
+    let (mut x, mut row) = (70i32, 0usize);
+    series
+        .iter()
+        .map(|s| {
+            let w = 28 + 7 * s.label.chars().count() as i32 + 16;
+            if x + w > width as i32 && x > 70 {
+                x = 70;
+                row += 1;
+            }
+            let at = (x, row);
+            x += w;
+            at
+        })
+        .collect()
 }
 
 /// One figure: a title, then a grid of charts (rows × columns), each a list of series.
@@ -403,6 +484,9 @@ pub(crate) struct Figure<'a> {
     /// The x axis' name of the charts whose series have their own x (`step`); the others run
     /// over the layers.
     pub x_desc: &'static str,
+    /// One y scale for the charts of a row (the conditions side by side: the paper's contrast
+    /// is a difference in level).
+    pub shared_y: bool,
 }
 
 fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure<'_>) -> Result<()>
@@ -417,8 +501,22 @@ where
     let cols = fig.cells.iter().map(Vec::len).max().unwrap_or(1);
     let areas = body.split_evenly((rows, cols));
     for (r, row) in fig.cells.iter().enumerate() {
+        let shared = fig.shared_y.then(|| {
+            row.iter()
+                .map(|(_, _, series)| value_range(series))
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (c, d)| {
+                    (a.min(c), b.max(d))
+                })
+        });
         for (c, (title, ylabel, series)) in row.iter().enumerate() {
-            draw_chart(&areas[r * cols + c], title, ylabel, fig.x_desc, series)?;
+            draw_chart(
+                &areas[r * cols + c],
+                title,
+                ylabel,
+                fig.x_desc,
+                series,
+                shared,
+            )?;
         }
     }
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -493,7 +591,19 @@ pub fn default_out(inputs: &[PathBuf]) -> PathBuf {
 }
 
 /// Build the whole report into `out`.
+/// Choices of a report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReportOptions {
+    /// One y scale across the conditions of a figure row (`--shared-y`).
+    pub shared_y: bool,
+}
+
 pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
+    build_with(inputs, out, &ReportOptions::default())
+}
+
+/// [`build`] with the report's options.
+pub fn build_with(inputs: &[PathBuf], out: &Path, opts: &ReportOptions) -> Result<ReportSummary> {
     let (measured, mut warnings) = collect(inputs)?;
     if measured.is_empty() {
         // Say why each file was unusable (the first few reasons).
@@ -646,6 +756,7 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
                 title: title.clone(),
                 cells: rows,
                 x_desc: "layer",
+                shared_y: opts.shared_y,
             },
             &figdir,
             &stem,
@@ -686,6 +797,7 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
                 title: title.clone(),
                 cells: vec![row],
                 x_desc: "layer",
+                shared_y: opts.shared_y,
             },
             &figdir,
             &slug(&stem),
@@ -698,7 +810,12 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
         if !responses.correct() {
             continue;
         }
-        let Some(wrong) = panels.get(&(model.clone(), group.clone(), ds.clone(), Responses::Irrelevant)) else {
+        let Some(wrong) = panels.get(&(
+            model.clone(),
+            group.clone(),
+            ds.clone(),
+            Responses::Irrelevant,
+        )) else {
             continue;
         };
         let pairs: Vec<_> = idx
@@ -733,7 +850,9 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
             if model != &base || !responses.correct() {
                 continue;
             }
-            let Some(other) = panels.get(&(it.clone(), group.clone(), ds.clone(), Responses::Correct)) else {
+            let Some(other) =
+                panels.get(&(it.clone(), group.clone(), ds.clone(), Responses::Correct))
+            else {
                 continue;
             };
             let pairs: Vec<_> = idx
@@ -780,6 +899,15 @@ pub fn build(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
 
 /// [`build`], then the warnings on stderr and one line saying where the report is (for the CLIs).
 pub fn build_and_print(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
+    build_and_print_with(inputs, out, &ReportOptions::default())
+}
+
+/// [`build_and_print`] with the report's options.
+pub fn build_and_print_with(
+    inputs: &[PathBuf],
+    out: &Path,
+    opts: &ReportOptions,
+) -> Result<ReportSummary> {
     // Run directories of `gradlens train` get the training view; the rest the paper's.
     let (runs, rest): (Vec<PathBuf>, Vec<PathBuf>) = inputs
         .iter()
@@ -797,7 +925,7 @@ pub fn build_and_print(inputs: &[PathBuf], out: &Path) -> Result<ReportSummary> 
             return Ok(r);
         }
     }
-    let r = build(&rest, out)?;
+    let r = build_with(&rest, out, opts)?;
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
@@ -838,13 +966,20 @@ fn mad_tables(
                 if let Some(c) = all[i][&Statistic::SSum].get(p) {
                     let ([e, mi, l, a], r) = mad_segments(&c.values);
                     rule = r;
+                    let f = |x: f64| {
+                        if x.is_nan() {
+                            "n/a".to_string()
+                        } else {
+                            format!("{x:.4}")
+                        }
+                    };
                     rows.push(vec![
                         column_label(&measured[i].condition),
                         label.to_string(),
-                        format!("{e:.4}"),
-                        format!("{mi:.4}"),
-                        format!("{l:.4}"),
-                        format!("{a:.4}"),
+                        f(e),
+                        f(mi),
+                        f(l),
+                        f(a),
                     ]);
                 }
             }

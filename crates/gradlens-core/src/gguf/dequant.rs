@@ -223,6 +223,35 @@ mod tests {
         assert!(dequantize(Q8_0, &b, 32).unwrap_err().contains("bytes"));
     }
 
+    /// Random blocks of every quantized type, dequantized by transformers' GGUF code
+    /// (scripts/make_gguf_block_goldens.py): the same f32 values, bit for bit.
+    #[test]
+    fn blocks_dequantize_as_transformers_does() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/gguf-blocks/blocks.json");
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let golden = golden.as_object().unwrap();
+        assert_eq!(golden.len(), 6, "Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K");
+        for (name, g) in golden {
+            let hex = g["hex"].as_str().unwrap();
+            let raw: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            let want: Vec<f32> = g["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let ty = g["type"].as_u64().unwrap() as u32;
+            let got = dequantize(ty, &raw, want.len()).unwrap();
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{name}[{i}]: {a} vs {b}");
+            }
+        }
+    }
+
     #[test]
     fn k_quant_scales_unpack_as_ggml() {
         let s: Vec<u8> = (0..12).map(|i| (i * 37 + 11) as u8).collect();
