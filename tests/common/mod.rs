@@ -128,3 +128,22 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The stderr of a command that must have succeeded.
+pub fn ok(r: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert!(r.status.success(), "{stderr}");
+    stderr
+}
+
+/// The stderr of a command that must have failed with exit code 1 and one clear error (no
+/// panic) mentioning each of `needles`.
+pub fn err(r: &std::process::Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{stderr:?} does not mention {n:?}");
+    }
+    stderr
+}

@@ -117,27 +117,18 @@ enum Command {
     },
 }
 
+/// What every command that runs a model takes: the checkpoint, how samples are prepared, where
+/// and in what dtype the model runs, how singular values are computed.
 #[derive(clap::Args)]
-struct GradsArgs {
-    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json), or a hub
-    /// model id (`Qwen/Qwen3-1.7B`) already in the local Hugging Face cache (offline).
+struct ModelArgs {
+    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json), a hub
+    /// model id (`Qwen/Qwen3-1.7B`) already in the local Hugging Face cache (offline), or a GGUF
+    /// file.
     #[arg(long)]
     model: PathBuf,
     /// With a hub model id: the branch, tag or commit of the cached snapshot (default main).
     #[arg(long)]
     revision: Option<String>,
-    /// Data file: a JSON array of {instruction, input, output} records.
-    #[arg(long)]
-    data: PathBuf,
-    /// Output JSONL; samples already in it (or in <out>.skipped.jsonl) are not measured again.
-    #[arg(long)]
-    out: PathBuf,
-    /// Measure at most N records (from --start).
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Index of the first record to measure.
-    #[arg(long, default_value_t = 0)]
-    start: usize,
     /// Truncate each sample to this many tokens.
     #[arg(long, default_value_t = 1024)]
     max_length: usize,
@@ -161,6 +152,42 @@ struct GradsArgs {
     /// than the matrix's smaller side).
     #[arg(long, default_value = "auto")]
     spectra: gradlens::stats::Spectra,
+}
+
+impl ModelArgs {
+    /// The checkpoint directory and the prompt mode.
+    fn resolve(&self) -> Result<(PathBuf, PromptMode)> {
+        let model = gradlens::model_source::resolve(&self.model, self.revision.as_deref())?;
+        let mode = if self.instruct {
+            PromptMode::instruct_from_dir(
+                &model,
+                InstructOptions {
+                    add_special_tokens: !self.single_bos,
+                },
+            )?
+        } else {
+            PromptMode::Base
+        };
+        Ok((model, mode))
+    }
+}
+
+#[derive(clap::Args)]
+struct GradsArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Data file: a JSON array of {instruction, input, output} records.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output JSONL; samples already in it (or in <out>.skipped.jsonl) are not measured again.
+    #[arg(long)]
+    out: PathBuf,
+    /// Measure at most N records (from --start).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Index of the first record to measure.
+    #[arg(long, default_value_t = 0)]
+    start: usize,
     /// Also write every singular value (above 1e-12·σ_max) to <out>.spectrum.jsonl.
     #[arg(long)]
     save_spectrum: bool,
@@ -184,12 +211,8 @@ struct GradsArgs {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// Hugging Face checkpoint directory, or a hub model id in the local Hugging Face cache.
-    #[arg(long)]
-    model: PathBuf,
-    /// With a hub model id: the branch, tag or commit of the cached snapshot (default main).
-    #[arg(long)]
-    revision: Option<String>,
+    #[command(flatten)]
+    m: ModelArgs,
     /// Training data: JSON arrays of {instruction, input, output} records; several files are read
     /// one after the other (sample indices run on across them).
     #[arg(long, required = true, num_args = 1..)]
@@ -237,22 +260,6 @@ struct TrainArgs {
     /// Clip the batch gradient's norm to this (0: off), as torch's clip_grad_norm_.
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f64,
-    /// Compute dtype.
-    #[arg(long, default_value = "f32")]
-    dtype: Dtype,
-    /// Where the model runs (as for grads).
-    #[arg(long, default_value = "cpu")]
-    backend: Device,
-    #[arg(long, default_value_t = 1024)]
-    max_length: usize,
-    /// Render the checkpoint's chat template, as for grads.
-    #[arg(long)]
-    instruct: bool,
-    #[arg(long, requires = "instruct")]
-    single_bos: bool,
-    /// How singular values are computed (as for grads).
-    #[arg(long, default_value = "auto")]
-    spectra: gradlens::stats::Spectra,
     /// Also write each sample's own statistics at each step (per_sample.jsonl).
     #[arg(long)]
     per_sample: bool,
@@ -299,27 +306,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Grads(a) => {
-            let model = gradlens::model_source::resolve(&a.model, a.revision.as_deref())?;
+            let (model, mode) = a.m.resolve()?;
             let opts = GradsOptions {
-                model: model.clone(),
+                model,
                 data: a.data,
                 out: a.out,
                 start: a.start,
                 limit: a.limit,
-                max_length: a.max_length,
-                dtype: a.dtype,
-                backend: a.backend,
-                mode: if a.instruct {
-                    PromptMode::instruct_from_dir(
-                        &model,
-                        InstructOptions {
-                            add_special_tokens: !a.single_bos,
-                        },
-                    )?
-                } else {
-                    PromptMode::Base
-                },
-                spectra: a.spectra,
+                max_length: a.m.max_length,
+                dtype: a.m.dtype,
+                backend: a.m.backend,
+                mode,
+                spectra: a.m.spectra,
                 save_spectrum: a.save_spectrum,
                 pad_to: a.pad_to,
                 retry_skipped: a.retry_skipped,
@@ -331,17 +329,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Train(a) => {
-            let model = gradlens::model_source::resolve(&a.model, a.revision.as_deref())?;
-            let mode = if a.instruct {
-                PromptMode::instruct_from_dir(
-                    &model,
-                    InstructOptions {
-                        add_special_tokens: !a.single_bos,
-                    },
-                )?
-            } else {
-                PromptMode::Base
-            };
+            let (model, mode) = a.m.resolve()?;
             use gradlens::train::{Length, TrainOptions, optimizer::AdamWConfig};
             let opts = TrainOptions {
                 model,
@@ -365,11 +353,11 @@ fn run(cli: Cli) -> Result<()> {
                     weight_decay: a.weight_decay,
                 },
                 max_grad_norm: a.max_grad_norm,
-                dtype: a.dtype,
-                backend: a.backend,
-                max_length: a.max_length,
+                dtype: a.m.dtype,
+                backend: a.m.backend,
+                max_length: a.m.max_length,
                 mode,
-                spectra: a.spectra,
+                spectra: a.m.spectra,
                 per_sample: a.per_sample,
                 eval_data: a.eval_data,
                 eval_every: a.eval_every,

@@ -4,7 +4,7 @@
 
 use gradlens::compare::compare_files;
 use gradlens_tests::{
-    copy_dir, fixture, jsonl_indices as indices, rewrite_weights, scratch, tiny_data,
+    copy_dir, err, fixture, jsonl_indices as indices, ok, rewrite_weights, scratch, tiny_data,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -29,22 +29,6 @@ fn grads_cmd(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Command {
 
 fn run(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
     grads_cmd(model, data, out, extra).output().unwrap()
-}
-
-fn ok(r: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
-    assert!(r.status.success(), "{stderr}");
-    stderr
-}
-
-fn err(r: &Output, needles: &[&str]) -> String {
-    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
-    assert_eq!(r.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "{stderr:?} does not mention {n:?}");
-    }
-    stderr
 }
 
 fn side(out: &Path, suffix: &str) -> PathBuf {

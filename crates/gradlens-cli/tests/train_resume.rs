@@ -5,10 +5,10 @@
 
 use gradlens::compare::compare_line;
 use gradlens::train::checkpoint::read_safetensors;
-use gradlens_tests::{fixture, scratch, tiny_data};
+use gradlens_tests::{err, fixture, ok, scratch, tiny_data};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// The run's options; `extra` replaces an option's value (`["--lr", "2e-3"]`) or adds a flag.
@@ -51,22 +51,6 @@ fn train_cmd(out: &Path, data: &Path, extra: &[&str]) -> Command {
         c.args(value);
     }
     c
-}
-
-fn ok(r: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
-    assert!(r.status.success(), "{stderr}");
-    stderr
-}
-
-fn err(r: &Output, needles: &[&str]) -> String {
-    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
-    assert_eq!(r.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "{stderr:?} does not mention {n:?}");
-    }
-    stderr
 }
 
 /// The tiny records three times over (18 usable samples).

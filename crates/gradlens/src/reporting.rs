@@ -102,19 +102,20 @@ fn identify(file: &Path, cat: &BTreeMap<(String, String), Condition>) -> (String
     if let Some(found) = identify_by_provenance(file, cat) {
         return found;
     }
-    let cond = cat
-        .get(&(task.clone(), data_stem.clone()))
-        .cloned()
-        .unwrap_or_else(|| Condition {
-            id: format!("{task}/{data_stem}"),
-            file: format!("{task}/{data_stem}.json"),
-            group: task.clone(),
-            dataset: data_stem.clone(),
-            cot: None,
-            correct: !task.contains("wrong_answer"),
-            name: data_stem.clone(),
-        });
-    (model, cond)
+    (model, unlisted_condition(&task, &data_stem, &task))
+}
+
+/// A condition no manifest lists: named after its data file `<task>/<stem>.json`.
+fn unlisted_condition(task: &str, stem: &str, group: &str) -> Condition {
+    Condition {
+        id: format!("{task}/{stem}"),
+        file: format!("{task}/{stem}.json"),
+        group: group.into(),
+        dataset: stem.into(),
+        cot: None,
+        correct: !task.contains("wrong_answer"),
+        name: stem.into(),
+    }
 }
 
 /// (model, condition) of an output from its `.meta.json`: the checkpoint folder's name (with

@@ -123,6 +123,23 @@ pub struct TrainSummary {
 }
 
 impl TrainSummary {
+    /// A run that starts after step `start` of `total`, nothing done yet.
+    fn starting(start: usize, total: usize, out: &Path) -> Self {
+        Self {
+            first_step: start + 1,
+            last_step: start,
+            total_steps: total,
+            samples: 0,
+            seconds: 0.0,
+            first_loss: None,
+            last_loss: None,
+            last_grad_norm: None,
+            eval: None,
+            out: out.to_path_buf(),
+            step_times: Vec::new(),
+        }
+    }
+
     /// The paragraph printed at the end of a run.
     pub fn paragraph(&self) -> String {
         if self.first_step > self.last_step {
@@ -369,19 +386,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         let run = RunDir::claim(&opts.out, &record, &inputs, opts.resume)?;
         let start_at = run.start(total)?;
         if start_at == Start::Complete {
-            return Ok(TrainSummary {
-                first_step: total + 1,
-                last_step: total,
-                total_steps: total,
-                samples: 0,
-                seconds: 0.0,
-                first_loss: None,
-                last_loss: None,
-                last_grad_norm: None,
-                eval: None,
-                out: opts.out.clone(),
-                step_times: Vec::new(),
-            });
+            return Ok(TrainSummary::starting(total, total, &opts.out));
         }
 
         let trained: Vec<usize> = (0..model.params.len())
@@ -418,19 +423,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             Some(_) => Some(run_dir::appender(&run.file(EVAL))?),
             None => None,
         };
-        let mut summary = TrainSummary {
-            first_step: start + 1,
-            last_step: start,
-            total_steps: total,
-            samples: 0,
-            seconds: 0.0,
-            first_loss: None,
-            last_loss: None,
-            last_grad_norm: None,
-            eval: None,
-            out: opts.out.clone(),
-            step_times: Vec::new(),
-        };
+        let mut summary = TrainSummary::starting(start, total, &opts.out);
         let mut eval_first = None;
         if let (Some(ev), Some(w)) = (&eval, &mut eval_out)
             && start == 0
