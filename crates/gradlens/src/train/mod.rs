@@ -330,6 +330,16 @@ struct Trainer<'a, B: GradBackend, T: HostReal> {
 impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
     fn run(opts: &'a TrainOptions, device: &B::Device) -> Result<TrainSummary> {
         let t0 = Instant::now();
+        // The weights and one sample's activations must fit (as for grads; the optimizer's two
+        // moments of the trained parameters come on top).
+        crate::grads::check_memory(
+            opts.backend,
+            opts.dtype,
+            &opts.model,
+            opts.max_length,
+            opts.backend.default_pad_to(),
+            None,
+        )?;
         let tokenizer = TextTokenizer::from_dir(&opts.model, opts.max_length)?;
         let set = opts.train;
         let trains = move |name: &str, shape: &[usize]| set.picks(name, shape);
