@@ -25,8 +25,9 @@ use std::time::Instant;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Checkpoints to measure: a checkpoint directory, a config.json (a random checkpoint is made
-    /// from it once in --workdir, see `gradlens init`), or `tiny` (the fixture qwen2-tiny).
+    /// Checkpoints to measure: a checkpoint directory, a GGUF file (imported once), a config.json
+    /// (a random checkpoint is made from it once in --workdir, see `gradlens init`), or `tiny`
+    /// (the fixture qwen2-tiny).
     #[arg(long = "model", num_args = 1.., default_values_t = vec!["tiny".to_string(), "configs/shapes/qwen2-0.5b.json".to_string()])]
     pub models: Vec<String>,
     /// Samples timed per gradlens row (the first N records of --data).
@@ -197,6 +198,9 @@ fn checkpoint_dir(spec: &str, a: &BenchArgs, root: &Path) -> Result<PathBuf> {
     if p.is_dir() {
         return Ok(p);
     }
+    if crate::model_source::is_gguf(&p) {
+        return crate::model_source::resolve(&p, None);
+    }
     if p.is_file() {
         let name = p
             .file_stem()
@@ -222,7 +226,7 @@ fn checkpoint_dir(spec: &str, a: &BenchArgs, root: &Path) -> Result<PathBuf> {
         }
         return Ok(dir);
     }
-    bail!("{spec}: neither `tiny`, a checkpoint directory nor a config.json")
+    bail!("{spec}: neither `tiny`, a checkpoint directory, a GGUF file nor a config.json")
 }
 
 struct GradlensRows<'a> {
