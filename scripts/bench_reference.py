@@ -117,14 +117,15 @@ def prepared(tok, r, max_length):
 def train(a, tok, model, records, dev, sync):
     """The fine-tuning loop a careful PyTorch user writes (what `gradlens train` computes, without
     its statistics): per step, each sample's mean loss weighted by its share of the batch's response
-    tokens, clip_grad_norm_(1.0), AdamW. The first step is untimed when --warmup > 0."""
+    tokens, clip_grad_norm_(1.0), AdamW. The timed samples are those after --warmup (the other
+    rows' samples); an untimed first step on the first batch of them comes before."""
     model.train(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, foreach=False)
-    samples = [prepared(tok, r, a.max_length) for r in records]
+    samples = [prepared(tok, r, a.max_length) for r in records[a.warmup:]]
     samples = [s for s in samples if s[2] > 0]
     b = a.batch_size
-    batches = [samples[i:i + b] for i in range(0, len(samples) - b + 1, b)]
+    batches = [samples[:b]] + [samples[i:i + b] for i in range(0, len(samples) - b + 1, b)]
     fb = st = 0.0
     n = tokens = 0
     for k, batch in enumerate(batches):
@@ -141,7 +142,7 @@ def train(a, tok, model, records, dev, sync):
         opt.zero_grad(set_to_none=True)
         sync()
         t2 = time.perf_counter()
-        if k == 0 and a.warmup > 0:
+        if k == 0:
             continue
         fb += t1 - t0
         st += t2 - t1

@@ -403,10 +403,10 @@ fn python_rows(
     let mut rows = Vec::new();
     for variant in variants {
         eprintln!("[{label}] PyTorch reference ({variant}, {n} samples, {device})");
-        // The train loop: one untimed batch, then the timed ones (the samples of the train row).
-        let (variant, n, warmup) = match variant {
-            "torch-train" => ("train", train_samples(a), a.train_batch),
-            v => (v, n, a.warmup),
+        // The train loop: the other rows' samples in batches, after an untimed first step.
+        let (variant, n) = match variant {
+            "torch-train" => ("train", train_samples(a)),
+            v => (v, n),
         };
         let mut cmd = Command::new(&a.python);
         if a.threads > 0 {
@@ -422,7 +422,7 @@ fn python_rows(
                 "--samples",
                 &n.to_string(),
                 "--warmup",
-                &warmup.to_string(),
+                &a.warmup.to_string(),
                 "--batch-size",
                 &a.train_batch.to_string(),
                 "--max-length",
@@ -479,8 +479,9 @@ fn train_samples(a: &BenchArgs) -> usize {
     (a.samples / a.train_batch.max(1)).max(1) * a.train_batch.max(1)
 }
 
-/// `gradlens train` on the first records (one untimed step, then the timed ones: the same samples
-/// as the PyTorch loop), the paper's attention selection trained, the statistics of every step.
+/// `gradlens train` on the samples the other rows time (after --warmup), in batches, after an
+/// untimed first step on the first batch of them (as the PyTorch loop does); the paper's attention
+/// selection trained, the statistics of every step.
 fn train_row(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Result<Option<Row>> {
     if !a.rows.iter().any(|r| r == "train") {
         return Ok(None);
@@ -491,10 +492,11 @@ fn train_row(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Resu
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let data = tmp.join("data.json");
-    std::fs::write(
-        &data,
-        serde_json::to_string(&records[..records.len().min(b + n)])?,
-    )?;
+    let w = a.warmup.min(records.len());
+    let timed = &records[w..records.len().min(w + n)];
+    let warm = &timed[..timed.len().min(b)];
+    let stream: Vec<&Record> = warm.iter().chain(timed).collect();
+    std::fs::write(&data, serde_json::to_string(&stream)?)?;
     eprintln!(
         "[{label}] gradlens train ({n} samples, batch {b}, {})",
         a.backend
