@@ -39,15 +39,6 @@ impl<B: Backend> ParamValue<B> {
         }
     }
 
-    /// A value of `dims` (one or two) from a flat vector.
-    pub fn from_flat(flat: Tensor<B, 1>, dims: &[usize]) -> Self {
-        match *dims {
-            [_] => ParamValue::Vector(flat),
-            [r, c] => ParamValue::Matrix(flat.reshape([r, c])),
-            _ => unreachable!("parameters have one or two dimensions"),
-        }
-    }
-
     fn primitive(&self) -> burn::tensor::TensorPrimitive<B> {
         match self {
             ParamValue::Vector(t) => t.clone().into_primitive(),

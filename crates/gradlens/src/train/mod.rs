@@ -518,13 +518,17 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             .map(|&i| samples.prepared[i].as_ref().expect("usable"))
             .collect();
         let n_total: usize = prepared.iter().map(|p| p.n_loss_tokens()).sum();
+        // Each sample's share of the batch's response tokens: its gradient's weight in ∇L.
+        let weights: Vec<f64> = prepared
+            .iter()
+            .map(|p| p.n_loss_tokens() as f64 / n_total as f64)
+            .collect();
         let mut acc: Vec<Option<Tensor<B::InnerBackend, 1>>> = vec![None; self.trained.len()];
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         let mut factors: Vec<Vec<Option<Factors<T>>>> = Vec::with_capacity(batch.len());
         let mut sample_lines = Vec::new();
-        for (&index, p) in batch.iter().zip(&prepared) {
-            let weight = p.n_loss_tokens() as f64 / n_total as f64;
+        for ((&index, p), &weight) in batch.iter().zip(&prepared).zip(&weights) {
             let model = &self.model;
             let trained = &self.trained;
             let mut hook = |grads: &<B as AutodiffBackend>::Gradients| {
@@ -596,10 +600,6 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             .iter()
             .enumerate()
             .map(|(k, &pi)| (self.model.params[pi].name.as_str(), k))
-            .collect();
-        let weights: Vec<f64> = prepared
-            .iter()
-            .map(|p| p.n_loss_tokens() as f64 / n_total as f64)
             .collect();
         let mut stacked_x: HashMap<Vec<usize>, Arc<HostMatrix<T>>> = HashMap::new();
         let mut gradients = Vec::with_capacity(self.model.selected.len());
