@@ -6,7 +6,7 @@
 //! All blocks work on one sequence (batch 1) as `[tokens, features]` tensors.
 
 use crate::loader::Loader;
-use crate::ops::{ModelBackend, attention, softmax, swiglu};
+use crate::ops::{ModelBackend, attention, matmul, softmax, swiglu};
 pub use crate::tensor::{float_tensor, int_tensor, zeros};
 use burn::module::{Module, Param};
 use burn::tensor::activation::gelu_approximate;
@@ -25,7 +25,7 @@ pub struct Linear<B: Backend> {
     pub measured_as: Option<String>,
 }
 
-impl<B: Backend> Linear<B> {
+impl<B: ModelBackend> Linear<B> {
     pub fn load(
         l: &mut Loader<'_, B>,
         name: &str,
@@ -91,7 +91,7 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let y = x.matmul(self.weight.val().transpose());
+        let y = matmul(x, self.weight.val().transpose());
         match &self.bias {
             Some(b) => y + b.val().unsqueeze_dim(0),
             None => y,
@@ -575,8 +575,8 @@ impl<B: ModelBackend> Attention<B> {
         let out = match self.opts.logit_softcap {
             // Gemma 2: soft-capped scores, composed of Burn's differentiated operations.
             Some(cap) => {
-                let scores = softcap(q.matmul(k.swap_dims(1, 2)), cap);
-                softmax(scores + bias.unsqueeze_dim(0), 2).matmul(v)
+                let scores = softcap(matmul(q, k.swap_dims(1, 2)), cap);
+                matmul(softmax(scores + bias.unsqueeze_dim(0), 2), v)
             }
             // Everyone else: one node with a closed-form backward pass (`ops::attention`).
             None => attention(q, k, v, bias),
@@ -680,7 +680,7 @@ pub struct LmHead<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
 }
 
-impl<B: Backend> LmHead<B> {
+impl<B: ModelBackend> LmHead<B> {
     /// `tied` is the family's reading of `tie_word_embeddings`; an untied checkpoint that lacks
     /// `lm_head.weight` is an error (the missing tensor is named), never silently tied.
     pub fn load(
@@ -704,7 +704,7 @@ impl<B: Backend> LmHead<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        x.matmul(self.weight.val().transpose())
+        matmul(x, self.weight.val().transpose())
     }
 }
 

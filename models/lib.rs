@@ -7,6 +7,7 @@
 
 pub mod blocks;
 pub mod config;
+mod cpu_gemm;
 pub mod loader;
 pub mod ops;
 pub mod params;

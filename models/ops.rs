@@ -31,13 +31,19 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
 use burn::tensor::{DType, Int, Shape, Tensor, TensorMetadata, TensorPrimitive};
 
 /// A backend the models run on: Burn's [`Backend`] plus the operations above.
 pub trait ModelBackend: Backend {
+    /// `lhs · rhs` for `[.., m, k]` and `[.., k, n]` tensors with the same batch dimensions.
+    /// NdArray runs it through the `gemm` crate on the operands' strides (`cpu_gemm`); other
+    /// backends use their own matmul.
+    fn model_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
     /// Softmax along `dim`.
     fn model_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         Self::softmax(x, dim)
@@ -67,15 +73,15 @@ pub trait ModelBackend: Backend {
 }
 
 /// The attention output and the probabilities `P`.
-fn attention_forward<B: Backend>(
+fn attention_forward<B: ModelBackend>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
     v: FloatTensor<B>,
     bias: FloatTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let scores = B::float_add(B::float_matmul(q, B::float_swap_dims(k, 1, 2)), bias);
+    let scores = B::float_add(B::model_matmul(q, B::float_swap_dims(k, 1, 2)), bias);
     let p = B::softmax(scores, 2);
-    (B::float_matmul(p.clone(), v), p)
+    (B::model_matmul(p.clone(), v), p)
 }
 
 /// `silu(x) ⊙ u` and `σ(x)`.
@@ -109,8 +115,16 @@ fn weighted_picks<B: Backend>(
     B::float_sum(B::float_mul(B::float_gather(1, l, targets), coeff))
 }
 
-impl ModelBackend for burn::backend::NdArray<f32> {}
-impl ModelBackend for burn::backend::NdArray<f64> {}
+impl ModelBackend for burn::backend::NdArray<f32> {
+    fn model_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::cpu_gemm::matmul(lhs, rhs, Self::float_matmul)
+    }
+}
+impl ModelBackend for burn::backend::NdArray<f64> {
+    fn model_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::cpu_gemm::matmul(lhs, rhs, Self::float_matmul)
+    }
+}
 impl ModelBackend for burn::backend::Flex {}
 #[cfg(feature = "tch")]
 impl ModelBackend for burn::backend::LibTorch<f32> {}
@@ -120,6 +134,26 @@ impl ModelBackend for burn::backend::LibTorch<f64> {}
 impl ModelBackend for burn::backend::Cuda<f32, i32> {}
 
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn model_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Each operand is kept only when the other one is differentiated (as Burn's own matmul).
+        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+        match Matmul
+            .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (a, b) = (lhs.primitive, rhs.primitive);
+                let state = (
+                    rhs_tracked.then(|| a.clone()),
+                    lhs_tracked.then(|| b.clone()),
+                );
+                prep.finish(state, B::model_matmul(a, b))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::model_matmul(lhs.primitive, rhs.primitive)),
+        }
+    }
+
     fn model_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         output_node::<B, C>(x, dim, B::model_softmax, |p, g, dim| {
             let gp = B::float_mul(g, p.clone());
@@ -190,12 +224,32 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     }
 }
 
+/// The matrix product node: `∂lhs = g · rhsᵀ`, `∂rhs = lhsᵀ · g`, both through
+/// [`ModelBackend::model_matmul`] (transposes are views); its state is the operand each needs.
+#[derive(Debug)]
+struct Matmul;
+
+impl<B: ModelBackend> Backward<B, 2> for Matmul {
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (lhs, rhs) = ops.state;
+        binary::<B, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |g| B::model_matmul(g, B::float_transpose(rhs.expect("rhs kept"))),
+            |g| B::model_matmul(B::float_transpose(lhs.expect("lhs kept")), g),
+        );
+    }
+}
+
 /// The attention node (see the module docs); its state is q, k, v, the probabilities and the
 /// output.
 #[derive(Debug)]
 struct AttentionCore;
 
-impl<B: Backend> Backward<B, 3> for AttentionCore {
+impl<B: ModelBackend> Backward<B, 3> for AttentionCore {
     type State = (
         FloatTensor<B>,
         FloatTensor<B>,
@@ -210,18 +264,18 @@ impl<B: Backend> Backward<B, 3> for AttentionCore {
         let [pq, pk, pv] = ops.parents;
         let dv = pv
             .is_some()
-            .then(|| B::float_matmul(B::float_swap_dims(p.clone(), 1, 2), g.clone()));
+            .then(|| B::model_matmul(B::float_swap_dims(p.clone(), 1, 2), g.clone()));
         let ds = (pq.is_some() || pk.is_some()).then(|| {
-            let dp = B::float_matmul(g.clone(), B::float_swap_dims(v, 1, 2));
+            let dp = B::model_matmul(g.clone(), B::float_swap_dims(v, 1, 2));
             let row = B::float_sum_dim(B::float_mul(g, o), 2);
             B::float_mul(B::float_sub(dp, row), p)
         });
         if let Some(node) = pq {
-            let dq = B::float_matmul(ds.clone().expect("∂S"), k);
+            let dq = B::model_matmul(ds.clone().expect("∂S"), k);
             grads.register::<B>(node.id, dq);
         }
         if let Some(node) = pk {
-            let dk = B::float_matmul(B::float_swap_dims(ds.expect("∂S"), 1, 2), q);
+            let dk = B::model_matmul(B::float_swap_dims(ds.expect("∂S"), 1, 2), q);
             grads.register::<B>(node.id, dk);
         }
         if let (Some(node), Some(dv)) = (pv, dv) {
@@ -324,6 +378,18 @@ pub fn weighted_nll<B: ModelBackend>(
         logits.into_primitive().tensor(),
         targets.into_primitive(),
         coeff.into_primitive().tensor(),
+    )))
+}
+
+/// `lhs · rhs` (`[.., m, k]` · `[.., k, n]`, equal batch dimensions), one differentiated node
+/// whose products, forward and backward, are [`ModelBackend::model_matmul`]'s.
+pub fn matmul<B: ModelBackend, const D: usize>(
+    lhs: Tensor<B, D>,
+    rhs: Tensor<B, D>,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::model_matmul(
+        lhs.into_primitive().tensor(),
+        rhs.into_primitive().tensor(),
     )))
 }
 
