@@ -138,10 +138,23 @@ pub unsafe fn limit_cpu_threads(n: usize) {
 /// time of a run was a fifth of its CPU time. With mmap off and a high trim threshold the heap keeps
 /// those pages: same peak memory, about half the system time (docs/performance.md has the figures).
 /// Call it first thing in `main`, before any allocation of note.
+///
+/// The same for mimalloc, the binaries' global allocator (every Rust allocation, so every NdArray
+/// tensor): by default it returns freed memory to the kernel 10 ms after the free ("purging"), and
+/// a forward and backward pass frees and allocates its large tensors faster than that, so every
+/// one of them was page-faulted and zeroed again — 38% of an NdArray forward+backward profile on
+/// SmolLM2-135M-Instruct (`clear_page_erms`), 7.8 s a sample instead of 9.6 s without it
+/// (docs/performance.md, "CPU speed"). Purging is off here unless `MIMALLOC_PURGE_DELAY` is set.
 #[allow(unsafe_code)]
 pub fn tune_allocator() {
     if std::env::var("GRADLENS_MALLOC").is_ok_and(|v| v == "system") {
         return;
+    }
+    /// `mi_option_purge_delay` in mimalloc 3's `mimalloc.h` (the crate names no constant for it).
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's options (an atomic store); -1 means "never purge".
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc's allocation parameters; it is thread-safe.
