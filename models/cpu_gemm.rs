@@ -16,7 +16,9 @@
 #![allow(unsafe_code)]
 
 use burn::backend::ndarray::NdArrayTensor;
-use ndarray::{ArcArray, ArrayViewD, IxDyn};
+use ndarray::{ArcArray, ArrayView2, ArrayViewD, IxDyn};
+
+use crate::cpu_element::Element;
 use rayon::prelude::*;
 
 /// `lhs · rhs` on NdArray tensors; `fallback` (NdArray's own matmul) for what this path does not
@@ -45,7 +47,7 @@ pub fn matmul(
 /// dimensions; `None` for anything else.
 fn strided_matmul<T>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>) -> Option<ArcArray<T, IxDyn>>
 where
-    T: Copy + Send + Sync + num_traits_like::Float + 'static,
+    T: Element,
 {
     let nd = a.ndim();
     if nd < 2 || b.ndim() != nd || a.shape()[..nd - 2] != b.shape()[..nd - 2] {
@@ -135,26 +137,38 @@ struct SendMutPtr<T>(*mut T);
 unsafe impl<T> Sync for SendMutPtr<T> {}
 unsafe impl<T> Send for SendMutPtr<T> {}
 
-/// The two constants `gemm` needs, for f32 and f64.
-mod num_traits_like {
-    pub trait Float {
-        fn zero() -> Self;
-        fn one() -> Self;
+/// `dst ← a · b` for one product, `dst` row-major `[a.rows, b.cols]`, on the calling thread (the
+/// callers run products in parallel themselves).
+pub fn gemm_into<T: Element>(dst: &mut [T], a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) {
+    let ((m, k), (k2, n)) = (a.dim(), b.dim());
+    assert!(k == k2 && dst.len() == m * n, "gemm_into: shapes");
+    if m * n == 0 {
+        return;
     }
-    impl Float for f32 {
-        fn zero() -> Self {
-            0.0
-        }
-        fn one() -> Self {
-            1.0
-        }
-    }
-    impl Float for f64 {
-        fn zero() -> Self {
-            0.0
-        }
-        fn one() -> Self {
-            1.0
-        }
+    let (sa, sb) = (a.strides(), b.strides());
+    // SAFETY: the views and `dst` are valid for the shapes checked above, through their strides;
+    // `read_dst` is false.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            sa[1],
+            sa[0],
+            b.as_ptr(),
+            sb[1],
+            sb[0],
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
 }

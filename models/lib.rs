@@ -7,6 +7,8 @@
 
 pub mod blocks;
 pub mod config;
+mod cpu_attention;
+mod cpu_element;
 mod cpu_gemm;
 pub mod loader;
 pub mod ops;

@@ -64,7 +64,27 @@ pub trait ModelBackend: Backend {
         v: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        attention_forward::<Self>(q, k, v, bias).0
+        Self::model_attention_forward(q, k, v, bias).0
+    }
+    /// The attention's output and its probabilities `P` (kept for the backward pass).
+    fn model_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        attention_forward::<Self>(q, k, v, bias)
+    }
+    /// The attention's `[∂q, ∂k, ∂v]` from q, k, v, P, the output O and its gradient g, each
+    /// computed only when `want` asks for it (formulas in the module docs).
+    fn model_attention_backward(
+        [q, k, v]: [FloatTensor<Self>; 3],
+        p: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        want: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        attention_backward::<Self>([q, k, v], p, o, g, want)
     }
     /// `silu(x) ⊙ u`.
     fn model_swiglu(x: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -115,16 +135,42 @@ fn weighted_picks<B: Backend>(
     B::float_sum(B::float_mul(B::float_gather(1, l, targets), coeff))
 }
 
-impl ModelBackend for burn::backend::NdArray<f32> {
-    fn model_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
-        crate::cpu_gemm::matmul(lhs, rhs, Self::float_matmul)
-    }
+/// NdArray: the matrix products through `gemm` (`cpu_gemm`), the attention one head at a time
+/// (`cpu_attention`); the generic paths for any operand those do not take.
+macro_rules! ndarray_model_backend {
+    ($e:ty) => {
+        impl ModelBackend for burn::backend::NdArray<$e> {
+            fn model_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+                crate::cpu_gemm::matmul(lhs, rhs, Self::float_matmul)
+            }
+            fn model_attention_forward(
+                q: FloatTensor<Self>,
+                k: FloatTensor<Self>,
+                v: FloatTensor<Self>,
+                bias: FloatTensor<Self>,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+                match crate::cpu_attention::forward(&q, &k, &v, &bias) {
+                    Some(op) => op,
+                    None => attention_forward::<Self>(q, k, v, bias),
+                }
+            }
+            fn model_attention_backward(
+                [q, k, v]: [FloatTensor<Self>; 3],
+                p: FloatTensor<Self>,
+                o: FloatTensor<Self>,
+                g: FloatTensor<Self>,
+                want: [bool; 3],
+            ) -> [Option<FloatTensor<Self>>; 3] {
+                match crate::cpu_attention::backward(&q, &k, &v, &p, &o, &g, want) {
+                    Some(d) => d,
+                    None => attention_backward::<Self>([q, k, v], p, o, g, want),
+                }
+            }
+        }
+    };
 }
-impl ModelBackend for burn::backend::NdArray<f64> {
-    fn model_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
-        crate::cpu_gemm::matmul(lhs, rhs, Self::float_matmul)
-    }
-}
+ndarray_model_backend!(f32);
+ndarray_model_backend!(f64);
 impl ModelBackend for burn::backend::Flex {}
 #[cfg(feature = "tch")]
 impl ModelBackend for burn::backend::LibTorch<f32> {}
@@ -199,12 +245,15 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (q, k, v) = (q.primitive, k.primitive, v.primitive);
-                let (o, p) = attention_forward::<B>(q.clone(), k.clone(), v.clone(), bias);
+                let (o, p) = B::model_attention_forward(q.clone(), k.clone(), v.clone(), bias);
                 prep.finish((q, k, v, p, o.clone()), o)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(attention_forward::<B>(q.primitive, k.primitive, v.primitive, bias).0)
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::model_attention(
+                q.primitive,
+                k.primitive,
+                v.primitive,
+                bias,
+            )),
         }
     }
 
@@ -261,27 +310,33 @@ impl<B: ModelBackend> Backward<B, 3> for AttentionCore {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (q, k, v, p, o) = ops.state;
         let g = grads.consume::<B>(&ops.node);
-        let [pq, pk, pv] = ops.parents;
-        let dv = pv
-            .is_some()
-            .then(|| B::model_matmul(B::float_swap_dims(p.clone(), 1, 2), g.clone()));
-        let ds = (pq.is_some() || pk.is_some()).then(|| {
-            let dp = B::model_matmul(g.clone(), B::float_swap_dims(v, 1, 2));
-            let row = B::float_sum_dim(B::float_mul(g, o), 2);
-            B::float_mul(B::float_sub(dp, row), p)
-        });
-        if let Some(node) = pq {
-            let dq = B::model_matmul(ds.clone().expect("∂S"), k);
-            grads.register::<B>(node.id, dq);
-        }
-        if let Some(node) = pk {
-            let dk = B::model_matmul(B::float_swap_dims(ds.expect("∂S"), 1, 2), q);
-            grads.register::<B>(node.id, dk);
-        }
-        if let (Some(node), Some(dv)) = (pv, dv) {
-            grads.register::<B>(node.id, dv);
+        let want = ops.parents.each_ref().map(Option::is_some);
+        let d = B::model_attention_backward([q, k, v], p, o, g, want);
+        for (node, d) in ops.parents.into_iter().zip(d) {
+            if let (Some(node), Some(d)) = (node, d) {
+                grads.register::<B>(node.id, d);
+            }
         }
     }
+}
+
+/// The attention's backward pass in the backend's own operations (see the module docs).
+fn attention_backward<B: ModelBackend>(
+    [q, k, v]: [FloatTensor<B>; 3],
+    p: FloatTensor<B>,
+    o: FloatTensor<B>,
+    g: FloatTensor<B>,
+    [want_q, want_k, want_v]: [bool; 3],
+) -> [Option<FloatTensor<B>>; 3] {
+    let dv = want_v.then(|| B::model_matmul(B::float_swap_dims(p.clone(), 1, 2), g.clone()));
+    let ds = (want_q || want_k).then(|| {
+        let dp = B::model_matmul(g.clone(), B::float_swap_dims(v, 1, 2));
+        let row = B::float_sum_dim(B::float_mul(g, o), 2);
+        B::float_mul(B::float_sub(dp, row), p)
+    });
+    let dq = want_q.then(|| B::model_matmul(ds.clone().expect("∂S"), k));
+    let dk = want_k.then(|| B::model_matmul(B::float_swap_dims(ds.expect("∂S"), 1, 2), q));
+    [dq, dk, dv]
 }
 
 /// The SwiGLU node (see the module docs); its state is x, u and σ(x).
