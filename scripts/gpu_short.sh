@@ -11,10 +11,13 @@
 #    first forward+backward takes (kernel compilation), then a warm one;
 # 2. the benchmark on a random checkpoint of Qwen2-1.5B's shape over the first $SAMPLES aqua
 #    Detailed-CoT samples, padded to multiples of $PAD tokens (at most 1024/$PAD shapes to
-#    compile): forward+backward alone, factored spectra (split), end to end, and the paper's
-#    PyTorch pipeline on the GPU (first $REF_SAMPLES samples) when torch imports;
-# 3. parity of every fixture against the float64 reference (`gradlens check --backend cuda`; f32:
-#    burn-cuda's matrix products run on TF32 tensor cores, about 1e-3);
+#    compile): forward+backward alone, factored spectra (split), the gram spectra (`--spectra
+#    gram`: the factors' QRs by CholeskyQR on the GPU, only T x T matrices to the host; split and
+#    pipelined), end to end (auto), and the paper's PyTorch pipeline on the GPU (first
+#    $REF_SAMPLES samples) when torch imports;
+# 3. parity of every fixture against the float64 reference (`gradlens check --backend cuda`,
+#    dense, factored and gram spectra; f32: burn-cuda's matrix products run on TF32 tensor cores,
+#    about 1e-3);
 # 4. the benchmark on Llama-3.1-8B's shape (no PyTorch row: the paper's pipeline takes minutes a
 #    sample there).
 # STEPS picks and orders them (default "tiny bench parity bench8b"); each step has its
@@ -73,7 +76,7 @@ for s in ${STEPS:-tiny bench parity bench8b}; do
     case $s in
         tiny) tiny ;;
         bench) bench 1.5b configs/shapes/qwen2-1.5b.json "$SAMPLES" "$REF_SAMPLES" \
-            fwd-bwd,factored,auto,paper "${T_BENCH:-300}" ;;
+            fwd-bwd,factored,gram,auto,gram-e2e,paper "${T_BENCH:-300}" ;;
         parity) parity f32 "${T_PARITY:-120}" ;;
         bench8b) bench 8b configs/shapes/llama-3.1-8b.json 3 0 fwd-bwd,factored,auto \
             "${T_BENCH8B:-300}" ;;

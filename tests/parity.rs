@@ -119,8 +119,9 @@ pub fn check_jsonl<B: GradBackend>(name: &str, rtol: f64, instruct: bool) {
 }
 
 /// The factored spectra (thin QRs of the factors, SVD of the small core) agree with the dense SVD
-/// to 1e-10 relative in f64 on every sample; and the whole JSONL computed with factored spectra
-/// equals the transformers reference.
+/// to 1e-10 relative in f64 on every sample, and so do the gram spectra (CholeskyQR) on every
+/// sample they take; and the whole JSONL computed with factored spectra equals the transformers
+/// reference.
 pub fn check_factored(name: &str) {
     use gradlens::measure::HostGrads;
     use gradlens::stats::{Spectra, SpectrumSource, factored_singular_values, singular_values};
@@ -134,6 +135,8 @@ pub fn check_factored(name: &str) {
     .unwrap();
     let records = load_records(&tiny_data()).unwrap();
     let mut checked = 0;
+    let mut gram_checked = 0;
+    let mut gram_worst: f64 = 0.0;
     for (i, r) in records.iter().enumerate() {
         let mut run = |spectra| {
             measurer.spectra = spectra;
@@ -180,8 +183,41 @@ pub fn check_factored(name: &str) {
             );
             checked += 1;
         }
+        // `--spectra gram` (R factors by CholeskyQR, gradlens::gram): every singular value within
+        // 1e-10 of σ_max of the dense SVD's, wherever the sample is short enough for that path.
+        let Some(gram) = run(Spectra::Gram) else {
+            continue;
+        };
+        for (gd, gg) in dense.iter().zip(&gram) {
+            let (pname, SpectrumSource::Dense(g)) = (&gd.name, &gd.source) else {
+                unreachable!("dense source");
+            };
+            assert_eq!(gd.entries, gg.entries, "{name} {i} {pname}: entries (gram)");
+            let SpectrumSource::Cores(c) = &gg.source else {
+                continue;
+            };
+            let d = singular_values(g).unwrap();
+            let s =
+                gradlens::gram::core_singular_values(&c.r_delta, &c.r_x, g.rows, g.cols).unwrap();
+            assert_eq!(d.len(), s.len());
+            for (k, (a, b)) in d.iter().zip(&s).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-10 * d[0],
+                    "{name} {i} {pname}: σ_{k} dense {a} vs gram {b}"
+                );
+                gram_worst = gram_worst.max((a - b).abs() / d[0]);
+            }
+            gram_checked += 1;
+        }
     }
     assert!(checked > 0);
+    assert!(
+        gram_checked > 0,
+        "{name}: no sample short enough for the gram path"
+    );
+    eprintln!(
+        "{name}: gram spectra of {gram_checked} matrices, largest deviation {gram_worst:.1e} of σ_max"
+    );
     measurer.spectra = Spectra::Factored;
     let out = scratch(&format!("factored-{name}")).join("grads.jsonl");
     measurer

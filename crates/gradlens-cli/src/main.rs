@@ -148,8 +148,8 @@ struct ModelArgs {
     #[arg(long, requires = "instruct")]
     single_bos: bool,
     /// Singular values: dense (SVD of the gradient, the paper's way), factored (exact, from the
-    /// gradient's low-rank factors G = Δᵀ X), or auto (factored when the sample has fewer tokens
-    /// than the matrix's smaller side).
+    /// gradient's low-rank factors G = Δᵀ X), auto (whichever is cheaper for the matrix and the
+    /// sample's length), or gram (factored, its QRs by CholeskyQR where the factors are: for GPUs).
     #[arg(long, default_value = "auto")]
     spectra: gradlens::stats::Spectra,
 }

@@ -51,9 +51,10 @@ pub struct BenchArgs {
     /// cpu or cuda[:N]; the PyTorch side runs on the same kind of device.
     #[arg(long, default_value = "cpu")]
     pub backend: Device,
-    /// Rows to run: fwd-bwd, factored, dense, auto, paper, svdvals; train (`gradlens train`
-    /// steps with their statistics) and torch-train (a transformers + torch.optim.AdamW loop)
-    /// on request.
+    /// Rows to run: fwd-bwd, factored, dense, auto, paper, svdvals; on request gram (the
+    /// CholeskyQR spectra of `--spectra gram`, split) and gram-e2e (the same, pipelined), train
+    /// (`gradlens train` steps with their statistics) and torch-train (a transformers +
+    /// torch.optim.AdamW loop).
     #[arg(
         long,
         value_delimiter = ',',
@@ -314,7 +315,11 @@ impl BackendJob for GradlensRows<'_> {
                 tokens as f64 / n as f64,
             );
         }
-        for (key, mode) in [("factored", Spectra::Factored), ("dense", Spectra::Dense)] {
+        for (key, mode) in [
+            ("factored", Spectra::Factored),
+            ("dense", Spectra::Dense),
+            ("gram", Spectra::Gram),
+        ] {
             if !wants(key) || seq_n == 0 {
                 continue;
             }
@@ -343,9 +348,12 @@ impl BackendJob for GradlensRows<'_> {
                 tokens as f64 / seq_n as f64,
             );
         }
-        if wants("auto") {
+        for (key, mode) in [("auto", Spectra::Auto), ("gram-e2e", Spectra::Gram)] {
+            if !wants(key) {
+                continue;
+            }
             gpu.reset();
-            m.spectra = Spectra::Auto;
+            m.spectra = mode;
             let tmp = std::env::temp_dir().join(format!(
                 "gradlens-bench-{}-{label}.jsonl",
                 std::process::id()
@@ -355,8 +363,13 @@ impl BackendJob for GradlensRows<'_> {
             let s = m.measure_file(timed, data, 0..timed.len(), &tmp, None, None)?;
             let secs = t0.elapsed().as_secs_f64();
             crate::output::remove_output(&tmp);
+            let name = if mode == Spectra::Auto {
+                "auto"
+            } else {
+                "gram"
+            };
             row(
-                format!("gradlens {backend} f32, auto spectra, pipelined (end to end)"),
+                format!("gradlens {backend} f32, {name} spectra, pipelined (end to end)"),
                 s.measured,
                 secs,
                 f64::NAN,

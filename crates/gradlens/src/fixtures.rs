@@ -91,7 +91,7 @@ impl BackendJob for Job<'_> {
                 } else {
                     n_expected
                 };
-                for spectra in [Spectra::Dense, Spectra::Factored] {
+                for spectra in [Spectra::Dense, Spectra::Factored, Spectra::Gram] {
                     m.spectra = spectra;
                     let out = scratch.join(format!("{name}-{data_name}-{spectra:?}.jsonl"));
                     crate::output::remove_output(&out);

@@ -14,6 +14,7 @@ pub mod data;
 pub mod datasets;
 pub mod fixtures;
 pub mod grads;
+pub mod gram;
 pub mod householder;
 pub mod init;
 pub mod measure;

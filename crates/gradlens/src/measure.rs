@@ -4,7 +4,7 @@
 use crate::backend::GradBackend;
 use crate::sample::Prepared;
 use crate::stats::{
-    EntryStats, Factors, HostMatrix, MeasuredGrad, Real, Spectra, SpectrumSource, SvdError,
+    Cores, EntryStats, Factors, HostMatrix, MeasuredGrad, Real, Spectra, SpectrumSource, SvdError,
     spectra_each,
 };
 use burn::tensor::backend::Backend;
@@ -217,11 +217,13 @@ fn collect<B: GradBackend, T: Real + Element>(
     let device = model.device.clone();
     let zeros_like = |dims: [usize; 2]| zeros::<B::InnerBackend, 2>(dims, &device);
 
-    // The factors of the weights that take the factored path.
-    let mut factors: HashMap<String, Factors<T>> = HashMap::new();
+    // What the singular values of the weights on the factored path come from: their factors, or
+    // with `--spectra gram` the R factors of the factors' QRs, computed where they are.
+    let mut factors: HashMap<String, SpectrumSource<T>> = HashMap::new();
     if let Some(c) = capture {
         let inputs = c.inputs.into_inner();
         let mut host_inputs: Vec<Option<Arc<HostMatrix<T>>>> = vec![None; inputs.len()];
+        let mut input_cores: Vec<Option<Option<Arc<faer::Mat<f64>>>>> = vec![None; inputs.len()];
         for e in c.entries.into_inner() {
             let [t, d_out] = e.probe.dims();
             let d_in = inputs[e.input].dims()[1];
@@ -232,15 +234,29 @@ fn collect<B: GradBackend, T: Real + Element>(
                 .probe
                 .grad_remove(&mut grads)
                 .unwrap_or_else(|| zeros_like([t, d_out]));
+            if spectra == Spectra::Gram {
+                // A factor that is not finite takes the host path, whose SVD reports it.
+                let r_x = input_cores[e.input]
+                    .get_or_insert_with(|| {
+                        crate::gram::gram_r(inputs[e.input].clone().inner())
+                            .ok()
+                            .map(Arc::new)
+                    })
+                    .clone();
+                if let (Some(r_x), Ok(r_delta)) = (r_x, crate::gram::gram_r(delta.clone())) {
+                    factors.insert(e.name, SpectrumSource::Cores(Cores { r_delta, r_x }));
+                    continue;
+                }
+            }
             let x = host_inputs[e.input]
                 .get_or_insert_with(|| Arc::new(download(inputs[e.input].clone().inner())))
                 .clone();
             factors.insert(
                 e.name,
-                Factors {
+                SpectrumSource::Factored(Factors {
                     x,
                     delta: download(delta),
-                },
+                }),
             );
         }
     }
@@ -265,11 +281,11 @@ fn collect<B: GradBackend, T: Real + Element>(
 }
 
 /// The measured gradients `(name, gradient)` with their entry statistics reduced where they are
-/// (one transfer for all of them), and what their singular values come from: the factors in
-/// `factors` under that name, else the dense gradient copied to the host.
+/// (one transfer for all of them), and what their singular values come from: the source in
+/// `factors` under that name (factors, or R factors), else the dense gradient copied to the host.
 pub fn measured_grads<B: Backend, T: Real + Element>(
     gradients: Vec<(String, Tensor<B, 2>)>,
-    mut factors: HashMap<String, Factors<T>>,
+    mut factors: HashMap<String, SpectrumSource<T>>,
 ) -> Vec<MeasuredGrad<T>> {
     // Every gradient's entry statistics in one transfer: [sum, max, min, Σx²] per weight.
     let mut reductions = Vec::with_capacity(gradients.len());
@@ -317,7 +333,7 @@ pub fn measured_grads<B: Backend, T: Real + Element>(
             };
             let source = match dense {
                 Some(m) => SpectrumSource::Dense(m),
-                None => SpectrumSource::Factored(factors.remove(&name).expect("factors")),
+                None => factors.remove(&name).expect("factors"),
             };
             MeasuredGrad {
                 name,

@@ -558,7 +558,9 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                     .iter()
                     .map(|g| match &g.source {
                         SpectrumSource::Factored(f) => Some(f.clone()),
-                        SpectrumSource::Dense(_) => None,
+                        // The batch gradient's factors are the samples' factors stacked; R
+                        // factors do not stack: that batch gradient takes the dense path.
+                        SpectrumSource::Dense(_) | SpectrumSource::Cores(_) => None,
                     })
                     .collect(),
             );
@@ -614,7 +616,10 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             if let Some(parts) = parts
                 && opts.spectra.factored(tokens, rows, cols)
             {
-                batch_factors.insert(s.name.clone(), stack(&parts, &weights, &mut stacked_x));
+                batch_factors.insert(
+                    s.name.clone(),
+                    SpectrumSource::Factored(stack(&parts, &weights, &mut stacked_x)),
+                );
             }
         }
         let measured = measured_grads::<B::InnerBackend, T>(gradients, batch_factors);
