@@ -1,4 +1,4 @@
-//! The float types of the NdArray kernels (`cpu_gemm`, `cpu_attention`), and a vectorisable
+//! The float types of the NdArray kernels (`cpu_gemm`, `cpu_attention`, `cpu_loss`), and a vectorisable
 //! f32 exponential.
 
 /// The float types of the CPU kernels (f32, f64): what `gemm` and the attention rows need.
@@ -16,6 +16,7 @@ pub trait Element:
     fn zero() -> Self;
     fn one() -> Self;
     fn neg_infinity() -> Self;
+    fn ln(self) -> Self;
     /// `x ← exp(x − shift)` for every element; returns their sum.
     fn exp_shifted_sum(x: &mut [Self], shift: Self) -> Self;
 }
@@ -29,6 +30,9 @@ impl Element for f32 {
     }
     fn neg_infinity() -> Self {
         f32::NEG_INFINITY
+    }
+    fn ln(self) -> Self {
+        f32::ln(self)
     }
     /// Vectorised (pulp's run-time dispatch: AVX-512, AVX2 or scalar) with [`exp_f32`].
     fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
@@ -66,6 +70,9 @@ impl Element for f64 {
     fn neg_infinity() -> Self {
         f64::NEG_INFINITY
     }
+    fn ln(self) -> Self {
+        f64::ln(self)
+    }
     /// The reference-grade path: the standard library's `exp`.
     fn exp_shifted_sum(x: &mut [f64], shift: f64) -> f64 {
         let mut sum = 0.0;
@@ -77,7 +84,7 @@ impl Element for f64 {
     }
 }
 
-/// `eˣ` in f32 without a branch, so that loops over it vectorise: Cephes' `expf` (range reduction
+/// `eˣ` in f32 without a branch or a library call, so that loops over it vectorise: Cephes' `expf` (range reduction
 /// by ln 2 in two parts, a degree-5 polynomial on [−ln2/2, ln2/2], the exponent set by integer
 /// arithmetic); within 2 ulp of the correctly rounded value on the normal range. Below −87.3 (where
 /// eˣ is no longer a normal f32, and for −∞) it returns 0; inputs above 0 do not occur here
@@ -89,7 +96,11 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     let under = x < -87.3;
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E).round();
+    // Round to nearest by the 1.5·2²³ trick (exact for |x·log₂e| < 2²²): `f32::round` is a
+    // library call on x86 (no instruction rounds half away from zero) and would stop the loop
+    // from vectorising.
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (x * LOG2E + MAGIC) - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;

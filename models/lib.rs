@@ -10,6 +10,7 @@ pub mod config;
 mod cpu_attention;
 mod cpu_element;
 mod cpu_gemm;
+mod cpu_loss;
 pub mod loader;
 pub mod ops;
 pub mod params;

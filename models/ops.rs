@@ -55,7 +55,25 @@ pub trait ModelBackend: Backend {
         targets: IntTensor<Self>,
         coeff: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        weighted_picks::<Self>(Self::log_softmax(logits, 1), targets, coeff)
+        Self::model_nll_forward(logits, targets, coeff).0
+    }
+    /// [`ModelBackend::model_weighted_nll`] and what its backward pass keeps: the log-softmax
+    /// `l` of the logits.
+    fn model_nll_forward(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        coeff: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        nll_forward::<Self>(logits, targets, coeff)
+    }
+    /// The logits' gradient from the kept `l` and the loss's gradient `g` (module docs).
+    fn model_nll_backward(
+        l: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        coeff: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        nll_backward::<Self>(l, targets, coeff, g)
     }
     /// `softmax(q kᵀ + bias) v` for `[heads, T, D]` q, k, v and a `[1, T, T]` additive bias.
     fn model_attention(
@@ -136,7 +154,8 @@ fn weighted_picks<B: Backend>(
 }
 
 /// NdArray: the matrix products through `gemm` (`cpu_gemm`), the attention one head at a time
-/// (`cpu_attention`); the generic paths for any operand those do not take.
+/// (`cpu_attention`), the loss row by row (`cpu_loss`); the generic paths for any operand those
+/// do not take.
 macro_rules! ndarray_model_backend {
     ($e:ty) => {
         impl ModelBackend for burn::backend::NdArray<$e> {
@@ -164,6 +183,27 @@ macro_rules! ndarray_model_backend {
                 match crate::cpu_attention::backward(&q, &k, &v, &p, &o, &g, want) {
                     Some(d) => d,
                     None => attention_backward::<Self>([q, k, v], p, o, g, want),
+                }
+            }
+            fn model_nll_forward(
+                logits: FloatTensor<Self>,
+                targets: IntTensor<Self>,
+                coeff: FloatTensor<Self>,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+                match crate::cpu_loss::forward(&logits, &targets, &coeff) {
+                    Some(r) => r,
+                    None => nll_forward::<Self>(logits, targets, coeff),
+                }
+            }
+            fn model_nll_backward(
+                l: FloatTensor<Self>,
+                targets: IntTensor<Self>,
+                coeff: FloatTensor<Self>,
+                g: FloatTensor<Self>,
+            ) -> FloatTensor<Self> {
+                match crate::cpu_loss::backward(&l, &targets, &coeff, &g) {
+                    Some(d) => d,
+                    None => nll_backward::<Self>(l, targets, coeff, g),
                 }
             }
         }
@@ -221,8 +261,7 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let l = B::log_softmax(logits.primitive, 1);
-                let loss = weighted_picks::<B>(l.clone(), targets.clone(), coeff.clone());
+                let (loss, l) = B::model_nll_forward(logits.primitive, targets.clone(), coeff.clone());
                 prep.finish((l, targets, coeff), loss)
             }
             OpsKind::UnTracked(prep) => {
@@ -369,18 +408,38 @@ impl<B: Backend> Backward<B, 2> for SwiGlu {
 #[derive(Debug)]
 struct WeightedNll;
 
-impl<B: Backend> Backward<B, 1> for WeightedNll {
+impl<B: ModelBackend> Backward<B, 1> for WeightedNll {
     type State = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (l, targets, coeff) = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |g| {
-            // a_r = g · c_r; ∂logits = −a ⊙ exp(l), plus a_r at (r, t_r).
-            let a = B::float_mul(coeff, B::float_reshape(g, Shape::new([1, 1])));
-            let scaled = B::float_mul(B::float_exp(l), B::float_neg(a.clone()));
-            B::float_scatter_add(1, scaled, targets, a)
+            B::model_nll_backward(l, targets, coeff, g)
         });
     }
+}
+
+/// The weighted NLL and the log-softmax it keeps, in the backend's own operations.
+fn nll_forward<B: Backend>(
+    logits: FloatTensor<B>,
+    targets: IntTensor<B>,
+    coeff: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let l = B::log_softmax(logits, 1);
+    (weighted_picks::<B>(l.clone(), targets, coeff), l)
+}
+
+/// The weighted NLL's backward pass in the backend's own operations.
+fn nll_backward<B: Backend>(
+    l: FloatTensor<B>,
+    targets: IntTensor<B>,
+    coeff: FloatTensor<B>,
+    g: FloatTensor<B>,
+) -> FloatTensor<B> {
+    // a_r = g · c_r; ∂logits = −a ⊙ exp(l), plus a_r at (r, t_r).
+    let a = B::float_mul(coeff, B::float_reshape(g, Shape::new([1, 1])));
+    let scaled = B::float_mul(B::float_exp(l), B::float_neg(a.clone()));
+    B::float_scatter_add(1, scaled, targets, a)
 }
 
 /// The input gradient from the node's output, the output gradient and the dimension.

@@ -7,7 +7,7 @@
 //! - forward+backward alone (the floor: no statistics, one scalar read back);
 //! - factored and dense spectra, sequential (forward+backward, then the statistics: the split);
 //! - auto spectra, pipelined: what `gradlens grads` does (statistics of sample i on the CPU
-//!   threads while sample i+1 runs forward and backward);
+//!   threads while sample i+1 runs forward and backward); `auto-sequential` one after the other;
 //! - the PyTorch reference (scripts/bench_reference.py), when torch and transformers import.
 
 use crate::backend::GradBackend;
@@ -51,8 +51,10 @@ pub struct BenchArgs {
     /// cpu or cuda[:N]; the PyTorch side runs on the same kind of device.
     #[arg(long, default_value = "cpu")]
     pub backend: Device,
-    /// Rows to run: fwd-bwd, factored, dense, auto, paper, svdvals; on request gram (the
-    /// CholeskyQR spectra of `--spectra gram`, split) and gram-e2e (the same, pipelined), train
+    /// Rows to run: fwd-bwd, factored, dense, auto (end to end, as `grads` runs), paper,
+    /// svdvals; on request auto-sequential (end to end with each sample's statistics before the
+    /// next sample instead of beside it), gram (the CholeskyQR spectra of `--spectra gram`,
+    /// split) and gram-e2e (the same, end to end), train
     /// (`gradlens train` steps with their statistics) and torch-train (a transformers +
     /// torch.optim.AdamW loop).
     #[arg(
@@ -348,12 +350,17 @@ impl BackendJob for GradlensRows<'_> {
                 tokens as f64 / seq_n as f64,
             );
         }
-        for (key, mode) in [("auto", Spectra::Auto), ("gram-e2e", Spectra::Gram)] {
+        for (key, mode, overlap) in [
+            ("auto", Spectra::Auto, true),
+            ("auto-sequential", Spectra::Auto, false),
+            ("gram-e2e", Spectra::Gram, true),
+        ] {
             if !wants(key) {
                 continue;
             }
             gpu.reset();
             m.spectra = mode;
+            m.overlap = overlap;
             let tmp = std::env::temp_dir().join(format!(
                 "gradlens-bench-{}-{label}.jsonl",
                 std::process::id()
@@ -368,8 +375,13 @@ impl BackendJob for GradlensRows<'_> {
             } else {
                 "gram"
             };
+            let how = if overlap {
+                "pipelined"
+            } else {
+                "one after the other"
+            };
             row(
-                format!("gradlens {backend} f32, {name} spectra, pipelined (end to end)"),
+                format!("gradlens {backend} f32, {name} spectra, {how} (end to end)"),
                 s.measured,
                 secs,
                 f64::NAN,
@@ -619,14 +631,13 @@ pub fn run(a: &BenchArgs, root: &Path) -> Result<Vec<Row>> {
     Ok(all)
 }
 
-/// The spectra's share of a sample's time: from the split where a row has one, and for the
-/// pipelined row (no split: the spectra overlap the next sample's pass) the time it adds to the
-/// forward+backward-only row (`*`).
+/// The spectra's share of a sample's time: from the split where a row has one, and for the end to
+/// end rows (no split) the time they add to the forward+backward-only row (`*`).
 fn spectra_share(r: &Row, fwd_samples_per_s: Option<f64>) -> Option<(f64, &'static str)> {
     if r.spectra_s.is_finite() && r.fwd_bwd_s.is_finite() && r.spectra_s > 0.0 {
         return Some((r.spectra_s / (r.fwd_bwd_s + r.spectra_s), ""));
     }
-    if r.name.contains("pipelined") {
+    if r.name.contains("(end to end)") {
         return fwd_samples_per_s.map(|f| (1.0 - r.samples_per_s / f, "*"));
     }
     None
@@ -663,7 +674,7 @@ pub fn print_table(rows: &[Row], a: &BenchArgs) {
             a.backend
         );
         println!(
-            "{:<58} {:>4} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}",
+            "{:<66} {:>4} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}",
             "pipeline",
             "n",
             "tokens",
@@ -685,7 +696,7 @@ pub fn print_table(rows: &[Row], a: &BenchArgs) {
             let share = spectra_share(r, fwd)
                 .map_or("-".to_string(), |(p, how)| format!("{:.1}{how}", 100.0 * p));
             println!(
-                "{:<58} {:>4} {:>6.0} {:>9.3} {:>9.3} {:>9.3} {:>8.0} {:>8.0} {:>7} {:>8} {:>7} {:>9}",
+                "{:<66} {:>4} {:>6.0} {:>9.3} {:>9.3} {:>9.3} {:>8.0} {:>8.0} {:>7} {:>8} {:>7} {:>9}",
                 r.name,
                 r.samples,
                 r.mean_tokens,

@@ -85,6 +85,10 @@ pub struct Measurer<B: GradBackend> {
     pub pad_to: usize,
     /// Measure again the samples an output's skipped file records.
     pub retry_skipped: bool,
+    /// Compute a sample's statistics while the next sample runs forward and backward (the
+    /// default), else one after the other; the output is the same. Measured on 2 cores with
+    /// NdArray (SmolLM2-135M-Instruct), the overlap is faster (docs/performance.md "CPU speed").
+    pub overlap: bool,
     /// The checkpoint directory (for the outputs' provenance).
     pub model_dir: PathBuf,
     pub max_length: usize,
@@ -232,6 +236,7 @@ impl<B: GradBackend> Measurer<B> {
             mode,
             spectra: Spectra::default(),
             save_spectrum: false,
+            overlap: true,
             pad_to: 1,
             retry_skipped: false,
             model_dir: model_dir.to_path_buf(),
@@ -361,9 +366,12 @@ impl<B: GradBackend> Measurer<B> {
         let spectrum_file = spectrum_path(out);
         let save_spectrum = self.save_spectrum;
         let (bar, overall) = (bar.cloned(), overall.cloned());
+        let overlap = self.overlap;
         let (measured, skipped) = std::thread::scope(|scope| -> Result<(usize, usize)> {
-            // At most one sample waits for its statistics while the next one is computed.
+            // At most one sample waits for its statistics while the next one is computed; without
+            // overlap the next one starts when the statistics thread says it is done.
             let (tx, rx) = std::sync::mpsc::sync_channel::<Work>(1);
+            let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<()>(1);
             let worker = scope.spawn(move || -> Result<(usize, usize)> {
                 let (mut measured, mut skipped) = (0, 0);
                 let mut skip_writer: Option<JsonlAppender> = None;
@@ -410,6 +418,9 @@ impl<B: GradBackend> Measurer<B> {
                     if let Some(o) = &overall {
                         o.inc(1);
                     }
+                    if !overlap {
+                        let _ = done_tx.send(());
+                    }
                 }
                 Ok((measured, skipped))
             });
@@ -417,7 +428,7 @@ impl<B: GradBackend> Measurer<B> {
             for index in pending {
                 match self.forward_backward(index, &records[index]) {
                     Ok(work) => {
-                        if tx.send(work).is_err() {
+                        if tx.send(work).is_err() || (!overlap && done_rx.recv().is_err()) {
                             break; // the worker failed: its error is reported below
                         }
                     }
