@@ -261,7 +261,8 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (loss, l) = B::model_nll_forward(logits.primitive, targets.clone(), coeff.clone());
+                let (loss, l) =
+                    B::model_nll_forward(logits.primitive, targets.clone(), coeff.clone());
                 prep.finish((l, targets, coeff), loss)
             }
             OpsKind::UnTracked(prep) => {
