@@ -6,11 +6,10 @@
 //! passes of `heads · T² · 4` bytes per layer (27 MB per pass for SmolLM2 at 870 tokens),
 //! mostly on one core, with NdArray's scalar `exp`. Here the heads are spread over the rayon pool;
 //! for each head the scores are written once by a GEMM into the output `P`, and the bias, the
-//! exponentials (vectorised, see [`exp_in_place`]) and the normalisation are applied row by row
+//! exponentials (vectorised, see [`Element::exp_shifted_sum`]) and the normalisation are applied row by row
 //! while the row is in cache; the backward pass does the same with `∂S = P ⊙ (∂P − rowsum(g ⊙ O))`
 //! in one scratch `T × T` buffer per head. The formulas are those of [`crate::ops`]; parity with
 //! the transformers reference covers both (every fixture, f32 and f64).
-#![allow(unsafe_code)]
 
 use burn::backend::ndarray::NdArrayTensor;
 use ndarray::{ArcArray, ArrayView2, ArrayView3, ArrayViewD, Axis, Ix3, IxDyn};
@@ -98,9 +97,9 @@ fn three<T>(a: ArrayViewD<'_, T>) -> Option<ArrayView3<'_, T>> {
     a.into_dimensionality::<Ix3>().ok()
 }
 
-/// A buffer of `len` elements every one of which the caller writes before reading.
-fn uninit<T: Element>(len: usize) -> Vec<T> {
-    // Zeroing is cheap next to the GEMMs that fill these buffers; it keeps this code safe.
+/// A zeroed buffer of `len` elements, which the caller overwrites (zeroing is cheap next to the
+/// GEMMs that fill these buffers, and keeps this code free of `unsafe`).
+fn zeroed<T: Element>(len: usize) -> Vec<T> {
     vec![T::zero(); len]
 }
 
@@ -116,8 +115,8 @@ fn forward_typed<T: Element>(
         return None;
     }
     let bias = bias.index_axis(Axis(0), 0);
-    let mut p = uninit::<T>(h * t * t);
-    let mut o = uninit::<T>(h * t * d);
+    let mut p = zeroed::<T>(h * t * t);
+    let mut o = zeroed::<T>(h * t * d);
     p.par_chunks_mut(t * t)
         .zip(o.par_chunks_mut(t * d))
         .enumerate()
@@ -168,7 +167,7 @@ fn backward_typed<T: Element>(
     let ds_needed = want_q || want_k;
     let alloc = |want: bool| {
         if want {
-            uninit::<T>(h * t * d)
+            zeroed::<T>(h * t * d)
         } else {
             Vec::new()
         }
@@ -193,7 +192,7 @@ fn backward_typed<T: Element>(
                 return;
             }
             // ∂S = P ⊙ (g vᵀ − rowsum(g ⊙ O)), row by row in one T × T buffer.
-            let mut ds = uninit::<T>(t * t);
+            let mut ds = zeroed::<T>(t * t);
             gemm_into(&mut ds, g_h, v_h.t());
             for (r, row) in ds.chunks_mut(t).enumerate() {
                 let sum = g_h

@@ -89,27 +89,13 @@ where
         let (pa, pb, dst) = (&pa, &pb, &dst);
         // SAFETY: the views outlive this call and every offset stays inside them (the strides and
         // shapes are the views' own); each product writes its own m × n block of `out`, whose
-        // capacity is `batches · m · n`, and `read_dst` is false, so nothing uninitialised is read.
+        // capacity is `batches · m · n`.
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
+            product(
+                [m, n, k],
                 dst.0.add(i * m * n),
-                1,
-                n as isize,
-                false,
-                pa.0.offset(oa[i]),
-                a_cs,
-                a_rs,
-                pb.0.offset(ob[i]),
-                b_cs,
-                b_rs,
-                T::zero(),
-                T::one(),
-                false,
-                false,
-                false,
+                (pa.0.offset(oa[i]), a_rs, a_cs),
+                (pb.0.offset(ob[i]), b_rs, b_cs),
                 parallelism,
             )
         }
@@ -146,29 +132,53 @@ pub fn gemm_into<T: Element>(dst: &mut [T], a: ArrayView2<'_, T>, b: ArrayView2<
         return;
     }
     let (sa, sb) = (a.strides(), b.strides());
-    // SAFETY: the views and `dst` are valid for the shapes checked above, through their strides;
-    // `read_dst` is false.
+    // SAFETY: the views and `dst` are valid for the shapes checked above, through their strides.
+    unsafe {
+        product(
+            [m, n, k],
+            dst.as_mut_ptr(),
+            (a.as_ptr(), sa[0], sa[1]),
+            (b.as_ptr(), sb[0], sb[1]),
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `dst ← a · b` with gemm for an `m × k` and a `k × n` operand given as (pointer, row stride,
+/// column stride), into a row-major `m × n` destination that is written, never read.
+///
+/// # Safety
+/// Every element the shapes and strides address must be valid to read (operands) or to write
+/// (`dst`, `m · n` elements), and the destination must not overlap the operands.
+unsafe fn product<T: Element>(
+    [m, n, k]: [usize; 3],
+    dst: *mut T,
+    (a, a_rs, a_cs): (*const T, isize, isize),
+    (b, b_rs, b_cs): (*const T, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract; `read_dst` is false.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             false,
-            a.as_ptr(),
-            sa[1],
-            sa[0],
-            b.as_ptr(),
-            sb[1],
-            sb[0],
+            a,
+            a_cs,
+            a_rs,
+            b,
+            b_cs,
+            b_rs,
             T::zero(),
             T::one(),
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }

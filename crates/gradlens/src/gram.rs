@@ -308,7 +308,6 @@ mod tests {
             eprintln!("{name} as Δ: largest deviation {dev:.1e} of σ_max");
             assert!(dev < 1e-10, "{name} as Δ: {dev:e}");
         }
-        let zero = vec![0.0; t * d];
         let got = core_singular_values(
             &gram_r(tensor(t, d, |_, _| 0.0)).unwrap(),
             &gram_r(tensor(t, d, |i, j| base[i * d + j])).unwrap(),
@@ -317,7 +316,6 @@ mod tests {
         )
         .unwrap();
         assert!(got.iter().all(|&s| s == 0.0));
-        let _ = zero;
     }
 
     #[test]

@@ -219,7 +219,7 @@ fn collect<B: GradBackend, T: Real + Element>(
 
     // What the singular values of the weights on the factored path come from: their factors, or
     // with `--spectra gram` the R factors of the factors' QRs, computed where they are.
-    let mut factors: HashMap<String, SpectrumSource<T>> = HashMap::new();
+    let mut sources: HashMap<String, SpectrumSource<T>> = HashMap::new();
     if let Some(c) = capture {
         let inputs = c.inputs.into_inner();
         let mut host_inputs: Vec<Option<Arc<HostMatrix<T>>>> = vec![None; inputs.len()];
@@ -244,14 +244,14 @@ fn collect<B: GradBackend, T: Real + Element>(
                     })
                     .clone();
                 if let (Some(r_x), Ok(r_delta)) = (r_x, crate::gram::gram_r(delta.clone())) {
-                    factors.insert(e.name, SpectrumSource::Cores(Cores { r_delta, r_x }));
+                    sources.insert(e.name, SpectrumSource::Cores(Cores { r_delta, r_x }));
                     continue;
                 }
             }
             let x = host_inputs[e.input]
                 .get_or_insert_with(|| Arc::new(download(inputs[e.input].clone().inner())))
                 .clone();
-            factors.insert(
+            sources.insert(
                 e.name,
                 SpectrumSource::Factored(Factors {
                     x,
@@ -272,7 +272,7 @@ fn collect<B: GradBackend, T: Real + Element>(
             (s.name.clone(), g)
         })
         .collect();
-    let measured = measured_grads(gradients, factors);
+    let measured = measured_grads(gradients, sources);
     tracing::debug!(
         "gradients reduced and copied to the host in {:.3} s after the start of the sample",
         t0.elapsed().as_secs_f64()
@@ -282,10 +282,10 @@ fn collect<B: GradBackend, T: Real + Element>(
 
 /// The measured gradients `(name, gradient)` with their entry statistics reduced where they are
 /// (one transfer for all of them), and what their singular values come from: the source in
-/// `factors` under that name (factors, or R factors), else the dense gradient copied to the host.
+/// `sources` under that name (factors, or R factors), else the dense gradient copied to the host.
 pub fn measured_grads<B: Backend, T: Real + Element>(
     gradients: Vec<(String, Tensor<B, 2>)>,
-    mut factors: HashMap<String, SpectrumSource<T>>,
+    mut sources: HashMap<String, SpectrumSource<T>>,
 ) -> Vec<MeasuredGrad<T>> {
     // Every gradient's entry statistics in one transfer: [sum, max, min, Σx²] per weight.
     let mut reductions = Vec::with_capacity(gradients.len());
@@ -307,7 +307,7 @@ pub fn measured_grads<B: Backend, T: Real + Element>(
             ],
             0,
         ));
-        dense.push((!factors.contains_key(&name)).then(|| download::<_, T>(g)));
+        dense.push((!sources.contains_key(&name)).then(|| download::<_, T>(g)));
         shapes.push((name, dims));
     }
     let reduced: Vec<f64> = if reductions.is_empty() {
@@ -333,7 +333,7 @@ pub fn measured_grads<B: Backend, T: Real + Element>(
             };
             let source = match dense {
                 Some(m) => SpectrumSource::Dense(m),
-                None => factors.remove(&name).expect("factors"),
+                None => sources.remove(&name).expect("a source"),
             };
             MeasuredGrad {
                 name,
