@@ -74,7 +74,9 @@ def main():
             path.write_text(json.dumps(recs, indent=1) + "\n")
     lines = ["# gradlens' own data set: the paper's six reasoning conditions in miniature (arithmetic word",
              "# problems; scripts/make_builtin_data.py). Paths relative to datasets/builtin/.",
-             'name = "builtin"', 'default_data_root = "builtin"', ""]
+             'name = "builtin"',
+             "# The files ship with this manifest: a run's data root ($GRADLENS_DATA, --data-root) does not apply.",
+             'data_root = "builtin"', ""]
     for label, folder, correct in [("correct", "arith", True), ("irrelevant", "arith_wrong_answer_shuffle", False)]:
         for cot, stem, cot_name in [("none", "arith_train_no_cot", "None CoT"),
                                     ("simplified", "arith_train_with_cot", "Simplified CoT"),

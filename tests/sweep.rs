@@ -182,8 +182,20 @@ fn bad_sweeps_fail_before_any_model_is_loaded() {
         "{e}"
     );
 
+    // A manifest whose data is given at run time (as the paper's), copied from the built-in one.
     let empty = scratch("sweep-empty-root");
-    let text = format!("{base}conditions = [\"builtin/*\"]\n{model}");
+    let external = dir.join("external.toml");
+    std::fs::write(
+        &external,
+        std::fs::read_to_string(root.join("datasets/builtin.toml"))
+            .unwrap()
+            .replace("data_root = \"builtin\"", "default_data_root = \"nowhere\""),
+    )
+    .unwrap();
+    let text = format!(
+        "out = \"o\"\nmanifest = \"{}\"\nconditions = [\"builtin/*\"]\n{model}",
+        external.display()
+    );
     let path = dir.join("bad.toml");
     std::fs::write(&path, &text).unwrap();
     let e = format!(
@@ -201,4 +213,30 @@ fn bad_sweeps_fail_before_any_model_is_loaded() {
         &dir,
     );
     assert!(e.contains("unknown backend \"tpu\""), "{e}");
+}
+
+/// The built-in data set ships with its manifest: a run's data root (`$GRADLENS_DATA`,
+/// `--data-root`, the paper's data folder) does not move it, while the paper's manifest takes it.
+#[test]
+fn the_builtin_set_keeps_its_own_data_whatever_the_run_data_root() {
+    let elsewhere = scratch("sweep-elsewhere-root");
+    let path = repo_root().join("sweeps/default.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let plan = Plan::new(&path, &text, path.parent().unwrap(), Some(&elsewhere), 1).unwrap();
+    assert_eq!(plan.data_root, repo_root().join("datasets/builtin"));
+    assert!(plan.units.iter().all(|u| u.data.is_file()));
+    assert_eq!(plan.units.len(), 12);
+
+    // Both manifest keys at once: one clear error.
+    let both = elsewhere.join("both.toml");
+    std::fs::write(
+        &both,
+        "name = \"x\"\ndata_root = \"a\"\ndefault_data_root = \"b\"\ncondition = []\n",
+    )
+    .unwrap();
+    let e = Manifest::load(&both).unwrap_err().to_string();
+    assert!(
+        e.contains("both.toml") && e.contains("data_root") && e.contains("default_data_root"),
+        "{e}"
+    );
 }

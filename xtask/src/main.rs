@@ -156,6 +156,7 @@ fn run_cli(cli: Cli) -> Result<()> {
                     repo_root().join("sweeps"),
                 ),
             };
+            let flag_root = data_root.clone();
             let data_root =
                 data_root.or_else(|| std::env::var_os("GRADLENS_DATA").map(PathBuf::from));
             let (shard_i, shards) = match &shard {
@@ -166,6 +167,14 @@ fn run_cli(cli: Cli) -> Result<()> {
                 None => (None, 1),
             };
             let mut plan = Plan::new(&path, &text, &base, data_root.as_deref(), shards)?;
+            if let Some(flag) = flag_root.filter(|f| *f != plan.data_root) {
+                tracing::warn!(
+                    "--data-root {} does not apply: the conditions of {} ship with their data ({})",
+                    flag.display(),
+                    plan.sweep.manifest,
+                    plan.data_root.display()
+                );
+            }
             plan.retry_skipped = retry_skipped;
             plan.max_memory = max_memory;
             if dry_run {

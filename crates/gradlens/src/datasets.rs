@@ -71,6 +71,10 @@ pub struct Manifest {
     pub name: String,
     /// Where the files are when no data root is given (relative to the manifest's folder).
     pub default_data_root: Option<String>,
+    /// Where the files are, always (relative to the manifest's folder): a data set that ships
+    /// with its manifest, such as gradlens' built-in one. A run's data root (`--data-root`,
+    /// `$GRADLENS_DATA`, a sweep's `data_root`) belongs to other manifests and does not apply.
+    pub data_root: Option<String>,
     #[serde(rename = "condition")]
     pub conditions: Vec<Condition>,
     #[serde(skip)]
@@ -110,6 +114,14 @@ impl Manifest {
             message: toml_message(text, &e),
         })?;
         m.path = path.to_path_buf();
+        if m.data_root.is_some() && m.default_data_root.is_some() {
+            return Err(ManifestError::Invalid {
+                path: path.to_path_buf(),
+                message: "data_root (the data ships with the manifest) and default_data_root \
+                          (a data root given at run time, else this one) exclude each other: keep one"
+                    .into(),
+            });
+        }
         let mut seen = std::collections::BTreeSet::new();
         for c in &m.conditions {
             let file = Path::new(&c.file);
@@ -176,10 +188,17 @@ impl Manifest {
 
     /// The manifest's default data root, resolved against its folder.
     pub fn default_root(&self) -> Option<PathBuf> {
+        self.resolve(self.default_data_root.as_deref())
+    }
+
+    /// The data root the manifest fixes (its data ships with it), resolved against its folder.
+    pub fn bundled_root(&self) -> Option<PathBuf> {
+        self.resolve(self.data_root.as_deref())
+    }
+
+    fn resolve(&self, root: Option<&str>) -> Option<PathBuf> {
         let base = self.path.parent().unwrap_or(Path::new("."));
-        self.default_data_root
-            .as_ref()
-            .map(|r| crate::paths::normalize(&base.join(r)))
+        root.map(|r| crate::paths::normalize(&base.join(r)))
     }
 }
 

@@ -51,7 +51,8 @@ pub struct SweepFile {
     pub out: String,
     /// Manifest of conditions (relative to the sweep file's folder).
     pub manifest: String,
-    /// Data root; else `--data-root`, `$GRADLENS_DATA`, or the manifest's default.
+    /// Data root; else `--data-root`, `$GRADLENS_DATA`, or the manifest's default. A manifest
+    /// whose data ships with it (`data_root` in the manifest, e.g. the built-in set) ignores it.
     pub data_root: Option<String>,
     /// Condition ids or globs over the manifest's ids.
     pub conditions: Vec<String>,
@@ -160,6 +161,13 @@ impl Plan {
                 crate::datasets::toml_message(sweep_text, &e)
             )
         })?;
+        if sweep.samples == Some(0) {
+            bail!(
+                "{}: samples = 0 asks for nothing: give a number ≥ 1, or leave samples out for \
+                 every record",
+                sweep_path.display()
+            );
+        }
         if sweep.models.is_empty() {
             bail!("{}: no [[model]]", sweep_path.display());
         }
@@ -206,10 +214,16 @@ impl Plan {
             model_dirs.push(dir);
         }
 
-        let data_root = match (data_root_override, &sweep.data_root) {
-            (Some(d), _) => d.to_path_buf(),
-            (None, Some(d)) => normalize(&base_dir.join(d)),
-            (None, None) => manifest.default_root().with_context(|| {
+        // A manifest whose data ships with it keeps its own root whatever the run's data root.
+        let data_root = match (
+            manifest.bundled_root(),
+            data_root_override,
+            &sweep.data_root,
+        ) {
+            (Some(bundled), _, _) => bundled,
+            (None, Some(d), _) => d.to_path_buf(),
+            (None, None, Some(d)) => normalize(&base_dir.join(d)),
+            (None, None, None) => manifest.default_root().with_context(|| {
                 format!(
                     "{}: no data root (give --data-root or GRADLENS_DATA)",
                     sweep_path.display()
