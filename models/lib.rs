@@ -196,18 +196,6 @@ pub fn describe(config_path: &Path) -> Result<(String, Vec<gradlens_core::Descri
     Ok((model_type, described))
 }
 
-/// Whether the chat template of the checkpoint whose config.json is `config_path` takes a
-/// system turn, as its family declares.
-pub fn takes_system_turn(config_path: &Path) -> Result<bool> {
-    let ckpt = Checkpoint::describe(config_path)?;
-    let model_type = ckpt.model_type()?;
-    system_turn(model_type).ok_or_else(|| CheckpointError::UnsupportedModel {
-        path: config_path.to_path_buf(),
-        model_type: model_type.to_string(),
-        supported: SUPPORTED.to_vec(),
-    })
-}
-
 /// `model_type` → family folder. Each line declares the family's module and registers it.
 macro_rules! registry {
     ($($model_type:literal => $family:ident),* $(,)?) => {
@@ -215,15 +203,6 @@ macro_rules! registry {
 
         /// The `model_type` values gradlens supports.
         pub const SUPPORTED: &[&str] = &[$($model_type),*];
-
-        /// Whether the chat template of a `model_type` takes a system turn (`None`: unsupported
-        /// type); each family declares it in its folder (`SYSTEM_TURN`).
-        pub fn system_turn(model_type: &str) -> Option<bool> {
-            match model_type {
-                $($model_type => Some($family::SYSTEM_TURN),)*
-                _ => None,
-            }
-        }
 
         fn dispatch<B: ModelBackend>(
             model_type: &str,
@@ -357,11 +336,6 @@ mod tests {
                 "{name}"
             );
             assert_eq!(d.gelu, name.starts_with("gemma"), "{name}");
-            assert_eq!(
-                crate::system_turn(name),
-                Some(!matches!(name, "gemma" | "gemma2")),
-                "{name}"
-            );
         }
     }
 }

@@ -378,11 +378,16 @@ def measure(model64, hf_tok, records, max_length, instruct=False, logits_at=None
         out = rec["output"]
         if instruct:
             msgs = [{"role": "user", "content": instr}]
-            # As each family declares it (SYSTEM_TURN in models/<family>/mod.rs): Gemma and Gemma 2's
-            # templates reject a system turn, Gemma 3's folds it into the first user turn.
-            if model64.config.model_type not in ("gemma", "gemma2"):
-                msgs.insert(0, {"role": "system", "content": "You are a helpful assistant."})
-            text = hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + out
+            # As gradlens does (ChatTemplate::takes_system_turn): the system turn unless the
+            # template raises on one (Gemma and Gemma 2's reject a system role; Gemma 3's folds it
+            # into the first user turn).
+            try:
+                text = hf_tok.apply_chat_template(
+                    [{"role": "system", "content": "You are a helpful assistant."}] + msgs,
+                    tokenize=False, add_generation_prompt=True)
+            except Exception:
+                text = hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            text = text + out
         else:
             text = instr + "\n" + out
         if out == "":

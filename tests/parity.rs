@@ -322,8 +322,8 @@ macro_rules! instruct_tests {
 }
 
 /// Instruct mode (chat template) against transformers' `apply_chat_template`: Qwen2, Qwen3, OLMo 2
-/// and Gemma 3 render a system turn, Gemma none (its template raises on one) and starts with the
-/// BOS text.
+/// and Gemma 3 render a system turn, Gemma none (its template raises on one, so it is left out)
+/// and starts with the BOS text.
 mod instruct {
     use super::*;
 
@@ -363,6 +363,58 @@ mod instruct {
         assert_eq!(single[0], bos);
         assert_ne!(single[1], bos);
         assert_eq!(&paper[1..], &single[..]);
+    }
+
+    /// The template decides the system turn: today's choice on every fixture (Gemma and Gemma 2
+    /// reject it, the others take it), and a fine-tuned Qwen2 whose template rejects a system role
+    /// renders without one instead of failing.
+    #[test]
+    fn the_chat_template_decides_the_system_turn() {
+        for name in [
+            "qwen2-tiny",
+            "qwen3-tiny",
+            "llama2-tiny",
+            "llama31-tiny",
+            "mistral-tiny",
+            "olmo2-tiny",
+            "gemma-tiny",
+            "gemma2-tiny",
+            "gemma3-tiny",
+        ] {
+            let mode = PromptMode::instruct_from_dir(&fixture(name), Default::default()).unwrap();
+            assert_eq!(
+                mode.system_turn(),
+                Some(!matches!(name, "gemma-tiny" | "gemma2-tiny")),
+                "{name}"
+            );
+        }
+        let dir = scratch("template-rejects-system");
+        gradlens_tests::copy_dir(&fixture("qwen2-tiny"), &dir);
+        let cfg = dir.join("tokenizer_config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        v["chat_template"] = serde_json::json!(
+            "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        );
+        std::fs::write(&cfg, v.to_string()).unwrap();
+        let mode = PromptMode::instruct_from_dir(&dir, Default::default()).unwrap();
+        assert_eq!(mode.system_turn(), Some(false));
+        let records = load_records(&tiny_data()).unwrap();
+        let text = mode.text(&records[0]).unwrap();
+        assert!(
+            text.starts_with("<|im_start|>user\n") && !text.contains("system"),
+            "{text}"
+        );
+        // A template that raises whatever the turns is still one clear error.
+        v["chat_template"] = serde_json::json!("{{ raise_exception('broken') }}");
+        std::fs::write(&cfg, v.to_string()).unwrap();
+        let err = PromptMode::instruct_from_dir(&dir, Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tokenizer_config.json") && err.contains("broken"),
+            "{err}"
+        );
     }
 
     #[test]

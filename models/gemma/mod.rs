@@ -18,9 +18,6 @@ use crate::ops::ModelBackend;
 use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 
-/// The chat template takes no system turn (Gemma's templates reject a system role).
-pub const SYSTEM_TURN: bool = false;
-
 /// transformers' `GemmaConfig` defaults.
 pub const DEFAULTS: Defaults = Defaults::GEMMA;
 

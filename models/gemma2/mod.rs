@@ -19,9 +19,6 @@ use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 use serde::Deserialize;
 
-/// The chat template takes no system turn (Gemma's templates reject a system role).
-pub const SYSTEM_TURN: bool = false;
-
 /// transformers' `Gemma2Config` defaults: Gemma's, with 4 kv heads.
 pub const DEFAULTS: Defaults = Defaults {
     kv_heads: Some(4),

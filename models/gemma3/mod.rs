@@ -28,9 +28,6 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
 
-/// Gemma 3's chat template folds a system turn into the first user turn: it takes one.
-pub const SYSTEM_TURN: bool = true;
-
 /// transformers' `Gemma3TextConfig` defaults: Gemma's, with 4 kv heads.
 pub const DEFAULTS: Defaults = Defaults {
     kv_heads: Some(4),

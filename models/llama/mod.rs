@@ -19,9 +19,6 @@ use crate::ops::ModelBackend;
 use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 
-/// The chat template takes a system turn.
-pub const SYSTEM_TURN: bool = true;
-
 /// transformers' `LlamaConfig` defaults.
 pub const DEFAULTS: Defaults = Defaults::LLAMA;
 

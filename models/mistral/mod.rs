@@ -19,9 +19,6 @@ use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 use serde::Deserialize;
 
-/// The chat template takes a system turn.
-pub const SYSTEM_TURN: bool = true;
-
 /// transformers' `MistralConfig` defaults: 8 kv heads, otherwise Llama's.
 pub const DEFAULTS: Defaults = Defaults {
     kv_heads: Some(8),

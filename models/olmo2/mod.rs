@@ -21,9 +21,6 @@ use crate::ops::ModelBackend;
 use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 
-/// The chat template takes a system turn.
-pub const SYSTEM_TURN: bool = true;
-
 /// transformers' `Olmo2Config` defaults: RMSNorm eps 1e-5, otherwise Llama's.
 pub const DEFAULTS: Defaults = Defaults {
     rms_norm_eps: 1e-5,

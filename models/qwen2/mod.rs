@@ -17,9 +17,6 @@ use crate::ops::ModelBackend;
 use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 
-/// The chat template takes a system turn.
-pub const SYSTEM_TURN: bool = true;
-
 /// transformers' `Qwen2Config` defaults for the shared keys (Llama's).
 pub const DEFAULTS: Defaults = Defaults::LLAMA;
 

@@ -20,9 +20,6 @@ use crate::ops::ModelBackend;
 use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 
-/// The chat template takes a system turn.
-pub const SYSTEM_TURN: bool = true;
-
 /// transformers' `Qwen3Config` defaults: head_dim 128, otherwise Llama's.
 pub const DEFAULTS: Defaults = Defaults {
     head_dim: Some(128),

@@ -100,8 +100,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// The supported model families (config.json's model_type) and whether instruct mode gives
-    /// them a system turn.
+    /// The supported model families (config.json's model_type).
     Models,
     /// Compare two measurement JSONL files (e.g. against the transformers reference).
     Compare {
@@ -182,8 +181,8 @@ struct GradsArgs {
     /// Output JSONL; samples already in it (or in <out>.skipped.jsonl) are not measured again.
     #[arg(long)]
     out: PathBuf,
-    /// Measure at most N records (from --start).
-    #[arg(long)]
+    /// Measure at most N records (from --start); N ≥ 1.
+    #[arg(long, value_parser = parse_count)]
     limit: Option<usize>,
     /// Index of the first record to measure.
     #[arg(long, default_value_t = 0)]
@@ -288,6 +287,19 @@ fn parse_rtol(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
         _ => Err(format!("{s:?}: expected a number ≥ 0, e.g. 1e-4")),
+    }
+}
+
+/// A count of things to do: a whole number ≥ 1 (0 would ask for nothing).
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err(
+            "0 asks for nothing: expected a whole number ≥ 1 (leave the option out \
+                      for all records)"
+                .into(),
+        ),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?}: expected a whole number ≥ 1")),
     }
 }
 
@@ -480,13 +492,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Models => {
-            println!("{:<14} system turn", "model_type");
+            println!("model_type");
             for t in gradlens::SUPPORTED {
-                let system = gradlens::system_turn(t).unwrap_or(false);
-                println!("{t:<14} {}", if system { "yes" } else { "no" });
+                println!("{t}");
             }
             println!(
-                "(also: multimodal Gemma 3 checkpoints, model_type gemma3, measured by their text model)"
+                "(also: multimodal Gemma 3 checkpoints, model_type gemma3, measured by their text \
+                 model; with --instruct the checkpoint's chat template decides whether the prompt \
+                 has a system turn)"
             );
             Ok(())
         }
@@ -497,6 +510,13 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let errs = gradlens::compare::compare_files(&expected, &actual, rtol)?;
             let n = gradlens::compare::read_jsonl_by_index(&expected)?.len();
+            if n == 0 && errs.is_empty() {
+                anyhow::bail!(
+                    "{} and {}: neither holds a sample line: nothing to compare",
+                    expected.display(),
+                    actual.display()
+                );
+            }
             if errs.is_empty() {
                 println!("{n} sample(s) agree within rtol {rtol:e}");
                 Ok(())

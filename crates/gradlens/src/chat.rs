@@ -22,9 +22,6 @@ pub enum ChatError {
     NoTemplate { path: PathBuf },
     #[error("{path}: chat template: {message}")]
     Render { path: PathBuf, message: String },
-    /// The checkpoint's config.json (its family decides the system turn).
-    #[error(transparent)]
-    Checkpoint(#[from] gradlens_core::CheckpointError),
 }
 
 /// A compiled chat template with the special tokens it may refer to.
@@ -158,5 +155,20 @@ impl ChatTemplate {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the template takes a system turn: it renders (system, user) without raising. One
+    /// that raises then but renders (user) alone rejects the system role (Gemma's "System role
+    /// not supported"); one that raises on both is broken, and its error is returned.
+    pub fn takes_system_turn(&self, system: &str) -> Result<bool, ChatError> {
+        const PROBE: &str = "What is 2 + 3?";
+        match self.render(&[("system", system), ("user", PROBE)]) {
+            Ok(_) => Ok(true),
+            Err(with) => {
+                self.render(&[("user", PROBE)])?;
+                tracing::debug!("{with}: the system turn is left out");
+                Ok(false)
+            }
+        }
     }
 }

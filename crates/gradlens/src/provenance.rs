@@ -33,6 +33,10 @@ pub struct Provenance {
     pub max_length: usize,
     /// `base`, or `instruct` / `instruct single-bos` (the chat template is in the fingerprint).
     pub prompt: String,
+    /// Instruct mode: whether the prompt has the system turn (the chat template decides; the
+    /// template is in the fingerprint, so it is recorded, not compared). Absent for a base model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_turn: Option<bool>,
     pub spectra: String,
     pub save_spectrum: bool,
 }
@@ -46,6 +50,7 @@ pub struct Settings<'a> {
     pub backend: String,
     pub max_length: usize,
     pub prompt: String,
+    pub system_turn: Option<bool>,
     pub spectra: String,
     pub save_spectrum: bool,
 }
@@ -72,6 +77,7 @@ impl Provenance {
             backend: s.backend.clone(),
             max_length: s.max_length,
             prompt: s.prompt.clone(),
+            system_turn: s.system_turn,
             spectra: s.spectra.clone(),
             save_spectrum: s.save_spectrum,
         })
@@ -227,6 +233,7 @@ pub(crate) fn example() -> Provenance {
         backend: "cpu".into(),
         max_length: 1024,
         prompt: "base".into(),
+        system_turn: None,
         spectra: "auto".into(),
         save_spectrum: false,
     }

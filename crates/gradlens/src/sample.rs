@@ -6,8 +6,8 @@ use crate::tokenizer::{TextTokenizer, TokenizerError};
 use std::path::Path;
 use std::sync::Arc;
 
-/// The system turn of the paper's instruct runs (not given to Gemma families, whose templates
-/// reject a system role).
+/// The system turn of the paper's instruct runs (left out where the checkpoint's chat template
+/// rejects a system role, as Gemma's and Gemma 2's do).
 pub const SYSTEM_PROMPT: &str = "You are a helpful assistant.";
 
 /// How the training text of a record is formed.
@@ -20,7 +20,7 @@ pub enum PromptMode {
     /// prompt, then the output appended.
     Instruct {
         template: Arc<ChatTemplate>,
-        /// `None` for families whose templates take no system turn.
+        /// `None` where the template rejects a system role.
         system: Option<String>,
         /// Tokenise the rendered text with the tokenizer's special tokens too (the paper's way: a
         /// template that starts with the BOS text then yields two BOS ids). `false` gives the
@@ -65,16 +65,27 @@ impl PromptMode {
         }
     }
 
-    /// Instruct mode for checkpoint `dir`: its chat template, with a system turn where the
-    /// family's templates take one (declared by the family, `gradlens_models::takes_system_turn`).
+    /// Instruct mode for checkpoint `dir`: its chat template, with the paper's system turn unless
+    /// the template rejects a system role (it raises when rendered with one); then the turn is
+    /// left out, as the paper does for Gemma. The template decides, not the family: a fine-tuned
+    /// checkpoint may ship a template of its own, and Gemma 3's folds the system turn into the
+    /// first user turn.
     pub fn instruct_from_dir(dir: &Path, opts: InstructOptions) -> Result<Self, ChatError> {
         let template = ChatTemplate::from_dir(dir)?;
-        let system = gradlens_models::takes_system_turn(&dir.join("config.json"))?;
+        let system = template.takes_system_turn(SYSTEM_PROMPT)?;
         Ok(PromptMode::Instruct {
             template: Arc::new(template),
             system: system.then(|| SYSTEM_PROMPT.to_string()),
             add_special_tokens: opts.add_special_tokens,
         })
+    }
+
+    /// Whether the prompt has a system turn (`None` for a base model), for the provenance.
+    pub fn system_turn(&self) -> Option<bool> {
+        match self {
+            PromptMode::Base => None,
+            PromptMode::Instruct { system, .. } => Some(system.is_some()),
+        }
     }
 
     /// The whole text the model is trained on.

@@ -308,6 +308,9 @@ fn settings(o: &TrainOptions, total_steps: usize) -> serde_json::Map<String, ser
     );
     put("--max-length", json!(o.max_length));
     put("--instruct/--single-bos", json!(o.mode.describe()));
+    if let Some(system) = o.mode.system_turn() {
+        put("system turn (the chat template decides)", json!(system));
+    }
     put("--spectra", json!(o.spectra));
     put("--per-sample", json!(o.per_sample));
     put("--eval-every", json!(o.eval_every));
