@@ -112,6 +112,19 @@ pub fn jsonl_indices(path: &Path) -> Vec<u64> {
 }
 
 /// Every file below `dir`, sorted (empty when `dir` is absent).
+/// Assert that no temporary of gradlens' atomic writes (`.<name>.tmp.<pid>`) is left under `dir`:
+/// what an interrupted run left, a resume must have removed.
+pub fn assert_no_temporaries(dir: &Path) {
+    let left: Vec<PathBuf> = files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with('.') && name.contains(".tmp.")
+        })
+        .collect();
+    assert!(left.is_empty(), "temporaries left behind: {left:?}");
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else {

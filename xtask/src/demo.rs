@@ -138,11 +138,16 @@ fn summaries(report: &Path) -> Result<Vec<(String, bool, Summary)>> {
         .collect())
 }
 
-/// The summary in plain words.
-fn plain_words(s: &[(String, bool, Summary)], data: &str) -> String {
+/// How much larger (in points of the correct responses' level) the irrelevant responses' gap
+/// must be with detailed reasoning than without it for the paper's contrast to count as shown.
+const CONTRAST_POINTS: f64 = 10.0;
+
+/// The summary in plain words, every sentence following from the numbers it prints; `n` is the
+/// fewest samples any condition's numbers rest on.
+fn plain_words(s: &[(String, bool, Summary)], data: &str, n: usize) -> String {
     let get =
         |cot: &str, correct: bool| s.iter().find(|x| x.0 == cot && x.1 == correct).map(|x| x.2);
-    let mut text = String::new();
+    let mut text = format!("{n} sample(s) per condition on {data}.\n");
     let (none, simp, det) = (
         get("none", true),
         get("simplified", true),
@@ -150,9 +155,9 @@ fn plain_words(s: &[(String, bool, Summary)], data: &str) -> String {
     );
     if let (Some(n), Some(si), Some(d)) = (none, simp, det) {
         text += &format!(
-            "On {data}, correct responses: None CoT MAD {:.2} vs Simplified CoT {:.2} vs Detailed \
-             CoT {:.2} (the mean absolute difference of the per-layer nuclear norm of the Q, K, V, \
-             O gradients between consecutive layers). ",
+            "Correct responses: None CoT MAD {:.2} vs Simplified CoT {:.2} vs Detailed CoT {:.2} \
+             (the mean absolute difference of the per-layer nuclear norm of the Q, K, V, O \
+             gradients between consecutive layers). ",
             n.mad, si.mad, d.mad
         );
         text += if n.mad > si.mad && si.mad > d.mad {
@@ -162,27 +167,57 @@ fn plain_words(s: &[(String, bool, Summary)], data: &str) -> String {
             "This is not the paper's ordering (None > Simplified > Detailed) on this run.\n"
         };
     }
+    // The paper's second finding is a contrast: without reasoning, irrelevant responses look like
+    // correct ones to the gradients; with detailed reasoning, they stand out (larger gradients).
+    let gap = |cot: &str| {
+        let (c, w) = (get(cot, true)?, get(cot, false)?);
+        Some((100.0 * (w.level / c.level - 1.0), c.level, w.level))
+    };
     for (cot, label) in [("none", "None CoT"), ("detailed", "Detailed CoT")] {
-        if let (Some(c), Some(w)) = (get(cot, true), get(cot, false)) {
+        if let Some((g, c, w)) = gap(cot) {
             text += &format!(
-                "{label}: irrelevant responses have {:+.0}% nuclear norm against correct ones \
-                 ({:.2} vs {:.2}, mean over layers and Q/K/V/O).\n",
-                100.0 * (w.level / c.level - 1.0),
-                w.level,
-                c.level
+                "{label}: irrelevant responses have {g:+.0}% nuclear norm against correct ones \
+                 ({w:.2} vs {c:.2}, mean over layers and Q/K/V/O).\n"
             );
         }
     }
-    if let (Some(c), Some(w)) = (get("detailed", true), get("detailed", false)) {
-        text += if w.level > c.level {
-            "With detailed reasoning the gradients tell irrelevant from correct responses, as in \
-             the paper."
+    if let (Some((none, ..)), Some((det, ..))) = (gap("none"), gap("detailed")) {
+        let diff = det - none;
+        text += &if det > 0.0 && diff >= CONTRAST_POINTS {
+            format!(
+                "As in the paper, the gradients tell irrelevant from correct responses more \
+                 clearly with detailed reasoning: the gap is {diff:.0} points larger than \
+                 without reasoning."
+            )
+        } else if diff > 0.0 {
+            format!(
+                "The gap with detailed reasoning is larger by only {diff:.0} points (under the \
+                 {CONTRAST_POINTS:.0} this summary asks for): the paper's contrast is not clearly \
+                 shown on {n} sample(s); measure more (--samples) before reading it either way."
+            )
         } else {
-            "With detailed reasoning the irrelevant responses did not show larger gradients here, \
-             unlike the paper."
+            format!(
+                "The paper's contrast does not reproduce here: irrelevant responses stand out \
+                 {} without reasoning than with detailed reasoning ({none:+.0}% vs {det:+.0}%), \
+                 on {n} sample(s).",
+                if diff == 0.0 { "as much" } else { "more" }
+            )
         };
     }
     text
+}
+
+/// The fewest complete sample lines any of the sweep's outputs holds.
+fn fewest_samples(plan: &gradlens::sweep::Plan) -> usize {
+    plan.units
+        .iter()
+        .map(|u| {
+            std::fs::read_to_string(&u.out)
+                .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+                .unwrap_or(0)
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 pub fn run(a: &DemoArgs, root: &Path) -> Result<()> {
@@ -238,14 +273,13 @@ pub fn run(a: &DemoArgs, root: &Path) -> Result<()> {
     let report = out.join("report");
     gradlens::reporting::build_and_print(std::slice::from_ref(&out), &report)?;
     let s = summaries(&report)?;
+    let words = plain_words(&s, data, fewest_samples(&plan));
     println!(
-        "\nSmolLM2-135M-Instruct, {} samples per condition, measured in {:.0} s ({:.0} s in all):\n{}",
-        a.samples,
+        "\nSmolLM2-135M-Instruct, measured in {:.0} s ({:.0} s in all):\n{words}",
         measuring,
         t0.elapsed().as_secs_f64(),
-        plain_words(&s, data)
     );
-    std::fs::write(report.join("summary.txt"), plain_words(&s, data) + "\n")?;
+    std::fs::write(report.join("summary.txt"), words + "\n")?;
     Ok(())
 }
 
@@ -253,32 +287,78 @@ pub fn run(a: &DemoArgs, root: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn rows(none: (f64, f64), detailed: (f64, f64)) -> Vec<(String, bool, Summary)> {
+        let s = |mad, level| Summary { mad, level };
+        vec![
+            ("none".to_string(), true, s(0.71, none.0)),
+            ("simplified".to_string(), true, s(0.19, 3.0)),
+            ("detailed".to_string(), true, s(0.11, detailed.0)),
+            ("none".to_string(), false, s(0.7, none.1)),
+            ("detailed".to_string(), false, s(0.2, detailed.1)),
+        ]
+    }
+
     #[test]
     fn the_plain_words_state_the_ordering() {
-        let s = |mad, level| Summary { mad, level };
-        let rows = vec![
-            ("none".to_string(), true, s(0.71, 10.0)),
-            ("simplified".to_string(), true, s(0.19, 3.0)),
-            ("detailed".to_string(), true, s(0.11, 1.0)),
-            ("none".to_string(), false, s(0.7, 10.2)),
-            ("detailed".to_string(), false, s(0.2, 1.35)),
-        ];
-        let t = plain_words(&rows, "gsm8k");
+        let t = plain_words(&rows((10.0, 10.2), (1.0, 1.35)), "gsm8k", 8);
+        assert!(t.starts_with("8 sample(s) per condition on gsm8k."), "{t}");
         assert!(
             t.contains("None CoT MAD 0.71 vs Simplified CoT 0.19 vs Detailed CoT 0.11"),
             "{t}"
         );
         assert!(t.contains("As the paper finds"), "{t}");
-        assert!(
-            t.contains("Detailed CoT: irrelevant responses have +35%"),
-            "{t}"
-        );
-        assert!(t.contains("None CoT: irrelevant responses have +2%"), "{t}");
+        let s = |mad, level| Summary { mad, level };
         let flipped = vec![
             ("none".to_string(), true, s(0.1, 1.0)),
             ("simplified".to_string(), true, s(0.2, 1.0)),
             ("detailed".to_string(), true, s(0.3, 1.0)),
         ];
-        assert!(plain_words(&flipped, "x").contains("not the paper's ordering"));
+        let t = plain_words(&flipped, "x", 8);
+        assert!(t.contains("not the paper's ordering"), "{t}");
+        assert!(!t.contains("As the paper finds"), "{t}");
+    }
+
+    /// Reproduced: +2% without reasoning, +35% with it.
+    #[test]
+    fn the_contrast_reproduced() {
+        let t = plain_words(&rows((10.0, 10.2), (1.0, 1.35)), "gsm8k", 8);
+        assert!(t.contains("None CoT: irrelevant responses have +2%"), "{t}");
+        assert!(
+            t.contains("Detailed CoT: irrelevant responses have +35%"),
+            "{t}"
+        );
+        assert!(
+            t.contains("As in the paper") && t.contains("33 points larger"),
+            "{t}"
+        );
+        assert!(!t.contains("does not reproduce"), "{t}");
+    }
+
+    /// Not reproduced: the built-in run's numbers (+16% without reasoning, +9% with it).
+    #[test]
+    fn the_contrast_not_reproduced() {
+        let t = plain_words(&rows((10.0, 11.6), (1.0, 1.09)), "the built-in set", 8);
+        assert!(
+            t.contains("does not reproduce")
+                && t.contains("more without reasoning")
+                && t.contains("(+16% vs +9%)")
+                && t.contains("on 8 sample(s)"),
+            "{t}"
+        );
+        assert!(!t.contains("As in the paper"), "{t}");
+    }
+
+    /// Too close to call: +2% vs +7%.
+    #[test]
+    fn the_contrast_too_small_to_call() {
+        let t = plain_words(&rows((10.0, 10.2), (1.0, 1.07)), "gsm8k", 3);
+        assert!(
+            t.contains("larger by only 5 points") && t.contains("not clearly shown on 3 sample(s)"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("As in the paper") && !t.contains("does not reproduce"),
+            "{t}"
+        );
     }
 }

@@ -141,6 +141,7 @@ fn killed_ten_times_then_resumed_equals_an_uninterrupted_run() {
     let stderr = ok(&run(&model, &data, &out, ARGS));
     assert!(stderr.contains("removing"), "{stderr}");
     assert_same_outputs(&reference, &out);
+    gradlens_tests::assert_no_temporaries(out.parent().unwrap());
     eprintln!("kills after {progress:?} samples; a whole run takes {full:?}");
 
     // A second rerun has nothing left to do and changes nothing.

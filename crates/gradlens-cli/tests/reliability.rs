@@ -540,6 +540,57 @@ fn corpus() -> Vec<Case> {
                 grads(dir, &m, &data(dir), &["--instruct"])
             },
         ),
+        // refused once the output would be claimed: nothing may be left behind (checked for
+        // every case), here with the output in folders the run would have to create
+        case(
+            "template-raises-new-folders",
+            &["template", "no chats"],
+            |dir| {
+                let m = model_with_template(dir, |t| {
+                    t.insert(
+                        "chat_template".into(),
+                        json!("{{ raise_exception('no chats') }}"),
+                    );
+                });
+                let mut a = grads(dir, &m, &data(dir), &["--instruct"]);
+                a[7] = s(&dir.join("new/deeper/out.jsonl"));
+                a
+            },
+        ),
+        case(
+            "tokenizer-not-the-checkpoints",
+            &["tokenizer.json", "vocabulary", "do not belong together"],
+            |dir| {
+                let m = model(dir);
+                std::fs::copy(
+                    fixture("llama2-tiny").join("tokenizer.json"),
+                    m.join("tokenizer.json"),
+                )
+                .unwrap();
+                let d = data_text(
+                    dir,
+                    "[{\"instruction\": \"Zebras quietly juggle xylophones\", \"input\": \"\", \"output\": \"Quixotic vexing jumbles\"}]"
+                        .as_bytes(),
+                );
+                grads(dir, &m, &d, &[])
+            },
+        ),
+        option_case("limit-zero", &["--limit", "0"], &["--limit", "0"]),
+        case(
+            "compare-empty",
+            &["a.jsonl", "b.jsonl", "nothing to compare"],
+            |dir| {
+                std::fs::write(dir.join("a.jsonl"), "").unwrap();
+                std::fs::write(dir.join("b.jsonl"), "").unwrap();
+                vec![
+                    "compare".into(),
+                    "--expected".into(),
+                    s(&dir.join("a.jsonl")),
+                    "--actual".into(),
+                    s(&dir.join("b.jsonl")),
+                ]
+            },
+        ),
         // data
         case("data-missing", &["absent.json", "cannot read"], |dir| {
             grads(dir, &fixture("qwen2-tiny"), &dir.join("absent.json"), &[])
@@ -848,6 +899,14 @@ fn every_bad_input_gets_one_clear_error_and_changes_no_file() {
                 p.display()
             );
         }
+        // A refused run leaves nothing behind: no file, no folder.
+        let left: Vec<_> = after.keys().filter(|p| !before.contains_key(*p)).collect();
+        assert!(left.is_empty(), "{}: the refused run left {left:?}", c.name);
+        assert!(
+            !dir.join("new").exists(),
+            "{}: the refused run left a folder",
+            c.name
+        );
     }
     eprintln!("{} bad inputs, each a clear error", cases.len());
     assert_eq!(snapshot(&fixture("qwen2-tiny")), fixtures_before);

@@ -148,6 +148,7 @@ fn killed_then_resumed_equals_an_uninterrupted_run() {
     ok(&train_cmd(&run, &data, &["--resume"]).output().unwrap());
     eprintln!("kills after {progress:?} steps; a whole run takes {full:?}");
     assert_same_run(&reference, &run);
+    gradlens_tests::assert_no_temporaries(&run);
     // Again: nothing to do, nothing changed.
     let before = std::fs::read(&steps).unwrap();
     let stderr = ok(&train_cmd(&run, &data, &["--resume"]).output().unwrap());

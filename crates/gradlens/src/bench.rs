@@ -393,13 +393,7 @@ impl BackendJob for GradlensRows<'_> {
     }
 }
 
-fn python_rows(
-    a: &BenchArgs,
-    root: &Path,
-    model: &Path,
-    label: &str,
-    data: &Path,
-) -> Result<Vec<Row>> {
+fn python_rows(a: &BenchArgs, model: &Path, label: &str, data: &Path) -> Result<Vec<Row>> {
     let variants: Vec<&str> = ["paper", "svdvals", "torch-train"]
         .into_iter()
         .filter(|v| a.rows.iter().any(|r| r == v))
@@ -419,7 +413,6 @@ fn python_rows(
         );
         return Ok(Vec::new());
     }
-    let script = root.join("scripts/bench_reference.py");
     let n = a.reference_samples.unwrap_or(a.samples);
     let device = match a.backend {
         Device::Cpu | Device::Flex | Device::Torch => "cpu".to_string(),
@@ -437,8 +430,9 @@ fn python_rows(
         if a.threads > 0 {
             cmd.env("OMP_NUM_THREADS", a.threads.to_string());
         }
+        // The script travels inside the binary: an installed gradlens runs it from anywhere.
         let out = cmd
-            .arg(&script)
+            .args(["-c", REFERENCE_SCRIPT])
             .arg("--model")
             .arg(model)
             .arg("--data")
@@ -573,6 +567,49 @@ fn train_row(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Resu
 }
 
 /// The default data file: the paper's aqua Detailed CoT.
+/// The machine a benchmark ran on, as its table names it: the CPU model, its logical CPUs, and
+/// the instruction sets gradlens' CPU kernels (gemm's matrix products, pulp's element-wise passes)
+/// choose on it at run time; AMX is named when present (PyTorch's oneDNN may use it, gradlens
+/// does not).
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let flags = field("flags").unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    #[cfg(target_arch = "x86_64")]
+    let kernels = {
+        use std::arch::is_x86_feature_detected as has_isa;
+        if has_isa!("avx512f")
+            && has_isa!("avx512bw")
+            && has_isa!("avx512dq")
+            && has_isa!("avx512vl")
+        {
+            "AVX-512 (x86-64-v4)"
+        } else if has_isa!("avx2") && has_isa!("fma") {
+            "AVX2+FMA (x86-64-v3)"
+        } else {
+            "SSE2 (no AVX2)"
+        }
+    };
+    #[cfg(target_arch = "aarch64")]
+    let kernels = "NEON";
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let kernels = "scalar";
+    let amx = if has("amx_tile") { ", AMX present" } else { "" };
+    format!("{model}, {cpus} logical CPU(s); gradlens' CPU kernels: {kernels}{amx}")
+}
+
+/// scripts/bench_reference.py, the PyTorch side of the benchmark, run with `python -c`.
+const REFERENCE_SCRIPT: &str = include_str!("../../../scripts/bench_reference.py");
+
 pub fn default_data(root: &Path) -> PathBuf {
     std::env::var_os("GRADLENS_DATA")
         .map(PathBuf::from)
@@ -591,6 +628,7 @@ pub fn run(a: &BenchArgs, root: &Path) -> Result<Vec<Row>> {
         );
     }
     let records = load_records(&data)?;
+    eprintln!("machine: {}", machine());
     let gpu = GpuMemory::start(a.backend);
     let mut all = Vec::new();
     for spec in &a.models {
@@ -621,7 +659,7 @@ pub fn run(a: &BenchArgs, root: &Path) -> Result<Vec<Row>> {
         )?;
         all.extend(rows);
         all.extend(train_row(a, &dir, &label, &records)?);
-        all.extend(python_rows(a, root, &dir, &label, &data)?);
+        all.extend(python_rows(a, &dir, &label, &data)?);
     }
     print_table(&all, a);
     if let Some(p) = &a.json {
@@ -650,6 +688,7 @@ pub fn print_table(rows: &[Row], a: &BenchArgs) {
         m.dedup();
         m
     };
+    println!("\nmachine: {}", machine());
     for model in models {
         let rows: Vec<&Row> = rows.iter().filter(|r| r.model == model).collect();
         let base = |needle: &str| {

@@ -260,25 +260,35 @@ impl<B: GradBackend> Measurer<B> {
             backend: self.backend_name.clone(),
             max_length: self.max_length,
             prompt: self.mode.describe(),
+            system_turn: self.mode.system_turn(),
             spectra: format!("{:?}", self.spectra).to_lowercase(),
             save_spectrum: self.save_spectrum,
         })?)
     }
 
+    /// Tokenise one record (the prompt rendered by the chat template in instruct mode) and check
+    /// its token ids against the model's vocabulary.
+    pub fn prepare(&self, index: usize, record: &Record) -> Result<Preparation> {
+        let preparation = prepare(&self.tokenizer, &self.mode, record)?;
+        if let Preparation::Ready(prepared) = &preparation {
+            let vocab = self.model.model.vocab_size();
+            if let Some(&bad) = prepared.ids.iter().find(|&&id| id as usize >= vocab) {
+                anyhow::bail!(
+                    "{}: sample {index}: token id {bad} is outside the model's vocabulary of \
+                     {vocab}: tokenizer and checkpoint do not belong together",
+                    self.tokenizer.path().display()
+                );
+            }
+        }
+        Ok(preparation)
+    }
+
     /// Tokenise, forward and backward one record (or say why it is skipped).
     pub fn forward_backward(&self, index: usize, record: &Record) -> Result<Work> {
-        let prepared = match prepare(&self.tokenizer, &self.mode, record)? {
+        let prepared = match self.prepare(index, record)? {
             Preparation::Ready(p) => p,
             Preparation::Skip(reason) => return Ok(Work::Skipped { index, reason }),
         };
-        let vocab = self.model.model.vocab_size();
-        if let Some(&bad) = prepared.ids.iter().find(|&&id| id as usize >= vocab) {
-            anyhow::bail!(
-                "{}: sample {index}: token id {bad} is outside the model's vocabulary of {vocab}: \
-                 tokenizer and checkpoint do not belong together",
-                self.tokenizer.path().display()
-            );
-        }
         let sample = sample_grads(&self.model, &prepared, self.spectra, self.pad_to);
         if !sample.loss.is_finite() {
             return Ok(Work::Skipped {
@@ -334,7 +344,11 @@ impl<B: GradBackend> Measurer<B> {
         overall: Option<&ProgressBar>,
     ) -> Result<RunSummary> {
         let t0 = Instant::now();
-        let skipped_file = skipped_path(out);
+        // What the first record shows (a chat template that raises, a tokenizer that is not the
+        // checkpoint's) refuses the run before its output is created.
+        if !range.is_empty() {
+            self.prepare(range.start, &records[range.start])?;
+        }
         let claimed = claim(
             out,
             &self.provenance(data)?,
@@ -362,12 +376,38 @@ impl<B: GradBackend> Measurer<B> {
         if let Some(o) = overall {
             o.inc(already_done as u64);
         }
-        let mut writer = claimed.writer;
+        let created = claimed.created;
+        let result = self.write_claimed(claimed.writer, records, pending, out, bar, overall);
+        if result.is_err() {
+            // A refused run leaves nothing behind (what it wrote stays, to be resumed).
+            created.undo_if_empty(out);
+        }
+        let (measured, skipped) = result?;
+        Ok(RunSummary {
+            measured,
+            skipped,
+            already_done,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Measure `pending` into the claimed output (its writer): forward and backward here, the
+    /// statistics and the writes on a worker thread. The counts measured and skipped.
+    fn write_claimed(
+        &self,
+        mut writer: JsonlAppender,
+        records: &[Record],
+        pending: Vec<usize>,
+        out: &Path,
+        bar: Option<&ProgressBar>,
+        overall: Option<&ProgressBar>,
+    ) -> Result<(usize, usize)> {
+        let skipped_file = skipped_path(out);
         let spectrum_file = spectrum_path(out);
         let save_spectrum = self.save_spectrum;
         let (bar, overall) = (bar.cloned(), overall.cloned());
         let overlap = self.overlap;
-        let (measured, skipped) = std::thread::scope(|scope| -> Result<(usize, usize)> {
+        std::thread::scope(|scope| -> Result<(usize, usize)> {
             // At most one sample waits for its statistics while the next one is computed; without
             // overlap the next one starts when the statistics thread says it is done.
             let (tx, rx) = std::sync::mpsc::sync_channel::<Work>(1);
@@ -446,12 +486,6 @@ impl<B: GradBackend> Measurer<B> {
                 Some(e) => Err(e),
                 None => Ok(counts),
             }
-        })?;
-        Ok(RunSummary {
-            measured,
-            skipped,
-            already_done,
-            seconds: t0.elapsed().as_secs_f64(),
         })
     }
 }

@@ -172,6 +172,35 @@ pub struct Claimed {
     pub done: BTreeSet<usize>,
     /// Skipped samples taken out of the skipped file to be measured again (`--retry-skipped`).
     pub retried: usize,
+    /// What this claim created (nothing for an output that existed).
+    pub created: Created,
+}
+
+/// The files and folders a [`claim`] created, deepest folder first.
+#[derive(Debug, Default)]
+pub struct Created(Vec<PathBuf>);
+
+impl Created {
+    /// After a run refused once it had claimed a new output `out`: remove what the claim created
+    /// (the empty output, its `.meta.json`, empty side files, the folders it made), so that a
+    /// refused run leaves nothing behind. Nothing is removed once a line was written to any of
+    /// the files: that is a run to resume. Call once the output's writer is dropped.
+    pub fn undo_if_empty(&self, out: &Path) {
+        let lines = [out.to_path_buf(), skipped_path(out), spectrum_path(out)];
+        if self.0.is_empty() || lines.iter().any(|f| non_empty(f)) {
+            return;
+        }
+        for f in lines.iter().chain([&meta_path(out)]) {
+            if self.0.contains(f) {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        let _ = remove_stale_temporaries(out.parent().unwrap_or(Path::new("")));
+        // A folder that holds anything else stays.
+        for d in self.0.iter().filter(|p| p.is_dir()) {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 /// Whether a file exists and has content.
@@ -184,6 +213,46 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
+}
+
+/// Under the output's lock: compare the recorded provenance with this run's, or write it for a
+/// new output (`lines`: the output and its side files, which must then be empty).
+fn record(out: &Path, meta: &Path, this: &Provenance, lines: &[&Path]) -> Result<(), OutputError> {
+    if meta.exists() {
+        let text = std::fs::read_to_string(meta).map_err(io(meta))?;
+        let recorded: Provenance =
+            serde_json::from_str(&text).map_err(|e| OutputError::BadMeta {
+                meta: meta.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let differences = this.differences(&recorded);
+        if !differences.is_empty() {
+            return Err(OutputError::Mismatch {
+                path: out.to_path_buf(),
+                differences,
+            });
+        }
+        if recorded.gradlens != this.gradlens {
+            tracing::warn!(
+                "{}: started by gradlens {}, continued by {}",
+                out.display(),
+                recorded.gradlens,
+                this.gradlens
+            );
+        }
+    } else {
+        // Another process may have written between the check above and the lock.
+        if lines.iter().any(|f| non_empty(f)) {
+            return Err(OutputError::NotOurs {
+                path: out.to_path_buf(),
+                meta: meta.to_path_buf(),
+            });
+        }
+        let text = serde_json::to_string_pretty(this).expect("provenance serialises") + "\n";
+        write_atomically(meta, text.as_bytes())?;
+    }
+
+    Ok(())
 }
 
 /// Take the output `out` for a run with provenance `this`: see the module's documentation.
@@ -226,6 +295,20 @@ pub fn claim(
             }
         }
     }
+    // What this claim creates, to be undone if the run is refused before it writes a line: the
+    // folders (deepest first), the side files and the output.
+    let mut created: Vec<PathBuf> = out
+        .ancestors()
+        .skip(1)
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    created.extend(
+        [out, &skipped, &spectrum, &meta]
+            .into_iter()
+            .filter(|f| !f.exists())
+            .map(|f| f.to_path_buf()),
+    );
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
@@ -239,42 +322,15 @@ pub fn claim(
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(out)(e)),
     }
-    // Under the lock: the record, or a new one.
-    if meta.exists() {
-        let text = std::fs::read_to_string(&meta).map_err(io(&meta))?;
-        let recorded: Provenance =
-            serde_json::from_str(&text).map_err(|e| OutputError::BadMeta {
-                meta: meta.clone(),
-                message: e.to_string(),
-            })?;
-        let differences = this.differences(&recorded);
-        if !differences.is_empty() {
-            return Err(OutputError::Mismatch {
-                path: out.to_path_buf(),
-                differences,
-            });
-        }
-        if recorded.gradlens != this.gradlens {
-            tracing::warn!(
-                "{}: started by gradlens {}, continued by {}",
-                out.display(),
-                recorded.gradlens,
-                this.gradlens
-            );
-        }
-    } else {
-        // Another process may have written between the check above and the lock.
-        if [out, &skipped, &spectrum].iter().any(|f| non_empty(f)) {
-            return Err(OutputError::NotOurs {
-                path: out.to_path_buf(),
-                meta,
-            });
-        }
-        let text = serde_json::to_string_pretty(this).expect("provenance serialises") + "\n";
-        write_atomically(&meta, text.as_bytes())?;
+    // Under the lock: the record, or a new one. Refused here, the claim undoes what it created.
+    let created = Created(created);
+    if let Err(e) = record(out, &meta, this, &[out, &skipped, &spectrum]) {
+        created.undo_if_empty(out);
+        return Err(e);
     }
 
     // Repairs, now that the files are known to be ours.
+    remove_stale_temporaries(out.parent().unwrap_or(Path::new("")))?;
     let done_out = repair(out, None)?;
     let mut done_skipped = BTreeSet::new();
     let mut retried = 0;
@@ -296,6 +352,7 @@ pub fn claim(
         writer,
         done,
         retried,
+        created,
     })
 }
 
@@ -329,18 +386,82 @@ fn repair(path: &Path, keep: Option<&BTreeSet<usize>>) -> Result<BTreeSet<usize>
 }
 
 /// Write a whole file through a temporary beside it and a rename: readers see the old or the
-/// new content, never a part.
+/// new content, never a part. The temporary, `.<name>.tmp.<pid>`, is locked while it is written,
+/// so that one an interrupted writer left (a kill between its creation and the rename) is told
+/// from one in use and removed by the next write or resume in its folder
+/// ([`remove_stale_temporaries`]).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
-    let tmp = side_path(path, "tmp");
-    let tmp = tmp.with_file_name(format!(
-        ".{}.{}",
-        tmp.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}{TEMPORARY}{}", std::process::id()));
+    remove_stale_temporaries(path.parent().unwrap_or(Path::new("")))?;
+    let mut f = loop {
+        let f = File::create(&tmp).map_err(io(&tmp))?;
+        f.lock().map_err(io(&tmp))?;
+        // A cleaner may have removed the file between its creation and the lock: make it anew.
+        if still_named(&f, &tmp) {
+            break f;
+        }
+    };
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// What names a temporary of [`write_atomically`]: `.<name>.tmp.<pid>`.
+const TEMPORARY: &str = ".tmp.";
+
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.')
+        && name.rsplit_once(TEMPORARY).is_some_and(|(head, pid)| {
+            head.len() > 1 && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// Whether `path` still names the open file `f`.
+fn still_named(f: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (f.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = f;
+        path.exists()
+    }
+}
+
+/// Remove from `dir` the temporaries of [`write_atomically`] that no writer holds: what a killed
+/// run left. Returns how many were removed.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, OutputError> {
+    let shown = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let entries = match std::fs::read_dir(shown) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(shown)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !is_temporary(&name.to_string_lossy()) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(f) = File::open(&path) else { continue };
+        // Held: a live writer's. Free: its writer is gone (a lock dies with its process).
+        if f.try_lock().is_ok() && std::fs::remove_file(&path).is_ok() {
+            tracing::debug!("{}: removed what an interrupted write left", path.display());
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Appends whole lines to a JSONL file.
@@ -407,6 +528,75 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// A run refused after its claim, before any line: the claim's files and folders go; an
+    /// output with a line, or one that existed before, stays.
+    #[test]
+    fn a_refused_claim_is_undone_unless_a_line_was_written() {
+        let d = dir("undo");
+        let out = d.join("new/deeper/o.jsonl");
+        let claimed = claim(&out, &prov(8), &[], false).unwrap();
+        assert!(out.is_file() && meta_path(&out).is_file());
+        drop(claimed.writer);
+        claimed.created.undo_if_empty(&out);
+        assert!(!d.join("new").exists());
+
+        let mut claimed = claim(&out, &prov(8), &[], false).unwrap();
+        claimed
+            .writer
+            .append(&serde_json::from_str(r#"{"index": 0}"#).unwrap())
+            .unwrap();
+        drop(claimed.writer);
+        claimed.created.undo_if_empty(&out);
+        assert!(out.is_file() && meta_path(&out).is_file());
+
+        // Claimed again (it exists): nothing was created, nothing is removed.
+        std::fs::write(&out, b"").unwrap();
+        let claimed = claim(&out, &prov(8), &[], false).unwrap();
+        drop(claimed.writer);
+        claimed.created.undo_if_empty(&out);
+        assert!(out.is_file() && meta_path(&out).is_file());
+    }
+
+    /// A temporary an interrupted write left (no lock) goes with the next write or claim in its
+    /// folder; one a live writer holds stays; other files are never touched.
+    #[test]
+    fn stale_temporaries_are_removed_held_ones_kept() {
+        let d = dir("temporaries");
+        let stale = d.join(".run.json.tmp.4242");
+        let held = d.join(".other.json.tmp.4343");
+        let not_ours = [
+            ".run.json.tmp.",
+            ".run.json.tmp.12a",
+            "run.json.tmp.7",
+            ".tmp.9",
+        ];
+        std::fs::write(&stale, b"half").unwrap();
+        std::fs::write(&held, b"being written").unwrap();
+        for n in not_ours {
+            std::fs::write(d.join(n), b"x").unwrap();
+        }
+        let holder = File::open(&held).unwrap();
+        holder.lock().unwrap();
+        write_atomically(&d.join("run.json"), b"{}\n").unwrap();
+        assert!(!stale.exists());
+        assert!(held.exists());
+        for n in not_ours {
+            assert!(d.join(n).exists(), "{n}");
+        }
+        assert_eq!(std::fs::read(d.join("run.json")).unwrap(), b"{}\n");
+        drop(holder);
+        // The claim of an output in the folder removes it once its writer is gone.
+        let out = d.join("grads.jsonl");
+        claim(&out, &prov(8), &[], false).unwrap();
+        assert!(!held.exists());
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp.") && n.starts_with('.') && is_temporary(n))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

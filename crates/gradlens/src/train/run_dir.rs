@@ -254,8 +254,9 @@ impl RunDir {
     /// Where a run of `total` steps starts in this directory: complete (`final/` of that step
     /// written), or after the newest complete checkpoint (none: from the start). The JSONL files
     /// are cut back to that step (and a partial last line removed); partial checkpoints of an
-    /// interrupted save are removed.
+    /// interrupted save and temporaries of an interrupted write are removed.
     pub fn start(&self, total: usize) -> anyhow::Result<Start> {
+        crate::output::remove_stale_temporaries(&self.path)?;
         for entry in std::fs::read_dir(&self.path)
             .into_iter()
             .flatten()
