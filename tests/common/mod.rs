@@ -112,6 +112,62 @@ pub fn jsonl_indices(path: &Path) -> Vec<u64> {
 }
 
 /// Every file below `dir`, sorted (empty when `dir` is absent).
+/// Complete lines (newline bytes) of the files below `path` (itself a file, or a folder searched
+/// recursively) whose names end with `.jsonl`: a run's progress, read safely while it writes.
+pub fn complete_lines(path: &Path) -> usize {
+    let files = if path.is_dir() {
+        files_under(path)
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".jsonl"))
+        .map(|p| {
+            std::fs::read(p)
+                .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// A kill -9 placed by progress, not by the clock: spawn `cmd`, wait until `progress()` reaches
+/// `target` (polling every 2 ms), wait `extra`, then SIGKILL it. Returns whether the kill landed
+/// while the run was still going (false: it had exited first). Where a kill lands thus depends on
+/// what the run has done, whatever the machine's speed, so a test asserting that its kills land
+/// mid-run passes every time.
+pub fn kill_at(
+    cmd: &mut std::process::Command,
+    progress: &dyn Fn() -> usize,
+    target: usize,
+    extra: std::time::Duration,
+) -> bool {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while progress() < target {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(extra);
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    running
+}
+
+/// The next number of a xorshift sequence (the kill tests' reproducible choices).
+pub fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
 /// Assert that no temporary of gradlens' atomic writes (`.<name>.tmp.<pid>`) is left under `dir`:
 /// what an interrupted run left, a resume must have removed.
 pub fn assert_no_temporaries(dir: &Path) {

@@ -6,7 +6,7 @@
 use gradlens::compare::compare_files;
 use gradlens_tests::{files_under as walk, jsonl_indices as indices, repo_root, scratch};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// A sweep file `NAME.toml` in `dir` writing to `dir/NAME`.
@@ -49,26 +49,28 @@ fn killed_ten_times_the_sweep_resumes_to_an_uninterrupted_sweeps_files() {
     let full = t0.elapsed();
 
     let sweep = sweep_file(&dir, "out", 20);
+    // Ten kills placed by progress: alternately soon after the start (planning, loading, the
+    // claims) and some samples on, each at a random moment within a sample.
+    let per_sample = full / 240;
+    let out = dir.join("out");
     let mut seed = 0x2545f4914f6cdd1du64;
     let mut seen = Vec::new();
-    for _ in 0..10 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let delay = full.mul_f64(0.05 + 0.4 * (seed % 1000) as f64 / 1000.0);
-        let mut child = xtask(&sweep)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        let _ = child.kill();
-        let _ = child.wait();
-        seen.push(lines(&dir.join("out")));
+    let mut landed = Vec::new();
+    for k in 0..10 {
+        let r = gradlens_tests::xorshift(&mut seed);
+        let now = gradlens_tests::complete_lines(&out);
+        let ahead = if k % 2 == 0 { 0 } else { 1 + (r % 20) as usize };
+        landed.push(gradlens_tests::kill_at(
+            &mut xtask(&sweep),
+            &|| gradlens_tests::complete_lines(&out),
+            now + ahead,
+            per_sample.mul_f64((r % 1000) as f64 / 2000.0),
+        ));
+        seen.push(lines(&out));
     }
     assert!(
-        seen[0] < 240,
-        "the first kill came after the sweep had finished: {seen:?}"
+        landed.iter().all(|&l| l) && seen.last() < Some(&240),
+        "the kills must land mid-run: {seen:?} (landed: {landed:?})"
     );
     let done = xtask(&sweep).output().unwrap();
     assert!(

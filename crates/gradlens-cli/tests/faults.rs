@@ -103,28 +103,27 @@ fn killed_ten_times_then_resumed_equals_an_uninterrupted_run() {
     let full = t0.elapsed();
 
     let out = dir.join("killed").join("o.jsonl");
-    // Ten kills at pseudo-random moments spread over a run's length (each restart resumes, so
-    // the kills land at every stage: loading, the first sample, mid-run, between two writes).
+    // Ten kills placed by progress: alternately soon after the start (loading, the claim, the
+    // repairs) and a few samples on, each at a random moment within a sample.
+    let per_sample = full / 60;
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut progress = Vec::new();
-    for _ in 0..10 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let frac = (seed % 1000) as f64 / 1000.0;
-        let delay = full.mul_f64(0.05 + 0.5 * frac);
-        let mut child = grads_cmd(&model, &data, &out, ARGS)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+    let mut landed = Vec::new();
+    for k in 0..10 {
+        let r = gradlens_tests::xorshift(&mut seed);
+        let now = gradlens_tests::complete_lines(&out);
+        let ahead = if k % 2 == 0 { 0 } else { 1 + (r % 4) as usize };
+        landed.push(gradlens_tests::kill_at(
+            &mut grads_cmd(&model, &data, &out, ARGS),
+            &|| gradlens_tests::complete_lines(&out),
+            now + ahead,
+            per_sample.mul_f64((r % 1000) as f64 / 2000.0),
+        ));
         progress.push(indices(&out).len());
     }
     assert!(
-        progress[0] < 60,
-        "the first kill came after the run had finished: {progress:?}"
+        landed.iter().all(|&l| l) && progress.last() < Some(&60),
+        "the kills must land mid-run: {progress:?} (landed: {landed:?})"
     );
     // A kill in the middle of a write: partial last lines in the output and the spectrum file.
     for (f, text) in [

@@ -160,8 +160,15 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Whether `dir` holds anything but what a run killed while claiming it leaves (its `.lock`, a
+/// temporary of its run.json).
 fn has_content(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+    std::fs::read_dir(dir).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name != ".lock" && !crate::output::is_temporary(&name)
+        })
+    })
 }
 
 impl RunDir {
