@@ -193,6 +193,7 @@ fn a_standalone_output_is_labelled_from_its_record() {
         pad_to: None,
         retry_skipped: false,
         max_memory: None,
+        adapter: None,
         progress: false,
     })
     .unwrap();

@@ -15,8 +15,14 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A reference case's folder: fixtures/train/<case>, or fixtures/lora/<case> for LoRA runs.
 fn case_dir(case: &str) -> std::path::PathBuf {
-    repo_root().join("fixtures/train").join(case)
+    let train = repo_root().join("fixtures/train").join(case);
+    if train.is_dir() {
+        train
+    } else {
+        repo_root().join("fixtures/lora").join(case)
+    }
 }
 
 /// The gradlens options of a reference case (fixtures/train/<case>/args.json).
@@ -27,17 +33,32 @@ fn options(case: &str, dtype: Dtype, out: &Path) -> TrainOptions {
     let s = |k: &str| args[k].as_str().unwrap().to_string();
     let u = |k: &str| args[k].as_u64().unwrap() as usize;
     let f = |k: &str| args[k].as_f64().unwrap();
+    let instruct = args["instruct"].as_bool().unwrap_or(false);
+    let model = fixture(&s("fixture"));
+    // A LoRA case starts from the PEFT adapter the reference saved (its B is not zero).
+    let lora = args.get("r").map(|_| gradlens::train::lora::LoraArgs {
+        init: Some(case_dir(case).join("init")),
+        ..Default::default()
+    });
     TrainOptions {
-        model: fixture(&s("fixture")),
+        mode: if instruct {
+            PromptMode::instruct_from_dir(&model, Default::default()).unwrap()
+        } else {
+            PromptMode::Base
+        },
+        model,
         data: vec![tiny_data()],
         out: out.to_path_buf(),
         batch_size: u("batch_size"),
         length: Length::Steps(u("steps")),
         shuffle: args["shuffle"].as_u64(),
-        train: match s("train").as_str() {
-            "all" => TrainSet::All,
+        seed: 0,
+        train: match args["train"].as_str() {
+            Some("all") => TrainSet::All,
             _ => TrainSet::Attention,
         },
+        lora,
+        save_merged: false,
         lr: f("lr"),
         schedule: match s("schedule").as_str() {
             "constant" => Schedule::Constant,
@@ -53,7 +74,6 @@ fn options(case: &str, dtype: Dtype, out: &Path) -> TrainOptions {
         dtype,
         backend: Device::Cpu,
         max_length: u("max_length"),
-        mode: PromptMode::Base,
         spectra: Default::default(),
         per_sample: true,
         eval_data: None,
@@ -107,9 +127,20 @@ fn parity_f64(case: &str) {
     run_train(&options(case, Dtype::F64, &out)).unwrap();
     compare_jsonl(case, "steps.jsonl", &out, 1e-9, u64::MAX);
     compare_jsonl(case, "per_sample.jsonl", &out, 1e-9, u64::MAX);
-    // The final weights, every parameter, element by element.
-    let expected = read_safetensors(&case_dir(case).join("final.safetensors")).unwrap();
-    let actual = read_safetensors(&out.join("final/model.safetensors")).unwrap();
+    // The final weights (LoRA: the final adapter PEFT saved), every tensor, element by element.
+    let (expected, actual) = if case_dir(case).join("final.safetensors").is_file() {
+        (
+            case_dir(case).join("final.safetensors"),
+            out.join("final/model.safetensors"),
+        )
+    } else {
+        (
+            case_dir(case).join("final/adapter_model.safetensors"),
+            out.join("final/adapter_model.safetensors"),
+        )
+    };
+    let expected = read_safetensors(&expected).unwrap();
+    let actual = read_safetensors(&actual).unwrap();
     let names = |v: &[HostParam]| -> Vec<String> { v.iter().map(|t| t.name.clone()).collect() };
     assert_eq!(names(&actual), names(&expected), "{case}: saved tensors");
     for (e, a) in expected.iter().zip(&actual) {
@@ -145,6 +176,125 @@ fn gemma_tied_all_parameters_shuffled_f64() {
 #[test]
 fn qwen3_attention_f64() {
     parity_f64("qwen3-attention");
+}
+
+/// LoRA against PEFT + torch AdamW (scripts/make_lora_reference.py): Qwen2 r 4 on q/k/v/o from
+/// an f32 adapter (warmup + linear, clipping), Llama 3.1 r 2 on q/v with rsLoRA from an f64 adapter
+/// (cosine, the chat template), Gemma 2 (tied embeddings) r 4 from a bf16 adapter (shuffled).
+#[test]
+fn lora_qwen2_f64() {
+    parity_f64("qwen2-lora");
+}
+
+#[test]
+fn lora_llama_instruct_rslora_f64() {
+    parity_f64("llama-lora");
+}
+
+#[test]
+fn lora_gemma2_tied_shuffled_f64() {
+    parity_f64("gemma2-lora");
+}
+
+#[test]
+fn lora_qwen2_f32_first_steps() {
+    parity_f32("qwen2-lora");
+}
+
+#[test]
+fn lora_llama_f32_first_steps() {
+    parity_f32("llama-lora");
+}
+
+#[test]
+fn lora_gemma2_f32_first_steps() {
+    parity_f32("gemma2-lora");
+}
+
+/// `grads --adapter`: the base model with PEFT's final adapter merged on load measures as PEFT's
+/// merged model (`merge_and_unload`) does, f64 at 1e-9; the output records the adapter.
+#[test]
+fn grads_with_an_adapter_measure_pefts_merged_model() {
+    for case in ["qwen2-lora", "llama-lora", "gemma2-lora"] {
+        let o = options(case, Dtype::F64, &scratch("unused"));
+        let out = scratch(&format!("grads-adapter-{case}")).join("merged.jsonl");
+        gradlens::grads::run_grads(&gradlens::grads::GradsOptions {
+            model: o.model.clone(),
+            data: tiny_data(),
+            out: out.clone(),
+            start: 0,
+            limit: None,
+            max_length: o.max_length,
+            dtype: Dtype::F64,
+            backend: Device::Cpu,
+            mode: o.mode.clone(),
+            spectra: Default::default(),
+            save_spectrum: false,
+            pad_to: None,
+            retry_skipped: false,
+            max_memory: None,
+            adapter: Some(case_dir(case).join("final")),
+            progress: false,
+        })
+        .unwrap();
+        let errs = gradlens::compare::compare_files(
+            &case_dir(case).join("merged_grads.jsonl"),
+            &out,
+            1e-9,
+        )
+        .unwrap();
+        assert!(errs.is_empty(), "{case}: {}", errs.join("\n"));
+        let meta = std::fs::read_to_string(gradlens::output::meta_path(&out)).unwrap();
+        assert!(
+            meta.contains("\"adapter_sha256\"") && meta.contains("final"),
+            "{meta}"
+        );
+    }
+}
+
+/// A LoRA run's folders are PEFT's: adapter_config.json with PEFT's keys, the adapter under its
+/// saved names; the training state beside it in checkpoints; --save-merged adds the merged model.
+#[test]
+fn lora_checkpoints_are_peft_adapter_folders() {
+    let out = scratch("train-lora-folders");
+    let mut o = options("qwen2-lora", Dtype::F64, &out);
+    o.save_every = Some(2);
+    o.save_merged = true;
+    run_train(&o).unwrap();
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("final/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["lora_alpha"], 8.0);
+    assert_eq!(cfg["bias"], "none");
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["k_proj", "o_proj", "q_proj", "v_proj"])
+    );
+    let names = |p: &Path| -> Vec<String> {
+        read_safetensors(p)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect()
+    };
+    assert_eq!(
+        names(&out.join("final/adapter_model.safetensors")),
+        names(&case_dir("qwen2-lora").join("final/adapter_model.safetensors"))
+    );
+    for f in ["training_state.safetensors", "trainer_state.json"] {
+        assert!(out.join("checkpoint-2").join(f).is_file(), "{f}");
+    }
+    // The merged model is a checkpoint gradlens loads.
+    gradlens_models::load::<gradlens::backend::CpuF64>(
+        &out.join("final-merged"),
+        &Default::default(),
+        &gradlens_models::paper_selector,
+    )
+    .unwrap();
 }
 
 #[test]

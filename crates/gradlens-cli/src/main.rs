@@ -181,6 +181,10 @@ struct GradsArgs {
     /// Output JSONL; samples already in it (or in <out>.skipped.jsonl) are not measured again.
     #[arg(long)]
     out: PathBuf,
+    /// A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors; e.g. a
+    /// `gradlens train --lora` run's final/) merged into the model on load.
+    #[arg(long, value_name = "ADAPTER_DIR")]
+    adapter: Option<PathBuf>,
     /// Measure at most N records (from --start); N ≥ 1.
     #[arg(long, value_parser = parse_count)]
     limit: Option<usize>,
@@ -231,12 +235,35 @@ struct TrainArgs {
     /// Shuffle the samples of each epoch (reproducibly, from --seed).
     #[arg(long)]
     shuffle: bool,
-    #[arg(long, default_value_t = 0, requires = "shuffle")]
+    /// Seed of the shuffle and of LoRA's initialisation.
+    #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// attention: the paper's selection (2-D weights that are square or in self_attn); all:
-    /// every parameter.
-    #[arg(long, value_enum, default_value_t = gradlens::train::TrainSet::Attention)]
-    train: gradlens::train::TrainSet,
+    /// attention (default): the paper's selection (2-D weights that are square or in
+    /// self_attn); all: every parameter. Not with --lora (the adapters are what trains).
+    #[arg(long, value_enum, conflicts_with_all = ["lora", "lora_init"])]
+    train: Option<gradlens::train::TrainSet>,
+    /// LoRA of rank R (PEFT's LoraConfig): only the adapters train; y = W x + (α/r)·B(A x), A
+    /// initialised as PEFT does (from --seed), B zero. Checkpoints are PEFT adapter folders.
+    #[arg(long, value_name = "R")]
+    lora: Option<usize>,
+    /// LoRA's α (default 8, PEFT's default).
+    #[arg(long, value_name = "A")]
+    lora_alpha: Option<f64>,
+    /// The layers that get adapters, by module name (default q_proj,k_proj,v_proj,o_proj).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    lora_targets: Option<Vec<String>>,
+    /// LoRA dropout (only 0 is implemented).
+    #[arg(long, value_name = "P")]
+    lora_dropout: Option<f64>,
+    /// rsLoRA: scale α/√r instead of α/r.
+    #[arg(long)]
+    use_rslora: bool,
+    /// Start from a PEFT adapter folder (adapter_config.json gives r, lora_alpha, target_modules).
+    #[arg(long, value_name = "ADAPTER_DIR")]
+    lora_init: Option<PathBuf>,
+    /// With --lora: also write the merged model as a Hugging Face checkpoint (final-merged/).
+    #[arg(long)]
+    save_merged: bool,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-5)]
     lr: f64,
@@ -334,6 +361,7 @@ fn run(cli: Cli) -> Result<()> {
                 pad_to: a.pad_to,
                 retry_skipped: a.retry_skipped,
                 max_memory: a.max_memory,
+                adapter: a.adapter,
                 progress: !a.quiet && std::io::stderr().is_terminal(),
             };
             let summary = run_grads(&opts)?;
@@ -354,7 +382,23 @@ fn run(cli: Cli) -> Result<()> {
                     (None, None) => unreachable!("clap requires one"),
                 },
                 shuffle: a.shuffle.then_some(a.seed),
-                train: a.train,
+                seed: a.seed,
+                train: a.train.unwrap_or_default(),
+                lora: (a.lora.is_some()
+                    || a.lora_init.is_some()
+                    || a.lora_alpha.is_some()
+                    || a.lora_targets.is_some()
+                    || a.lora_dropout.is_some()
+                    || a.use_rslora)
+                    .then(|| gradlens::train::lora::LoraArgs {
+                        r: a.lora,
+                        alpha: a.lora_alpha,
+                        targets: a.lora_targets.clone(),
+                        dropout: a.lora_dropout,
+                        rslora: a.use_rslora,
+                        init: a.lora_init.clone(),
+                    }),
+                save_merged: a.save_merged,
                 lr: a.lr,
                 schedule: a.schedule,
                 warmup_steps: a.warmup_steps,

@@ -8,10 +8,11 @@ use gradlens::train::checkpoint::read_safetensors;
 use gradlens_tests::{err, fixture, ok, scratch, tiny_data};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-/// The run's options; `extra` replaces an option's value (`["--lr", "2e-3"]`) or adds a flag.
+/// The run's options; `extra` replaces an option's value (`["--lr", "2e-3"]`), adds a flag, or
+/// with `--lora R` trains LoRA adapters instead of every parameter (`--train` then goes).
 fn train_cmd(out: &Path, data: &Path, extra: &[&str]) -> Command {
     let mut options: Vec<(&str, Option<&str>)> = vec![
         ("--dtype", Some("f64")),
@@ -36,6 +37,9 @@ fn train_cmd(out: &Path, data: &Path, extra: &[&str]) -> Command {
             Some(o) => o.1 = value,
             None => options.push((name, value)),
         }
+    }
+    if extra.contains(&"--lora") {
+        options.retain(|(n, _)| *n != "--train");
     }
     let mut c = Command::new(env!("CARGO_BIN_EXE_gradlens"));
     c.args(["train", "--quiet", "--model"])
@@ -85,9 +89,15 @@ fn assert_same_run(expected: &Path, actual: &Path) {
             );
         }
     }
+    // The final weights, or a LoRA run's final adapter.
+    let file = if expected.join("final/adapter_model.safetensors").is_file() {
+        "final/adapter_model.safetensors"
+    } else {
+        "final/model.safetensors"
+    };
     let (e, a) = (
-        read_safetensors(&expected.join("final/model.safetensors")).unwrap(),
-        read_safetensors(&actual.join("final/model.safetensors")).unwrap(),
+        read_safetensors(&expected.join(file)).unwrap(),
+        read_safetensors(&actual.join(file)).unwrap(),
     );
     assert_eq!(e.len(), a.len());
     for (e, a) in e.iter().zip(&a) {
@@ -103,55 +113,76 @@ fn assert_same_run(expected: &Path, actual: &Path) {
 
 #[test]
 fn killed_then_resumed_equals_an_uninterrupted_run() {
-    let dir = scratch("train-kill");
+    killed_then_resumed("train-kill", &[]);
+}
+
+/// The same for a LoRA run (r 4 on q/k/v/o): its checkpoints are adapter folders with their
+/// training state.
+#[test]
+fn a_lora_run_killed_then_resumed_equals_an_uninterrupted_run() {
+    killed_then_resumed("train-kill-lora", &["--lora", "4", "--lora-alpha", "16"]);
+}
+
+fn killed_then_resumed(name: &str, options: &[&str]) {
+    let dir = scratch(name);
     let data = data(&dir);
+    let with = |extra: &[&str]| -> Vec<String> {
+        options.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let cmd = |out: &Path, extra: &[&str]| {
+        let args = with(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        train_cmd(out, &data, &args)
+    };
     let reference = dir.join("ref");
     let t0 = Instant::now();
-    ok(&train_cmd(&reference, &data, &[]).output().unwrap());
+    ok(&cmd(&reference, &[]).output().unwrap());
     let full = t0.elapsed();
     assert_eq!(lines(&reference.join("steps.jsonl")).len(), 40);
 
     let run = dir.join("killed");
+    let steps = run.join("steps.jsonl");
+    let per_step = full / 40;
+    // Six kills placed by progress: alternately soon after the start (loading, resuming) and a
+    // few steps on, each at a random moment within a step.
     let mut seed = 0x2545f4914f6cdd1du64;
     let mut progress = Vec::new();
+    let mut landed = Vec::new();
     for k in 0..6 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let frac = (seed % 1000) as f64 / 1000.0;
+        let r = gradlens_tests::xorshift(&mut seed);
         let extra: &[&str] = if k == 0 { &[] } else { &["--resume"] };
-        let mut child = train_cmd(&run, &data, extra)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(full.mul_f64(0.1 + 0.15 * frac));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        progress.push(lines(&run.join("steps.jsonl")).len());
+        let now = gradlens_tests::complete_lines(&steps);
+        let ahead = if k % 2 == 0 { 0 } else { 1 + (r % 3) as usize };
+        landed.push(gradlens_tests::kill_at(
+            &mut cmd(&run, extra),
+            &|| gradlens_tests::complete_lines(&steps),
+            now + ahead,
+            per_step.mul_f64((r % 1000) as f64 / 2000.0),
+        ));
+        progress.push(gradlens_tests::complete_lines(&steps));
     }
     assert!(
-        progress[..4].iter().all(|&n| n < 40) && progress.windows(2).any(|w| w[1] > w[0]),
-        "the kills must land mid-run and the resumes progress: {progress:?}"
+        landed.iter().all(|&l| l) && progress.windows(2).any(|w| w[1] > w[0]),
+        "the kills must land mid-run and the resumes progress: {progress:?} (landed: {landed:?})"
     );
     // A kill in the middle of a write: a partial last line.
-    let steps = run.join("steps.jsonl");
     let mut b = std::fs::read(&steps).unwrap_or_default();
     b.extend_from_slice(b"{\"step\": 99, \"lr\": 0.");
     std::fs::write(&steps, b).unwrap();
     // Without --resume the run directory is refused, unchanged.
     let before = std::fs::read(&steps).unwrap();
     err(
-        &train_cmd(&run, &data, &[]).output().unwrap(),
+        &cmd(&run, &[]).output().unwrap(),
         &["holds a training run already", "--resume"],
     );
     assert_eq!(before, std::fs::read(&steps).unwrap());
-    ok(&train_cmd(&run, &data, &["--resume"]).output().unwrap());
+    ok(&cmd(&run, &["--resume"]).output().unwrap());
     eprintln!("kills after {progress:?} steps; a whole run takes {full:?}");
     assert_same_run(&reference, &run);
     gradlens_tests::assert_no_temporaries(&run);
     // Again: nothing to do, nothing changed.
     let before = std::fs::read(&steps).unwrap();
-    let stderr = ok(&train_cmd(&run, &data, &["--resume"]).output().unwrap());
+    let stderr = ok(&cmd(&run, &["--resume"]).output().unwrap());
     assert!(stderr.contains("complete already"), "{stderr}");
     assert_eq!(before, std::fs::read(&steps).unwrap());
 }
@@ -204,4 +235,21 @@ fn run_directories_that_are_not_this_runs_are_refused_untouched() {
         &["--lr: the run has 0.001, this run 0.002", "--batch-size"],
     );
     assert_eq!(before, std::fs::read(run.join("steps.jsonl")).unwrap());
+}
+
+/// A run killed while it claimed its directory leaves its `.lock` and maybe a temporary of
+/// run.json: the rerun takes the directory (and removes the temporary), it is not someone else's.
+#[test]
+fn a_directory_left_by_a_killed_claim_is_taken() {
+    let dir = scratch("train-killed-claim");
+    let data = data(&dir);
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join(".lock"), b"").unwrap();
+    std::fs::write(run.join(".run.json.tmp.4242"), b"{\"format\"").unwrap();
+    ok(&train_cmd(&run, &data, &["--steps", "2", "--resume"])
+        .output()
+        .unwrap());
+    assert!(run.join("final").is_dir());
+    gradlens_tests::assert_no_temporaries(&run);
 }

@@ -40,6 +40,8 @@ pub struct GradsOptions {
     pub retry_skipped: bool,
     /// Memory (bytes) the run may plan for instead of what the machine has available.
     pub max_memory: Option<u64>,
+    /// A PEFT LoRA adapter folder merged into the model on load.
+    pub adapter: Option<PathBuf>,
     pub progress: bool,
 }
 
@@ -91,6 +93,8 @@ pub struct Measurer<B: GradBackend> {
     pub overlap: bool,
     /// The checkpoint directory (for the outputs' provenance).
     pub model_dir: PathBuf,
+    /// A PEFT LoRA adapter merged into the model on load ([`Measurer::merge_adapter`]).
+    pub adapter: Option<PathBuf>,
     pub max_length: usize,
     /// Burn's name of the backend (for the outputs' provenance).
     pub backend_name: String,
@@ -240,9 +244,19 @@ impl<B: GradBackend> Measurer<B> {
             pad_to: 1,
             retry_skipped: false,
             model_dir: model_dir.to_path_buf(),
+            adapter: None,
             max_length,
             backend_name: B::name(device),
         })
+    }
+
+    /// Merge the PEFT LoRA adapter in `dir` into the model: each adapted weight becomes
+    /// `W + s · B A` (PEFT's `merge_and_unload`), and the outputs record the adapter.
+    pub fn merge_adapter(&mut self, dir: &Path) -> Result<()> {
+        let adapter = crate::train::lora::read_peft_adapter(dir)?;
+        crate::train::lora::merge_into(&mut self.model, &adapter)?;
+        self.adapter = Some(dir.to_path_buf());
+        Ok(())
     }
 
     /// What an output measured by this measurer from `data` records of its making.
@@ -255,6 +269,7 @@ impl<B: GradBackend> Measurer<B> {
         };
         Ok(Provenance::of(&Settings {
             model: &self.model_dir,
+            adapter: self.adapter.as_deref(),
             data,
             dtype: dtype.into(),
             backend: self.backend_name.clone(),
@@ -616,6 +631,9 @@ pub fn run_on<B: GradBackend>(opts: &GradsOptions, device: &B::Device) -> Result
     measurer.save_spectrum = opts.save_spectrum;
     measurer.pad_to = pad_to;
     measurer.retry_skipped = opts.retry_skipped;
+    if let Some(dir) = &opts.adapter {
+        measurer.merge_adapter(dir)?;
+    }
     let bar = opts
         .progress
         .then(|| progress_bar(range.len() as u64, "grads"));

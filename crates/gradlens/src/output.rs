@@ -410,7 +410,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
 /// What names a temporary of [`write_atomically`]: `.<name>.tmp.<pid>`.
 const TEMPORARY: &str = ".tmp.";
 
-fn is_temporary(name: &str) -> bool {
+/// Whether a file name is one of [`write_atomically`]'s temporaries.
+pub fn is_temporary(name: &str) -> bool {
     name.starts_with('.')
         && name.rsplit_once(TEMPORARY).is_some_and(|(head, pid)| {
             head.len() > 1 && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())

@@ -21,6 +21,12 @@ pub struct Provenance {
     pub gradlens: String,
     /// The checkpoint directory as given.
     pub model: String,
+    /// A PEFT LoRA adapter merged on load (`--adapter`), as given; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// SHA-256 over the adapter's adapter_config.json and adapter_model.safetensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_sha256: Option<String>,
     /// SHA-256 over the checkpoint's config.json, tokenizer files and the headers (names, shapes,
     /// dtypes, offsets) and sizes of its weight files.
     pub model_fingerprint: String,
@@ -45,6 +51,7 @@ pub struct Provenance {
 #[derive(Debug, Clone)]
 pub struct Settings<'a> {
     pub model: &'a Path,
+    pub adapter: Option<&'a Path>,
     pub data: &'a Path,
     pub dtype: String,
     pub backend: String,
@@ -70,6 +77,8 @@ impl Provenance {
             format: FORMAT.into(),
             gradlens: env!("CARGO_PKG_VERSION").into(),
             model: s.model.display().to_string(),
+            adapter: s.adapter.map(|a| a.display().to_string()),
+            adapter_sha256: s.adapter.map(adapter_fingerprint).transpose()?,
             model_fingerprint: model_fingerprint(s.model)?,
             data: s.data.display().to_string(),
             data_sha256: sha256_file(s.data)?,
@@ -103,6 +112,13 @@ impl Provenance {
                 ),
                 format!("{} from {}", short(&self.model_fingerprint), self.model),
             );
+        }
+        if recorded.adapter_sha256 != self.adapter_sha256 {
+            let shown = |p: &Provenance| match (&p.adapter, &p.adapter_sha256) {
+                (Some(a), Some(h)) => format!("{} from {a}", short(h)),
+                _ => "none".to_string(),
+            };
+            cmp("--adapter", shown(recorded), shown(self));
         }
         if recorded.data_sha256 != self.data_sha256 {
             cmp(
@@ -158,6 +174,15 @@ fn read_err(path: &Path) -> impl Fn(std::io::Error) -> HashError + '_ {
 }
 
 /// SHA-256 of a file's bytes, as hex.
+/// SHA-256 over a PEFT adapter folder's adapter_config.json and adapter_model.safetensors.
+fn adapter_fingerprint(dir: &Path) -> Result<String, HashError> {
+    let mut h = Sha256::new();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        h.update(sha256_file(&dir.join(f))?.as_bytes());
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
 pub fn sha256_file(path: &Path) -> Result<String, HashError> {
     let mut f = std::fs::File::open(path).map_err(read_err(path))?;
     let mut h = Sha256::new();
@@ -226,6 +251,8 @@ pub(crate) fn example() -> Provenance {
         format: FORMAT.into(),
         gradlens: "0.1.0".into(),
         model: "m".into(),
+        adapter: None,
+        adapter_sha256: None,
         model_fingerprint: "aa".into(),
         data: "d.json".into(),
         data_sha256: "bb".into(),

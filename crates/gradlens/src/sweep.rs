@@ -41,6 +41,10 @@ pub struct ModelSpec {
     /// Instruct mode without adding special tokens to the rendered template (one BOS).
     #[serde(default)]
     pub single_bos: bool,
+    /// A PEFT LoRA adapter folder merged into the model on load (relative to the sweep file's
+    /// folder).
+    #[serde(default)]
+    pub adapter: Option<String>,
 }
 
 /// A sweep file (TOML).
@@ -99,6 +103,8 @@ pub struct Plan {
     pub sweep_text: String,
     pub sweep_path: PathBuf,
     pub model_dirs: Vec<PathBuf>,
+    /// Each model's LoRA adapter folder, when it has one.
+    pub adapter_dirs: Vec<Option<PathBuf>>,
     pub out: PathBuf,
     pub data_root: PathBuf,
     pub units: Vec<Unit>,
@@ -213,6 +219,22 @@ impl Plan {
             }
             model_dirs.push(dir);
         }
+        let mut adapter_dirs = Vec::new();
+        for m in &sweep.models {
+            let dir = m.adapter.as_ref().map(|a| normalize(&base_dir.join(a)));
+            if let Some(d) = &dir
+                && !d.join(crate::train::lora::CONFIG_FILE).is_file()
+            {
+                bail!(
+                    "{}: model {:?}: adapter {} is not a PEFT adapter folder (no {})",
+                    sweep_path.display(),
+                    m.name,
+                    d.display(),
+                    crate::train::lora::CONFIG_FILE
+                );
+            }
+            adapter_dirs.push(dir);
+        }
 
         // A manifest whose data ships with it keeps its own root whatever the run's data root.
         let data_root = match (
@@ -277,6 +299,7 @@ impl Plan {
             sweep_text: sweep_text.to_string(),
             sweep_path: sweep_path.to_path_buf(),
             model_dirs,
+            adapter_dirs,
             out,
             data_root,
             units,
@@ -414,6 +437,11 @@ pub fn run_on<B: GradBackend>(
         measurer.spectra = plan.sweep.spectra;
         measurer.pad_to = backend.default_pad_to();
         measurer.retry_skipped = plan.retry_skipped;
+        if let Some(a) = &plan.adapter_dirs[mi] {
+            measurer
+                .merge_adapter(a)
+                .with_context(|| format!("model {:?}", spec.name))?;
+        }
         for u in units {
             overall.set_message(format!("{} units done of {}", records.len(), mine.len()));
             let data = load_records(&u.data)?;

@@ -32,7 +32,7 @@ pub enum SaveDtype {
 }
 
 impl SaveDtype {
-    fn stored(self) -> StoredDtype {
+    pub fn stored(self) -> StoredDtype {
         match self {
             SaveDtype::F32 => StoredDtype::F32,
             SaveDtype::F64 => StoredDtype::F64,
@@ -180,8 +180,12 @@ pub struct CheckpointContent<'a> {
     pub config_dtype: Option<SaveDtype>,
 }
 
-/// Write a checkpoint as `dir` (through `.<name>.partial` beside it and a rename).
-pub fn write_checkpoint(dir: &Path, c: CheckpointContent<'_>) -> anyhow::Result<()> {
+/// Write a folder as `dir`: `fill` writes its files into `.<name>.partial` beside it, which is
+/// then synced and renamed, so that a folder named `dir` is always complete.
+pub fn write_folder(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -191,6 +195,41 @@ pub fn write_checkpoint(dir: &Path, c: CheckpointContent<'_>) -> anyhow::Result<
         std::fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
     }
     std::fs::create_dir_all(&partial).map_err(io_err(&partial))?;
+    fill(&partial)?;
+    sync_dir(&partial)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+    }
+    std::fs::rename(&partial, dir).map_err(io_err(dir))?;
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::File::open(parent).and_then(|f| f.sync_all());
+    }
+    Ok(())
+}
+
+/// The training state of a checkpoint (`checkpoint-N/`): `training_state.safetensors` (what an
+/// exact resume needs, in the compute dtype) and `trainer_state.json`.
+pub fn write_training_state(
+    folder: &Path,
+    tensors: &[HostParam],
+    trainer: &TrainerState,
+) -> anyhow::Result<()> {
+    if !tensors.is_empty() {
+        write_safetensors(&folder.join("training_state.safetensors"), tensors)?;
+    }
+    write_atomically(
+        &folder.join("trainer_state.json"),
+        (serde_json::to_string_pretty(trainer)? + "\n").as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Write a checkpoint as `dir` (through `.<name>.partial` beside it and a rename).
+pub fn write_checkpoint(dir: &Path, c: CheckpointContent<'_>) -> anyhow::Result<()> {
+    write_folder(dir, |partial| fill_checkpoint(partial, c))
+}
+
+fn fill_checkpoint(partial: &Path, c: CheckpointContent<'_>) -> anyhow::Result<()> {
     // config.json, with the saved dtype when it is not the source's.
     let config_src = c.source.join("config.json");
     let text = std::fs::read_to_string(&config_src).map_err(io_err(&config_src))?;
@@ -217,7 +256,7 @@ pub fn write_checkpoint(dir: &Path, c: CheckpointContent<'_>) -> anyhow::Result<
         partial.join("config.json"),
         serde_json::to_string_pretty(&config)? + "\n",
     )
-    .map_err(io_err(&partial))?;
+    .map_err(io_err(partial))?;
     for f in COPIED_FILES {
         let src = c.source.join(f);
         if src.is_file() {
@@ -226,21 +265,7 @@ pub fn write_checkpoint(dir: &Path, c: CheckpointContent<'_>) -> anyhow::Result<
     }
     write_safetensors(&partial.join("model.safetensors"), &c.weights)?;
     if let Some((tensors, trainer)) = &c.state {
-        if !tensors.is_empty() {
-            write_safetensors(&partial.join("training_state.safetensors"), tensors)?;
-        }
-        write_atomically(
-            &partial.join("trainer_state.json"),
-            (serde_json::to_string_pretty(trainer)? + "\n").as_bytes(),
-        )?;
-    }
-    sync_dir(&partial)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
-    }
-    std::fs::rename(&partial, dir).map_err(io_err(dir))?;
-    if let Some(parent) = dir.parent() {
-        let _ = std::fs::File::open(parent).and_then(|f| f.sync_all());
+        write_training_state(partial, tensors, trainer)?;
     }
     Ok(())
 }

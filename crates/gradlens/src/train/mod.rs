@@ -12,6 +12,7 @@
 //! - AdamW as `torch.optim.AdamW`, weight decay on parameters of 2 or more dimensions only.
 
 pub mod checkpoint;
+pub mod lora;
 pub mod optimizer;
 pub mod order;
 pub mod records;
@@ -83,7 +84,13 @@ pub struct TrainOptions {
     pub length: Length,
     /// Shuffle each epoch with this seed.
     pub shuffle: Option<u64>,
+    /// Seed of LoRA's initialisation of `A`.
+    pub seed: u64,
     pub train: TrainSet,
+    /// LoRA: train adapters of the target layers instead of the weights ([`lora`]).
+    pub lora: Option<lora::LoraArgs>,
+    /// With LoRA: also write the merged model as a Hugging Face checkpoint (`final-merged/`).
+    pub save_merged: bool,
     pub lr: f64,
     pub schedule: Schedule,
     pub warmup_steps: usize,
@@ -238,6 +245,10 @@ fn check_options(o: &TrainOptions) -> Result<()> {
     if let Some(n) = o.save_every {
         anyhow::ensure!(n >= 1, "--save-every 0: expected a number of steps ≥ 1");
     }
+    anyhow::ensure!(
+        o.lora.is_some() || !o.save_merged,
+        "--save-merged needs --lora (a full fine-tuning saves the whole model already)"
+    );
     Ok(())
 }
 
@@ -283,7 +294,11 @@ fn read_samples(
 }
 
 /// The settings that decide a run's numbers, as recorded in run.json.
-fn settings(o: &TrainOptions, total_steps: usize) -> serde_json::Map<String, serde_json::Value> {
+fn settings(
+    o: &TrainOptions,
+    total_steps: usize,
+    lora: Option<&(lora::LoraConfig, Option<lora::PeftAdapter>)>,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
     use serde_json::json;
     let mut m = serde_json::Map::new();
     let mut put = |k: &str, v: serde_json::Value| {
@@ -292,7 +307,9 @@ fn settings(o: &TrainOptions, total_steps: usize) -> serde_json::Map<String, ser
     put("--batch-size", json!(o.batch_size));
     put("steps (from --steps or --epochs)", json!(total_steps));
     put("--shuffle --seed", json!(o.shuffle));
-    put("--train", json!(o.train));
+    if o.lora.is_none() {
+        put("--train", json!(o.train));
+    }
     put("--lr", json!(o.lr));
     put("--schedule", json!(o.schedule));
     put("--warmup-steps", json!(o.warmup_steps));
@@ -316,7 +333,26 @@ fn settings(o: &TrainOptions, total_steps: usize) -> serde_json::Map<String, ser
     put("--eval-every", json!(o.eval_every));
     put("--save-every", json!(o.save_every));
     put("--save-dtype", json!(o.save_dtype));
-    m
+    if let Some((config, init)) = lora {
+        put("--lora (r)", json!(config.r));
+        put("--lora-alpha", json!(config.alpha));
+        put("--lora-targets", json!(config.targets));
+        put("--lora-dropout", json!(config.dropout));
+        put("--use-rslora", json!(config.rslora));
+        put(
+            "--seed (LoRA's A)",
+            json!(if init.is_some() { None } else { Some(o.seed) }),
+        );
+        put(
+            "--lora-init (adapter_model.safetensors' SHA-256)",
+            json!(
+                init.as_ref()
+                    .map(|a| crate::provenance::sha256_file(&a.dir.join(lora::WEIGHTS_FILE)))
+                    .transpose()?
+            ),
+        );
+    }
+    Ok(m)
 }
 
 /// A training run on backend `B` with host element `T` (the compute dtype).
@@ -326,8 +362,17 @@ struct Trainer<'a, B: GradBackend, T: HostReal> {
     /// Indices into `model.params` of the trained parameters.
     trained: Vec<usize>,
     optimizer: AdamW<B::InnerBackend>,
+    /// LoRA: the adapters (the optimizer's parameters, `A` and `B` of each in turn) and their
+    /// scale; `trained` then holds the gradients' parameters (targets and measured weights).
+    lora: Option<Lora<B::InnerBackend>>,
     pad_to: usize,
     _t: std::marker::PhantomData<T>,
+}
+
+/// A run's LoRA state.
+struct Lora<B: Backend> {
+    config: lora::LoraConfig,
+    adapters: Vec<lora::Adapter<B>>,
 }
 
 impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
@@ -344,8 +389,18 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             None,
         )?;
         let tokenizer = TextTokenizer::from_dir(&opts.model, opts.max_length)?;
+        let lora_setup = opts.lora.as_ref().map(lora::resolve).transpose()?;
         let set = opts.train;
-        let trains = move |name: &str, shape: &[usize]| set.picks(name, shape);
+        let lora_config = lora_setup.as_ref().map(|(c, _)| c.clone());
+        // With LoRA the gradients needed are those of the targets (the adapters' come from them)
+        // and of the measured weights; nothing of the model itself is updated.
+        let trains = move |name: &str, shape: &[usize]| match &lora_config {
+            Some(c) => {
+                shape.len() == 2
+                    && (c.targets_weight(name) || paper_selector(name, [shape[0], shape[1]]))
+            }
+            None => set.picks(name, shape),
+        };
         let model =
             gradlens_models::load_for_training::<B>(&opts.model, device, &paper_selector, &trains)?;
         anyhow::ensure!(
@@ -391,7 +446,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             &opts.model,
             &opts.data,
             opts.eval_data.as_deref(),
-            settings(opts, total),
+            settings(opts, total, lora_setup.as_ref())?,
         )?;
         let mut inputs: Vec<&Path> = vec![&opts.model];
         inputs.extend(opts.data.iter().map(PathBuf::as_path));
@@ -405,19 +460,40 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         let trained: Vec<usize> = (0..model.params.len())
             .filter(|&i| model.params[i].trained)
             .collect();
-        let lengths: Vec<usize> = trained
-            .iter()
-            .map(|&i| model.params[i].value.numel())
-            .collect();
+        let lora = match lora_setup {
+            Some((config, init)) => Some(Lora::<B::InnerBackend>::start(
+                &model,
+                config,
+                init.as_ref(),
+                opts.seed,
+            )?),
+            None => None,
+        };
+        let lengths: Vec<usize> = match &lora {
+            Some(l) => l
+                .adapters
+                .iter()
+                .flat_map(|a| [a.a.dims(), a.b.dims()])
+                .map(|[r, c]| r * c)
+                .collect(),
+            None => trained
+                .iter()
+                .map(|&i| model.params[i].value.numel())
+                .collect(),
+        };
         let optimizer = AdamW::new(opts.adamw, &lengths, device);
         let mut trainer = Trainer::<B, T> {
             opts,
             model,
             trained,
             optimizer,
+            lora,
             pad_to: opts.backend.default_pad_to(),
             _t: std::marker::PhantomData,
         };
+        if trainer.lora.is_some() {
+            trainer.merge_adapters();
+        }
         let Start::After(start, from) = start_at else {
             unreachable!("handled above")
         };
@@ -499,6 +575,9 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             }
         }
         trainer.save(&run.file("final"), total, total, false)?;
+        if opts.save_merged {
+            trainer.save_model(&run.file("final-merged"), total, total, false)?;
+        }
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
@@ -612,7 +691,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         for (w, s) in self.model.selected.iter().enumerate() {
             let k = *index_of
                 .get(s.name.as_str())
-                .expect("every measured weight is trained");
+                .expect("every measured weight has its gradient accumulated");
             let [rows, cols] = s.tensor.dims();
             gradients.push((s.name.clone(), grads[k].clone().reshape([rows, cols])));
             let parts: Option<Vec<&Factors<T>>> = factors.iter().map(|f| f[w].as_ref()).collect();
@@ -625,6 +704,25 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 );
             }
         }
+        // LoRA: the adapters' gradients from their targets' (measured after the base weights).
+        let grads = match &self.lora {
+            Some(l) => {
+                let scale = l.config.scale();
+                let mut adapter_grads = Vec::with_capacity(2 * l.adapters.len());
+                for a in &l.adapters {
+                    let k = index_of[a.name.as_str()];
+                    let [rows, cols] = a.base.dims();
+                    let (ga, gb) = a.grads(grads[k].clone().reshape([rows, cols]), scale);
+                    for (part, g) in [(lora::Part::A, ga), (lora::Part::B, gb)] {
+                        let [r, c] = g.dims();
+                        gradients.push((lora::stat_name(&a.name, part), g.clone()));
+                        adapter_grads.push(g.reshape([r * c]));
+                    }
+                }
+                adapter_grads
+            }
+            None => grads,
+        };
         let measured = measured_grads::<B::InnerBackend, T>(gradients, batch_factors);
         let (stats, _) = statistics(step, &T::wrap(measured)).map_err(|s| {
             anyhow::anyhow!(
@@ -643,18 +741,18 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         );
         let clipped = clip(grads, grad_norm, opts.max_grad_norm);
         let lr = opts.schedule.lr(opts.lr, step, opts.warmup_steps, total);
-        let values: Vec<Tensor<B::InnerBackend, 1>> = self
-            .trained
-            .iter()
-            .map(|&pi| self.model.params[pi].value.inner_flat())
-            .collect();
-        let decays: Vec<bool> = self
-            .trained
-            .iter()
-            .map(|&pi| self.model.params[pi].value.dims().len() >= 2)
-            .collect();
+        let values = self.optimized_values();
+        // Every optimized parameter of LoRA is a matrix.
+        let decays: Vec<bool> = match &self.lora {
+            Some(_) => vec![true; values.len()],
+            None => self
+                .trained
+                .iter()
+                .map(|&pi| self.model.params[pi].value.dims().len() >= 2)
+                .collect(),
+        };
         let updated = self.optimizer.step(values, clipped, &decays, lr);
-        self.set_trained(updated);
+        self.set_optimized(updated);
         let line = StepLine {
             step,
             lr,
@@ -666,6 +764,59 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             weights: stats.into_iter().collect(),
         };
         Ok((line, sample_lines))
+    }
+
+    /// The values the optimizer updates, flat, in its order: the trained parameters, or with LoRA
+    /// each adapter's `A` and `B`.
+    fn optimized_values(&self) -> Vec<Tensor<B::InnerBackend, 1>> {
+        match &self.lora {
+            Some(l) => l
+                .adapters
+                .iter()
+                .flat_map(|a| [a.a.clone(), a.b.clone()])
+                .map(|t| {
+                    let [r, c] = t.dims();
+                    t.reshape([r * c])
+                })
+                .collect(),
+            None => self
+                .trained
+                .iter()
+                .map(|&pi| self.model.params[pi].value.inner_flat())
+                .collect(),
+        }
+    }
+
+    /// Put new values of what the optimizer updates (in its order) into the model.
+    fn set_optimized(&mut self, values: Vec<Tensor<B::InnerBackend, 1>>) {
+        match &mut self.lora {
+            Some(l) => {
+                let mut values = values.into_iter();
+                for a in &mut l.adapters {
+                    let (va, vb) = (values.next(), values.next());
+                    a.a = va.expect("A").reshape(a.a.dims());
+                    a.b = vb.expect("B").reshape(a.b.dims());
+                }
+                self.merge_adapters();
+            }
+            None => self.set_trained(values),
+        }
+    }
+
+    /// LoRA: put the merged weights `W + s · B A` of the targets into the model.
+    fn merge_adapters(&mut self) {
+        let Some(l) = &self.lora else { return };
+        let scale = l.config.scale();
+        let new = l
+            .adapters
+            .iter()
+            .map(|a| {
+                let [r, c] = a.base.dims();
+                let merged = a.merged(scale).reshape([r * c]);
+                (a.param, ParamValue::<B>::leaf(merged, &[r, c], true))
+            })
+            .collect();
+        self.model.set_params(new);
     }
 
     /// Put new values of the trained parameters (in order) into the model.
@@ -711,8 +862,96 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             .expect("f64 data")
     }
 
-    /// Write a checkpoint directory (with the training state when `state`).
+    /// Write a checkpoint directory (with the training state when `state`): the model, or with
+    /// LoRA the PEFT adapter folder.
     fn save(&self, dir: &Path, step: usize, total: usize, state: bool) -> Result<()> {
+        match &self.lora {
+            Some(l) => self.save_adapter(l, dir, step, total, state),
+            None => self.save_model(dir, step, total, state),
+        }
+    }
+
+    fn compute_dtype(&self) -> StoredDtype {
+        match self.opts.dtype {
+            Dtype::F32 => StoredDtype::F32,
+            Dtype::F64 => StoredDtype::F64,
+        }
+    }
+
+    fn trainer_state(step: usize, total: usize) -> TrainerState {
+        TrainerState {
+            step,
+            total_steps: total,
+            gradlens: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// A PEFT adapter folder (adapter_config.json, adapter_model.safetensors in the compute
+    /// dtype or --save-dtype) and, with `state`, the adapters and their AdamW moments exactly.
+    fn save_adapter(
+        &self,
+        l: &Lora<B::InnerBackend>,
+        dir: &Path,
+        step: usize,
+        total: usize,
+        state: bool,
+    ) -> Result<()> {
+        let compute = self.compute_dtype();
+        let saved = self.opts.save_dtype.map_or(compute, SaveDtype::stored);
+        let mut weights = Vec::new();
+        let mut tensors = Vec::new();
+        let mut k = 0;
+        for a in &l.adapters {
+            for (part, t) in [(lora::Part::A, &a.a), (lora::Part::B, &a.b)] {
+                let key = lora::peft_key(&a.name, part);
+                let dims = t.dims().to_vec();
+                let [r, c] = t.dims();
+                let values = Self::host_values(t.clone().reshape([r * c]));
+                if state {
+                    let m = &self.optimizer.moments[k];
+                    tensors.push(HostParam {
+                        name: format!("param.{key}"),
+                        dims: vec![r * c],
+                        values: values.clone(),
+                        dtype: compute,
+                    });
+                    for (prefix, t) in [
+                        ("exp_avg", m.exp_avg.clone()),
+                        ("exp_avg_sq", m.exp_avg_sq.clone()),
+                    ] {
+                        tensors.push(HostParam {
+                            name: format!("{prefix}.{key}"),
+                            dims: vec![r * c],
+                            values: Self::host_values(t),
+                            dtype: compute,
+                        });
+                    }
+                }
+                weights.push(HostParam {
+                    name: key,
+                    dims,
+                    values,
+                    dtype: saved,
+                });
+                k += 1;
+            }
+        }
+        weights.sort_by(|a, b| a.name.cmp(&b.name));
+        let config = l.config.peft_json(&self.opts.model.display().to_string());
+        checkpoint::write_folder(dir, |partial| {
+            crate::output::write_atomically(
+                &partial.join(lora::CONFIG_FILE),
+                (serde_json::to_string_pretty(&config)? + "\n").as_bytes(),
+            )?;
+            checkpoint::write_safetensors(&partial.join(lora::WEIGHTS_FILE), &weights)?;
+            checkpoint::write_training_state(partial, &tensors, &Self::trainer_state(step, total))
+        })
+        .with_context(|| format!("saving {}", dir.display()))
+    }
+
+    /// Write the model as a Hugging Face checkpoint directory (with the training state when
+    /// `state`).
+    fn save_model(&self, dir: &Path, step: usize, total: usize, state: bool) -> Result<()> {
         let opts = self.opts;
         let weights = self
             .model
@@ -725,10 +964,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 dtype: save_dtype_of(p.stored, opts.save_dtype),
             })
             .collect();
-        let compute = match opts.dtype {
-            Dtype::F32 => StoredDtype::F32,
-            Dtype::F64 => StoredDtype::F64,
-        };
+        let compute = self.compute_dtype();
         let mut tensors = Vec::new();
         if state {
             for (k, &pi) in self.trained.iter().enumerate() {
@@ -748,11 +984,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 }
             }
         }
-        let trainer_state = TrainerState {
-            step,
-            total_steps: total,
-            gradlens: env!("CARGO_PKG_VERSION").into(),
-        };
+        let trainer_state = Self::trainer_state(step, total);
         write_checkpoint(
             dir,
             CheckpointContent {
@@ -774,12 +1006,32 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             .collect();
         let trainer_state = checkpoint::read_trainer_state(dir)?;
         let device = self.model.device.clone();
-        let mut values = Vec::with_capacity(self.trained.len());
-        for (k, &pi) in self.trained.iter().enumerate() {
-            let p = &self.model.params[pi];
-            let n = p.value.numel();
+        // The optimizer's parameters by name and size: the trained parameters, or LoRA's A, B.
+        let optimized: Vec<(String, usize)> = match &self.lora {
+            Some(l) => l
+                .adapters
+                .iter()
+                .flat_map(|a| {
+                    [(lora::Part::A, &a.a), (lora::Part::B, &a.b)].map(|(part, t)| {
+                        let [r, c] = t.dims();
+                        (lora::peft_key(&a.name, part), r * c)
+                    })
+                })
+                .collect(),
+            None => self
+                .trained
+                .iter()
+                .map(|&pi| {
+                    let p = &self.model.params[pi];
+                    (p.name.clone(), p.value.numel())
+                })
+                .collect(),
+        };
+        let mut values = Vec::with_capacity(optimized.len());
+        for (k, (pname, n)) in optimized.iter().enumerate() {
+            let n = *n;
             let get = |prefix: &str| -> Result<Tensor<B::InnerBackend, 1>> {
-                let name = format!("{prefix}.{}", p.name);
+                let name = format!("{prefix}.{pname}");
                 let v = tensors
                     .get(&name)
                     .with_context(|| format!("{}: no tensor {name}", state_path.display()))?;
@@ -799,8 +1051,106 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             self.optimizer.moments[k].exp_avg_sq = get("exp_avg_sq")?;
         }
         self.optimizer.steps = trainer_state.step as u64;
-        self.set_trained(values);
+        self.set_optimized(values);
         Ok(())
+    }
+}
+
+impl<B: Backend> Lora<B> {
+    /// The adapters of `model`'s target weights (checkpoint order): `A` and `B` from the PEFT
+    /// adapter `init`, else `A` as PEFT initialises it (from `seed`) and `B` zero.
+    fn start<AB: GradBackend>(
+        model: &LoadedModel<AB>,
+        config: lora::LoraConfig,
+        init: Option<&lora::PeftAdapter>,
+        seed: u64,
+    ) -> Result<Lora<AB::InnerBackend>> {
+        let device = &model.device;
+        let mut adapters = Vec::new();
+        let mut used = 0;
+        for (pi, p) in model.params.iter().enumerate() {
+            let dims = p.value.dims();
+            if dims.len() != 2 || !config.targets_weight(&p.name) {
+                continue;
+            }
+            let (rows, cols) = (dims[0], dims[1]);
+            let r = config.r;
+            let (a, b) = match init {
+                Some(adapter) => {
+                    let (ta, tb) = adapter.weights.get(&p.name).with_context(|| {
+                        format!(
+                            "{}: no adapter for {} (a target of its target_modules)",
+                            adapter.dir.join(lora::WEIGHTS_FILE).display(),
+                            p.name
+                        )
+                    })?;
+                    anyhow::ensure!(
+                        ta.dims == [r, cols] && tb.dims == [rows, r],
+                        "{}: {}: lora_A {:?} and lora_B {:?} do not fit the weight's shape {:?}",
+                        adapter.dir.join(lora::WEIGHTS_FILE).display(),
+                        p.name,
+                        ta.dims,
+                        tb.dims,
+                        dims
+                    );
+                    used += 1;
+                    (ta.values.clone(), tb.values.clone())
+                }
+                None => (lora::init_a(r, cols, seed, pi as u64), vec![0.0; rows * r]),
+            };
+            let matrix = |v: Vec<f64>, shape: [usize; 2]| -> Tensor<AB::InnerBackend, 2> {
+                float_tensor::<AB::InnerBackend, 1>(
+                    TensorData::new(v, [shape[0] * shape[1]]),
+                    device,
+                )
+                .reshape(shape)
+            };
+            let base = match &p.value {
+                ParamValue::Matrix(t) => t.clone().inner(),
+                ParamValue::Vector(_) => unreachable!("two dimensions"),
+            };
+            adapters.push(lora::Adapter {
+                name: p.name.clone(),
+                param: pi,
+                base,
+                a: matrix(a, [r, cols]),
+                b: matrix(b, [rows, r]),
+            });
+        }
+        if adapters.is_empty() {
+            let mut modules: Vec<&str> = model
+                .params
+                .iter()
+                .filter(|p| p.value.dims().len() == 2)
+                .filter_map(|p| p.name.strip_suffix(".weight")?.rsplit('.').next())
+                .collect();
+            modules.sort();
+            modules.dedup();
+            anyhow::bail!(
+                "--lora-targets {}: matches no linear layer of the model (its layers: {})",
+                config.targets.join(","),
+                modules.join(", ")
+            );
+        }
+        if let Some(adapter) = init
+            && used != adapter.weights.len()
+        {
+            let extra: Vec<&String> = adapter
+                .weights
+                .keys()
+                .filter(|n| !adapters.iter().any(|a| &a.name == *n))
+                .collect();
+            anyhow::bail!(
+                "{}: adapters for weights the model does not have or its target_modules do not                  name: {}",
+                adapter.dir.join(lora::WEIGHTS_FILE).display(),
+                extra
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(Lora { config, adapters })
     }
 }
 
