@@ -34,11 +34,13 @@ def main():
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--variant", choices=["paper", "svdvals", "train"], default="paper",
+    ap.add_argument("--variant", choices=["paper", "svdvals", "train", "lora"], default="paper",
                     help="train: a transformers + torch.optim.AdamW fine-tuning loop (the paper's "
                          "attention selection trained, token-weighted batches, clip_grad_norm_), "
                          "no statistics")
     ap.add_argument("--batch-size", type=int, default=4, help="samples per step (--variant train)")
+    ap.add_argument("--lora-r", type=int, default=8,
+                    help="--variant lora: PEFT LoRA of this rank on q/k/v/o (alpha 2r), the same loop")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the paper ran on an H100)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed samples first")
     a = ap.parse_args()
@@ -60,7 +62,12 @@ def main():
         if p.ndim > 1 and (p.shape[0] == p.shape[1] or "self_attn" in name):
             p.requires_grad = True
     records = json.load(open(a.data))[: a.warmup + a.samples]
-    if a.variant == "train":
+    if a.variant == "lora":
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(
+            r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    if a.variant in ("train", "lora"):
         return train(a, tok, model, records, dev, sync)
     fb = st = 0.0
     n = tokens = 0
@@ -148,7 +155,7 @@ def train(a, tok, model, records, dev, sync):
         st += t2 - t1
         n += len(batch)
         tokens += sum(s[0].shape[1] for s in batch)
-    print(json.dumps({"variant": "train", "device": a.device, "samples": n, "fwd_bwd_s": fb / n,
+    print(json.dumps({"variant": a.variant, "device": a.device, "samples": n, "fwd_bwd_s": fb / n,
                       "spectra_s": st / n, "samples_per_s": n / (fb + st), "mean_tokens": tokens / n,
                       "peak_rss_mb": peak_rss_mb(),
                       "peak_gpu_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if a.device != "cpu" else None}))

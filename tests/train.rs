@@ -59,6 +59,7 @@ fn options(case: &str, dtype: Dtype, out: &Path) -> TrainOptions {
         },
         lora,
         save_merged: false,
+        max_memory: None,
         lr: f("lr"),
         schedule: match s("schedule").as_str() {
             "constant" => Schedule::Constant,
@@ -343,6 +344,22 @@ fn the_final_checkpoint_is_a_checkpoint() {
         &gradlens_models::paper_selector,
     )
     .unwrap();
+}
+
+/// The training view of a LoRA run: its adapters' gradient norms beside the base curves.
+#[test]
+fn the_report_draws_a_lora_run() {
+    let base = scratch("train-report-lora");
+    let out = base.join("lora");
+    run_train(&options("qwen2-lora", Dtype::F32, &out)).unwrap();
+    let report = base.join("report");
+    gradlens::reporting::build_and_print(std::slice::from_ref(&out), &report).unwrap();
+    assert!(report.join("figures/lora-training.png").is_file());
+    let md = std::fs::read_to_string(report.join("training.md")).unwrap();
+    assert!(
+        md.contains("LoRA run") && md.contains("Q A ") && md.contains("O B "),
+        "{md}"
+    );
 }
 
 /// `report` on run directories draws the training view: a figure per run, one comparing them,

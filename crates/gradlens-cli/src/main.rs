@@ -264,6 +264,9 @@ struct TrainArgs {
     /// With --lora: also write the merged model as a Hugging Face checkpoint (final-merged/).
     #[arg(long)]
     save_merged: bool,
+    /// Plan for this much memory (e.g. 64G) instead of what the machine has available.
+    #[arg(long, value_parser = gradlens::resources::parse_size)]
+    max_memory: Option<u64>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-5)]
     lr: f64,
@@ -399,6 +402,7 @@ fn run(cli: Cli) -> Result<()> {
                         init: a.lora_init.clone(),
                     }),
                 save_merged: a.save_merged,
+                max_memory: a.max_memory,
                 lr: a.lr,
                 schedule: a.schedule,
                 warmup_steps: a.warmup_steps,

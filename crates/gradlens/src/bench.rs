@@ -56,7 +56,7 @@ pub struct BenchArgs {
     /// next sample instead of beside it), gram (the CholeskyQR spectra of `--spectra gram`,
     /// split) and gram-e2e (the same, end to end), train
     /// (`gradlens train` steps with their statistics) and torch-train (a transformers +
-    /// torch.optim.AdamW loop).
+    /// torch.optim.AdamW loop), lora (`gradlens train --lora`) and peft-train (a PEFT LoRA loop).
     #[arg(
         long,
         value_delimiter = ',',
@@ -66,6 +66,9 @@ pub struct BenchArgs {
     /// Samples per optimizer step of the train rows (the first step is untimed warm-up).
     #[arg(long, default_value_t = 4)]
     pub train_batch: usize,
+    /// LoRA rank of the lora and peft-train rows (adapters on q/k/v/o, α = 2r).
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
     /// CPU threads for both sides (RAYON_NUM_THREADS, torch.set_num_threads); 0 = all.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -394,7 +397,7 @@ impl BackendJob for GradlensRows<'_> {
 }
 
 fn python_rows(a: &BenchArgs, model: &Path, label: &str, data: &Path) -> Result<Vec<Row>> {
-    let variants: Vec<&str> = ["paper", "svdvals", "torch-train"]
+    let variants: Vec<&str> = ["paper", "svdvals", "torch-train", "peft-train"]
         .into_iter()
         .filter(|v| a.rows.iter().any(|r| r == v))
         .collect();
@@ -424,6 +427,7 @@ fn python_rows(a: &BenchArgs, model: &Path, label: &str, data: &Path) -> Result<
         // The train loop: the other rows' samples in batches, after an untimed first step.
         let (variant, n) = match variant {
             "torch-train" => ("train", train_samples(a)),
+            "peft-train" => ("lora", train_samples(a)),
             v => (v, n),
         };
         let mut cmd = Command::new(&a.python);
@@ -452,6 +456,8 @@ fn python_rows(a: &BenchArgs, model: &Path, label: &str, data: &Path) -> Result<
                 variant,
                 "--device",
                 &device,
+                "--lora-r",
+                &a.lora_rank.to_string(),
             ])
             .output()
             .context("running the PyTorch reference")?;
@@ -466,7 +472,7 @@ fn python_rows(a: &BenchArgs, model: &Path, label: &str, data: &Path) -> Result<
         let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
         // The train loop's split is forward+backward and the optimizer, not spectra: its time per
         // sample stands in the forward+backward column.
-        let (fwd_bwd_s, spectra_s) = if variant == "train" {
+        let (fwd_bwd_s, spectra_s) = if matches!(variant, "train" | "lora") {
             (f("fwd_bwd_s") + f("spectra_s"), f64::NAN)
         } else {
             (f("fwd_bwd_s"), f("spectra_s"))
@@ -478,6 +484,10 @@ fn python_rows(a: &BenchArgs, model: &Path, label: &str, data: &Path) -> Result<
                 "train" => format!(
                     "PyTorch {device}, AdamW loop (batch {}, no statistics)",
                     a.train_batch
+                ),
+                "lora" => format!(
+                    "PyTorch {device}, PEFT LoRA r {} AdamW loop (batch {}, no statistics)",
+                    a.lora_rank, a.train_batch
                 ),
                 _ => format!("PyTorch {device}, svdvals"),
             },
@@ -501,10 +511,25 @@ fn train_samples(a: &BenchArgs) -> usize {
 /// `gradlens train` on the samples the other rows time (after --warmup), in batches, after an
 /// untimed first step on the first batch of them (as the PyTorch loop does); the paper's attention
 /// selection trained, the statistics of every step.
-fn train_row(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Result<Option<Row>> {
-    if !a.rows.iter().any(|r| r == "train") {
-        return Ok(None);
+fn train_rows(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (row, lora) in [("train", None), ("lora", Some(a.lora_rank))] {
+        if a.rows.iter().any(|r| r == row) {
+            rows.extend(train_row(a, dir, label, records, lora)?);
+        }
     }
+    Ok(rows)
+}
+
+/// One train row: the paper's attention selection trained, or LoRA adapters of rank `lora` on
+/// q/k/v/o.
+fn train_row(
+    a: &BenchArgs,
+    dir: &Path,
+    label: &str,
+    records: &[Record],
+    lora: Option<usize>,
+) -> Result<Option<Row>> {
     let b = a.train_batch.max(1);
     let n = train_samples(a);
     let tmp = std::env::temp_dir().join(format!("gradlens-bench-train-{}", std::process::id()));
@@ -516,8 +541,12 @@ fn train_row(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Resu
     let warm = &timed[..timed.len().min(b)];
     let stream: Vec<&Record> = warm.iter().chain(timed).collect();
     std::fs::write(&data, serde_json::to_string(&stream)?)?;
+    let what = match lora {
+        Some(r) => format!("LoRA r {r} train step"),
+        None => "train step".to_string(),
+    };
     eprintln!(
-        "[{label}] gradlens train ({n} samples, batch {b}, {})",
+        "[{label}] gradlens {what} ({n} samples, batch {b}, {})",
         a.backend
     );
     let summary = crate::train::run_train(&crate::train::TrainOptions {
@@ -529,8 +558,13 @@ fn train_row(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Resu
         shuffle: None,
         seed: 0,
         train: crate::train::TrainSet::Attention,
-        lora: None,
+        lora: lora.map(|r| crate::train::lora::LoraArgs {
+            r: Some(r),
+            alpha: Some(2.0 * r as f64),
+            ..Default::default()
+        }),
         save_merged: false,
+        max_memory: None,
         lr: 1e-5,
         schedule: crate::train::schedule::Schedule::Constant,
         warmup_steps: 0,
@@ -555,10 +589,7 @@ fn train_row(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Resu
     let (samples, secs) = timed.iter().fold((0, 0.0), |(n, s), (k, t)| (n + k, s + t));
     Ok(Some(Row {
         model: label.to_string(),
-        name: format!(
-            "gradlens {} f32, train step (batch {b}, statistics)",
-            a.backend
-        ),
+        name: format!("gradlens {} f32, {what} (batch {b}, statistics)", a.backend),
         samples,
         samples_per_s: samples as f64 / secs,
         fwd_bwd_s: f64::NAN,
@@ -569,7 +600,6 @@ fn train_row(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Resu
     }))
 }
 
-/// The default data file: the paper's aqua Detailed CoT.
 /// The machine a benchmark ran on, as its table names it: the CPU model, its logical CPUs, and
 /// the instruction sets gradlens' CPU kernels (gemm's matrix products, pulp's element-wise passes)
 /// choose on it at run time; AMX is named when present (PyTorch's oneDNN may use it, gradlens
@@ -613,6 +643,7 @@ pub fn machine() -> String {
 /// scripts/bench_reference.py, the PyTorch side of the benchmark, run with `python -c`.
 const REFERENCE_SCRIPT: &str = include_str!("../../../scripts/bench_reference.py");
 
+/// The default data file: the paper's aqua Detailed CoT.
 pub fn default_data(root: &Path) -> PathBuf {
     std::env::var_os("GRADLENS_DATA")
         .map(PathBuf::from)
@@ -661,7 +692,7 @@ pub fn run(a: &BenchArgs, root: &Path) -> Result<Vec<Row>> {
             },
         )?;
         all.extend(rows);
-        all.extend(train_row(a, &dir, &label, &records)?);
+        all.extend(train_rows(a, &dir, &label, &records)?);
         all.extend(python_rows(a, &dir, &label, &data)?);
     }
     print_table(&all, a);

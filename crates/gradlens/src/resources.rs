@@ -13,11 +13,15 @@ pub struct Estimate {
     pub weights: f64,
     /// One sample of `tokens` positions: saved activations, attention scores, logits, gradients.
     pub sample: f64,
+    /// Training: the accumulated batch gradients, AdamW's two moments and the update (of the
+    /// trained weights, or of LoRA's adapters with the frozen copies of their targets); 0 for
+    /// measuring.
+    pub training: f64,
 }
 
 impl Estimate {
     pub fn total(&self) -> f64 {
-        self.weights + self.sample
+        self.weights + self.sample + self.training
     }
 }
 
@@ -51,7 +55,43 @@ pub fn estimate(config: &Path, tokens: usize, dtype_bytes: usize) -> Result<Esti
     }
     // Attention scores and probabilities per layer and head, and their gradients.
     sample += 3.0 * layers * heads * t * t * b;
-    Ok(Estimate { weights, sample })
+    Ok(Estimate {
+        weights,
+        sample,
+        training: 0.0,
+    })
+}
+
+/// What training adds to [`estimate`] (`Estimate::training`), per tensor of the checkpoint
+/// (name, shape): `trained` tensors keep an accumulated gradient, two moments and the update (4
+/// values an element); with `lora` (rank r), each target matrix keeps a frozen copy and its
+/// accumulated gradient, and its adapters (r·(rows + cols) elements) 4 values an element; a
+/// measured weight that is not trained keeps its accumulated gradient.
+pub fn training_state(
+    config: &Path,
+    dtype_bytes: usize,
+    trained: &dyn Fn(&str, &[usize]) -> bool,
+    lora: Option<(usize, &dyn Fn(&str) -> bool)>,
+) -> Result<f64> {
+    let (_, tensors) = gradlens_models::describe(config)?;
+    let b = dtype_bytes as f64;
+    let mut bytes = 0.0;
+    for d in &tensors {
+        let n: f64 = d.shape.iter().map(|&x| x as f64).product();
+        let measured =
+            matches!(d.shape[..], [r, c] if gradlens_models::paper_selector(&d.name, [r, c]));
+        bytes += match (&lora, &d.shape[..]) {
+            (Some((r, target)), [rows, cols]) if target(&d.name) => {
+                2.0 * n * b + 4.0 * (*r * (rows + cols)) as f64 * b
+            }
+            (Some(_), _) if measured => n * b,
+            (Some(_), _) => 0.0,
+            (None, _) if trained(&d.name, &d.shape) => 4.0 * n * b,
+            (None, _) if measured => n * b,
+            (None, _) => 0.0,
+        };
+    }
+    Ok(bytes)
 }
 
 /// The memory this process may use: the smaller of the system's available memory and what the
@@ -126,6 +166,16 @@ pub fn check_fits(
 ) -> Result<Estimate> {
     let config = model_dir.join("config.json");
     let e = estimate(&config, tokens, dtype_bytes)?;
+    check_estimate(&config, e, tokens, max_memory)
+}
+
+/// Refuse a run whose estimate `e` exceeds the memory available (or `max_memory`).
+pub fn check_estimate(
+    config: &Path,
+    e: Estimate,
+    tokens: usize,
+    max_memory: Option<u64>,
+) -> Result<Estimate> {
     let (limit, source) = match max_memory {
         Some(m) => (Some(m), "is the limit --max-memory sets"),
         None => (available_memory(), "is available on this machine"),
@@ -133,15 +183,26 @@ pub fn check_fits(
     if let Some(limit) = limit
         && e.total() > limit as f64
     {
+        let training = if e.training > 0.0 {
+            format!(", training state {}", gib(e.training))
+        } else {
+            String::new()
+        };
         bail!(
-            "{}: measuring this model needs about {} (weights {}, one sample of {tokens} tokens \
-             {}) but only {} {source}: lower --max-length, use a smaller model, or give \
-             --max-memory SIZE to run anyway",
+            "{}: {} this model needs about {} (weights {}, one sample of {tokens} tokens \
+             {}{training}) but only {} {source}: lower --max-length, use a smaller model{}, or \
+             give --max-memory SIZE to run anyway",
             config.display(),
+            if e.training > 0.0 {
+                "training"
+            } else {
+                "measuring"
+            },
             gib(e.total()),
             gib(e.weights),
             gib(e.sample),
             gib(limit as f64),
+            if e.training > 0.0 { " or LoRA" } else { "" },
         );
     }
     Ok(e)
@@ -150,6 +211,30 @@ pub fn check_fits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// LoRA's training state (frozen copies, accumulated gradients, adapters and their moments)
+    /// is below full fine-tuning's of the same weights, and a limit below the estimate is one
+    /// error that names the training state.
+    #[test]
+    fn the_training_state_knows_lora() {
+        let config =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen2-tiny/config.json");
+        let attention =
+            |n: &str, s: &[usize]| s.len() == 2 && gradlens_models::paper_selector(n, [s[0], s[1]]);
+        let full = training_state(&config, 8, &attention, None).unwrap();
+        let targets = |n: &str| n.contains("self_attn") && n.ends_with("proj.weight");
+        let lora = training_state(&config, 8, &|_, _| false, Some((4, &targets))).unwrap();
+        assert!(0.0 < lora && lora < full, "{lora} vs {full}");
+        let mut e = estimate(&config, 64, 8).unwrap();
+        e.training = lora;
+        let err = check_estimate(&config, e, 64, Some(1024))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("training this model") && err.contains("training state"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn sizes_parse() {

@@ -106,6 +106,28 @@ fn layer_curve(step: &StepLine, projection: &str) -> Option<Vec<f64>> {
         .filter(|v| !v.is_empty())
 }
 
+/// A LoRA run's adapter gradients of one projection and part (`q_proj`, `lora_A`): at every
+/// step the Frobenius norm over all layers, √Σ‖∇A_l‖²; NaN where the run has none.
+fn adapter_norm(run: &Run, projection: &str, part: &str) -> Vec<f64> {
+    let wanted = format!("{projection}.{part}");
+    run.steps
+        .iter()
+        .map(|s| {
+            let squares: Vec<f64> = s
+                .weights
+                .iter()
+                .filter(|(name, _)| layer_and_projection(name).is_some_and(|(_, p)| p == wanted))
+                .map(|(_, st)| st.frobenius_norm * st.frobenius_norm)
+                .collect();
+            if squares.is_empty() {
+                f64::NAN
+            } else {
+                squares.iter().sum::<f64>().sqrt()
+            }
+        })
+        .collect()
+}
+
 /// Per projection, the MAD of the per-layer S_sum curve at every step (NaN when the model has
 /// fewer than two layers or the projection is missing).
 fn mad_over_steps(run: &Run, projection: &str) -> Vec<f64> {
@@ -166,6 +188,34 @@ pub fn build(runs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
                 }],
             ),
         ]];
+        // A LoRA run: its adapters' gradient norms per projection (A solid, B dashed), beside
+        // the base weights' curves below.
+        let adapters: Vec<(String, RGBColor, bool, Vec<f64>)> = QKVO
+            .iter()
+            .flat_map(|(proj, label, colour)| {
+                [("lora_A", false), ("lora_B", true)].map(|(part, dashed)| {
+                    let label = format!("{label} {}", &part[5..]);
+                    (label, *colour, dashed, adapter_norm(run, proj, part))
+                })
+            })
+            .filter(|(.., v)| v.iter().any(|x| x.is_finite()))
+            .collect();
+        if !adapters.is_empty() {
+            cells.push(vec![(
+                "LoRA adapters: ‖∇A‖ (solid), ‖∇B‖ (dashed) over the layers".to_string(),
+                "‖∇‖",
+                adapters
+                    .iter()
+                    .map(|(label, colour, dashed, v)| Series {
+                        label: label.clone(),
+                        color: *colour,
+                        dashed: *dashed,
+                        values: v,
+                        x: Some(xs.clone()),
+                    })
+                    .collect(),
+            )]);
+        }
         // Per-layer S_sum at the first, middle and last step.
         let n = run.steps.len();
         let picks = {
@@ -276,6 +326,18 @@ pub fn build(runs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
                 })
                 .collect();
             let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
+        }
+        if !adapters.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nLoRA run: the gradient norm is the adapters'. Adapter gradients (Frobenius norm \
+                 over the layers), first step → last: {}",
+                adapters
+                    .iter()
+                    .map(|(label, _, _, v)| format!("{label} {:.4} → {:.4}", v[0], v[n - 1]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         let _ = writeln!(md, "\n![{title}](figures/{})\n", file_name(&path));
         figures.push(path);

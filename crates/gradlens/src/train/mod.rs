@@ -91,6 +91,8 @@ pub struct TrainOptions {
     pub lora: Option<lora::LoraArgs>,
     /// With LoRA: also write the merged model as a Hugging Face checkpoint (`final-merged/`).
     pub save_merged: bool,
+    /// Memory (bytes) the run may plan for instead of what the machine has available.
+    pub max_memory: Option<u64>,
     pub lr: f64,
     pub schedule: Schedule,
     pub warmup_steps: usize,
@@ -378,18 +380,35 @@ struct Lora<B: Backend> {
 impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
     fn run(opts: &'a TrainOptions, device: &B::Device) -> Result<TrainSummary> {
         let t0 = Instant::now();
-        // The weights and one sample's activations must fit (as for grads; the optimizer's two
-        // moments of the trained parameters come on top).
-        crate::grads::check_memory(
-            opts.backend,
-            opts.dtype,
-            &opts.model,
-            opts.max_length,
-            opts.backend.default_pad_to(),
-            None,
-        )?;
-        let tokenizer = TextTokenizer::from_dir(&opts.model, opts.max_length)?;
         let lora_setup = opts.lora.as_ref().map(lora::resolve).transpose()?;
+        // The weights, one sample's activations and the training state must fit.
+        if !matches!(opts.backend, Device::Cuda(_)) {
+            let config = opts.model.join("config.json");
+            let pad = opts.backend.default_pad_to().max(1);
+            let tokens = opts.max_length.div_ceil(pad) * pad;
+            let bytes = match opts.dtype {
+                Dtype::F32 => 4,
+                Dtype::F64 => 8,
+            };
+            let mut e = crate::resources::estimate(&config, tokens, bytes)?;
+            let set = opts.train;
+            e.training = match &lora_setup {
+                Some((c, _)) => crate::resources::training_state(
+                    &config,
+                    bytes,
+                    &|_, _| false,
+                    Some((c.r, &|n| c.targets_weight(n))),
+                )?,
+                None => crate::resources::training_state(
+                    &config,
+                    bytes,
+                    &|n, shape| set.picks(n, shape),
+                    None,
+                )?,
+            };
+            crate::resources::check_estimate(&config, e, tokens, opts.max_memory)?;
+        }
+        let tokenizer = TextTokenizer::from_dir(&opts.model, opts.max_length)?;
         let set = opts.train;
         let lora_config = lora_setup.as_ref().map(|(c, _)| c.clone());
         // With LoRA the gradients needed are those of the targets (the adapters' come from them)
