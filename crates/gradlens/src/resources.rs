@@ -62,6 +62,12 @@ pub fn estimate(config: &Path, tokens: usize, dtype_bytes: usize) -> Result<Esti
     })
 }
 
+/// LoRA's shape for [`training_state`]: its rank and which weights it adapts (by name).
+pub struct LoraShape<'a> {
+    pub rank: usize,
+    pub targets: &'a dyn Fn(&str) -> bool,
+}
+
 /// What training adds to [`estimate`] (`Estimate::training`), per tensor of the checkpoint
 /// (name, shape): `trained` tensors keep an accumulated gradient, two moments and the update (4
 /// values an element); with `lora` (rank r), each target matrix keeps a frozen copy and its
@@ -71,7 +77,7 @@ pub fn training_state(
     config: &Path,
     dtype_bytes: usize,
     trained: &dyn Fn(&str, &[usize]) -> bool,
-    lora: Option<(usize, &dyn Fn(&str) -> bool)>,
+    lora: Option<LoraShape<'_>>,
 ) -> Result<f64> {
     let (_, tensors) = gradlens_models::describe(config)?;
     let b = dtype_bytes as f64;
@@ -81,8 +87,8 @@ pub fn training_state(
         let measured =
             matches!(d.shape[..], [r, c] if gradlens_models::paper_selector(&d.name, [r, c]));
         bytes += match (&lora, &d.shape[..]) {
-            (Some((r, target)), [rows, cols]) if target(&d.name) => {
-                2.0 * n * b + 4.0 * (*r * (rows + cols)) as f64 * b
+            (Some(l), [rows, cols]) if (l.targets)(&d.name) => {
+                2.0 * n * b + 4.0 * (l.rank * (rows + cols)) as f64 * b
             }
             (Some(_), _) if measured => n * b,
             (Some(_), _) => 0.0,
@@ -223,7 +229,16 @@ mod tests {
             |n: &str, s: &[usize]| s.len() == 2 && gradlens_models::paper_selector(n, [s[0], s[1]]);
         let full = training_state(&config, 8, &attention, None).unwrap();
         let targets = |n: &str| n.contains("self_attn") && n.ends_with("proj.weight");
-        let lora = training_state(&config, 8, &|_, _| false, Some((4, &targets))).unwrap();
+        let lora = training_state(
+            &config,
+            8,
+            &|_, _| false,
+            Some(LoraShape {
+                rank: 4,
+                targets: &targets,
+            }),
+        )
+        .unwrap();
         assert!(0.0 < lora && lora < full, "{lora} vs {full}");
         let mut e = estimate(&config, 64, 8).unwrap();
         e.training = lora;

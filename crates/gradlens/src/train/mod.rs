@@ -397,7 +397,10 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                     &config,
                     bytes,
                     &|_, _| false,
-                    Some((c.r, &|n| c.targets_weight(n))),
+                    Some(crate::resources::LoraShape {
+                        rank: c.r,
+                        targets: &|n| c.targets_weight(n),
+                    }),
                 )?,
                 None => crate::resources::training_state(
                     &config,
