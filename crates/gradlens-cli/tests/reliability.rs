@@ -95,6 +95,40 @@ fn grads(dir: &Path, m: &Path, d: &Path, extra: &[&str]) -> Vec<String> {
     a
 }
 
+/// `train --quiet --model qwen2-tiny --data D --out dir/run --steps 2` and `extra`.
+fn train(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["train", "--quiet", "--model"]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    a.extend([
+        s(&fixture("qwen2-tiny")),
+        "--data".into(),
+        s(&data(dir)),
+        "--out".into(),
+        s(&dir.join("run")),
+        "--steps".into(),
+        "2".into(),
+    ]);
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
+/// A copy of the committed PEFT adapter of the Qwen2 fixture (r 4, q/k/v/o) with its
+/// adapter_config.json edited.
+fn adapter(dir: &Path, edit: impl Fn(&mut serde_json::Map<String, Value>)) -> PathBuf {
+    let a = dir.join("adapter");
+    copy_dir(
+        &gradlens_tests::repo_root().join("fixtures/lora/qwen2-lora/init"),
+        &a,
+    );
+    let p = a.join("adapter_config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(v.as_object_mut().unwrap());
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    a
+}
+
 type Setup = Box<dyn Fn(&Path) -> Vec<String>>;
 
 struct Case {
@@ -589,6 +623,91 @@ fn corpus() -> Vec<Case> {
                     "--actual".into(),
                     s(&dir.join("b.jsonl")),
                 ]
+            },
+        ),
+        // LoRA options and adapters (refused before the run directory is made)
+        case("lora-with-train", &["--train", "--lora"], |dir| {
+            train(dir, &["--lora", "4", "--train", "all"])
+        }),
+        case(
+            "lora-dropout",
+            &["--lora-dropout", "not implemented"],
+            |dir| train(dir, &["--lora", "4", "--lora-dropout", "0.1"]),
+        ),
+        case(
+            "lora-targets-none",
+            &["--lora-targets", "matches no linear layer", "q_proj"],
+            |dir| train(dir, &["--lora", "4", "--lora-targets", "qkv"]),
+        ),
+        case(
+            "lora-init-dora",
+            &["adapter_config.json", "use_dora"],
+            |dir| {
+                let a = adapter(dir, |c| {
+                    c.insert("use_dora".into(), json!(true));
+                });
+                train(dir, &["--lora-init", &s(&a)])
+            },
+        ),
+        case(
+            "lora-init-bias",
+            &["adapter_config.json", "bias", "none"],
+            |dir| {
+                let a = adapter(dir, |c| {
+                    c.insert("bias".into(), json!("all"));
+                });
+                train(dir, &["--lora-init", &s(&a)])
+            },
+        ),
+        case(
+            "lora-init-layers",
+            &["adapter_config.json", "layers_to_transform"],
+            |dir| {
+                let a = adapter(dir, |c| {
+                    c.insert("layers_to_transform".into(), json!([0]));
+                });
+                train(dir, &["--lora-init", &s(&a)])
+            },
+        ),
+        case(
+            "lora-init-disagrees",
+            &["--lora 8", "r = 4", "adapter_config.json"],
+            |dir| {
+                let a = adapter(dir, |_| {});
+                train(dir, &["--lora", "8", "--lora-init", &s(&a)])
+            },
+        ),
+        case(
+            "lora-init-regex",
+            &[
+                "adapter_config.json",
+                "target_modules",
+                "regular expression",
+            ],
+            |dir| {
+                let a = adapter(dir, |c| {
+                    c.insert("target_modules".into(), json!(".*proj"));
+                });
+                train(dir, &["--lora-init", &s(&a)])
+            },
+        ),
+        case(
+            "adapter-missing",
+            &["nowhere", "adapter_config.json"],
+            |dir| {
+                let mut a = grads(dir, &fixture("qwen2-tiny"), &data(dir), &[]);
+                a.extend(["--adapter".into(), s(&dir.join("nowhere"))]);
+                a
+            },
+        ),
+        case(
+            "adapter-wrong-model",
+            &["adapter_model.safetensors", "do not fit"],
+            |dir| {
+                // Qwen2's adapter on the Mistral fixture (head_dim 24: other shapes).
+                let mut a = grads(dir, &fixture("mistral-tiny"), &data(dir), &[]);
+                a.extend(["--adapter".into(), s(&adapter(dir, |_| {}))]);
+                a
             },
         ),
         // data

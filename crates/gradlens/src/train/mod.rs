@@ -432,6 +432,16 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             opts.model.display(),
             model.model_type
         );
+        // The adapters, checked against the model before the run directory is claimed.
+        let lora = match &lora_setup {
+            Some((config, init)) => Some(Lora::<B::InnerBackend>::start(
+                &model,
+                config.clone(),
+                init.as_ref(),
+                opts.seed,
+            )?),
+            None => None,
+        };
         let vocab = model.model.vocab_size();
         let (samples, skipped) = read_samples(&opts.data, &tokenizer, &opts.mode, vocab)?;
         for (i, reason) in skipped.iter().take(5) {
@@ -482,15 +492,6 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         let trained: Vec<usize> = (0..model.params.len())
             .filter(|&i| model.params[i].trained)
             .collect();
-        let lora = match lora_setup {
-            Some((config, init)) => Some(Lora::<B::InnerBackend>::start(
-                &model,
-                config,
-                init.as_ref(),
-                opts.seed,
-            )?),
-            None => None,
-        };
         let lengths: Vec<usize> = match &lora {
             Some(l) => l
                 .adapters
