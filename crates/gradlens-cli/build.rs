@@ -1,4 +1,5 @@
-//! With the `tch` feature, record libtorch's library directory in the binary's run path, so
+//! `--cfg slurm` when Slurm answers (the Slurm tests), and with the `tch` feature, record
+//! libtorch's library directory in the binary's run path, so
 //! `gradlens --backend libtorch` runs without LD_LIBRARY_PATH (which would also redirect any other
 //! PyTorch on the machine, e.g. the benchmark's reference side, to this libtorch).
 
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    slurm_cfg();
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
@@ -35,5 +37,20 @@ fn main() {
     };
     if let Some(lib) = lib {
         println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{}", lib.display());
+    }
+}
+
+/// `--cfg slurm` (the Slurm tests run, tests/slurm.rs) when `GRADLENS_SLURM=1` (then Slurm must
+/// answer: .ci/run starts it with scripts/slurm-local.sh) or when Slurm answers as the tests are
+/// built; otherwise those tests show as ignored. The same rule as xtask/build.rs.
+fn slurm_cfg() {
+    println!("cargo::rustc-check-cfg=cfg(slurm)");
+    println!("cargo::rerun-if-env-changed=GRADLENS_SLURM");
+    let answers = Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if std::env::var("GRADLENS_SLURM").as_deref() == Ok("1") || answers {
+        println!("cargo::rustc-cfg=slurm");
     }
 }

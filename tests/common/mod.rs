@@ -216,3 +216,88 @@ pub fn err(r: &std::process::Output, needles: &[&str]) -> String {
     }
     stderr
 }
+
+/// Assert that the sweep output `actual` holds the files of `expected` (an uninterrupted local
+/// sweep): every unit's samples in order, each once, its numbers within 1e-6, its side files and
+/// provenance byte for byte. Run records (`run.json`, `run-shard-*.json`) and the `slurm/` folder
+/// record times and submissions: left out.
+pub fn assert_same_sweep(expected: &Path, actual: &Path) {
+    let rel = |root: &Path| -> Vec<PathBuf> {
+        files_under(root)
+            .into_iter()
+            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                !(name == "run.json" || name.starts_with("run-shard-") || p.starts_with("slurm"))
+            })
+            .collect()
+    };
+    assert_eq!(rel(expected), rel(actual), "the same files");
+    for f in rel(expected) {
+        let (x, y) = (expected.join(&f), actual.join(&f));
+        let name = f.to_string_lossy();
+        if name.ends_with(".meta.json") || name.ends_with(".skipped.jsonl") {
+            assert_eq!(
+                std::fs::read(&x).unwrap(),
+                std::fs::read(&y).unwrap(),
+                "{name}"
+            );
+        } else {
+            assert_eq!(
+                jsonl_indices(&x),
+                jsonl_indices(&y),
+                "{name}: samples in order, each once"
+            );
+            let errs = gradlens::compare::compare_files(&x, &y, 1e-6).unwrap();
+            assert!(errs.is_empty(), "{name}: {}", errs.join("\n"));
+        }
+    }
+}
+
+/// Slurm from the tests (see scripts/slurm-local.sh).
+pub mod slurm {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    /// The job id in `submitted job J: …` (what `cargo xtask sweep --slurm` prints).
+    pub fn submitted_job(stdout: &str) -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("submitted job "))
+            .and_then(|r| r.split(':').next())
+            .unwrap_or_else(|| panic!("no job id in {stdout:?}"))
+            .to_string()
+    }
+
+    /// `squeue`'s states of a job's tasks (empty once it has left the queue).
+    pub fn states(job: &str) -> Vec<String> {
+        let out = Command::new("squeue")
+            .args(["-h", "-j", job, "-o", "%T"])
+            .output()
+            .expect("squeue");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Wait (at most `limit`) until `ready()` holds; panics naming `what` otherwise.
+    pub fn wait_until(what: &str, limit: Duration, ready: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !ready() {
+            assert!(t0.elapsed() < limit, "waited {limit:?} for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Run a Slurm command; panics with its stderr when it fails.
+    pub fn run(program: &str, args: &[&str]) -> String {
+        let out = Command::new(program).args(args).output().expect(program);
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

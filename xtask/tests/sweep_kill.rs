@@ -3,7 +3,6 @@
 //! once, side files included); a unit held by another process fails the sweep at once; bad sweep
 //! files and options get one clear error.
 
-use gradlens::compare::compare_files;
 use gradlens_tests::{files_under as walk, jsonl_indices as indices, repo_root, scratch};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -86,39 +85,8 @@ fn killed_ten_times_the_sweep_resumes_to_an_uninterrupted_sweeps_files() {
     );
     eprintln!("kills after {seen:?} sample lines; an uninterrupted sweep takes {full:?}");
 
-    // The same files as the uninterrupted sweep's (run.json records times: left out).
-    let rel = |root: &Path| -> Vec<PathBuf> {
-        walk(root)
-            .into_iter()
-            .filter(|p| !p.ends_with("run.json"))
-            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
-            .collect()
-    };
-    let (a, b) = (dir.join("ref"), dir.join("out"));
-    assert_eq!(rel(&a), rel(&b), "the same files");
-    for f in rel(&a) {
-        let (x, y) = (a.join(&f), b.join(&f));
-        let name = f.to_string_lossy();
-        if name.ends_with(".meta.json") {
-            // The provenance differs in nothing but the two sweeps' identical inputs.
-            assert_eq!(
-                std::fs::read(&x).unwrap(),
-                std::fs::read(&y).unwrap(),
-                "{name}"
-            );
-        } else if name.ends_with(".skipped.jsonl") {
-            assert_eq!(
-                std::fs::read(&x).unwrap(),
-                std::fs::read(&y).unwrap(),
-                "{name}"
-            );
-        } else {
-            let iy = indices(&y);
-            assert_eq!(indices(&x), iy, "{name}: samples in order, each once");
-            let errs = compare_files(&x, &y, 1e-6).unwrap();
-            assert!(errs.is_empty(), "{name}: {}", errs.join("\n"));
-        }
-    }
+    // The same files as the uninterrupted sweep's.
+    gradlens_tests::assert_same_sweep(&dir.join("ref"), &dir.join("out"));
 }
 
 #[test]
@@ -329,4 +297,45 @@ fn the_default_sweep_ignores_the_paper_data_root() {
             "{stdout}"
         );
     }
+}
+
+/// `--slurm-script-only` writes the job array's script (no Slurm needed): the sweep file's
+/// `[slurm]` defaults as #SBATCH lines, the throttle, one shard per array task.
+#[test]
+fn the_slurm_job_script_carries_the_sweep_files_defaults() {
+    let dir = scratch("slurm-script");
+    let sweep = sweep_file(&dir, "out", 1);
+    let mut text = std::fs::read_to_string(&sweep).unwrap();
+    text += "[slurm]\npartition = \"gpu\"\ngres = \"gpu:1\"\ntime = \"02:00:00\"\nthrottle = 2\noptions = [\"--mem=64G\"]\n";
+    std::fs::write(&sweep, text).unwrap();
+    let r = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["sweep", "--config"])
+        .arg(&sweep)
+        .args([
+            "--slurm",
+            "3",
+            "--slurm-script-only",
+            "--slurm-binary",
+            env!("CARGO_BIN_EXE_xtask"),
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let script = std::fs::read_to_string(dir.join("out/slurm/out.sbatch")).unwrap();
+    for line in [
+        "#SBATCH --array=0-2%2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --time=02:00:00",
+        "#SBATCH --mem=64G",
+        "--shard=$((SLURM_ARRAY_TASK_ID + 1))/3",
+    ] {
+        assert!(script.contains(line), "{line} in:\n{script}");
+    }
+    assert!(dir.join("out/slurm/xtask").is_file());
+    assert!(!dir.join("out/slurm/jobs.json").exists(), "nothing submitted");
+    // An unknown key of [slurm] is one clear error.
+    std::fs::write(&sweep, std::fs::read_to_string(&sweep).unwrap() + "queue = \"x\"\n").unwrap();
+    let r = xtask(&sweep).args(["--slurm", "3", "--slurm-script-only"]).output().unwrap();
+    assert_clear_error("slurm-unknown-key", &r, &["out.toml", "queue"]);
 }

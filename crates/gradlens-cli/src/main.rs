@@ -428,6 +428,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary = gradlens::train::run_train(&opts)?;
             eprintln!("{}", summary.paragraph());
+            if summary.stopped {
+                // 128 + SIGTERM, as a process the signal ended: a batch script sees the run is not
+                // complete.
+                std::process::exit(143);
+            }
             Ok(())
         }
         Command::Report {

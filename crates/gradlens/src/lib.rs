@@ -26,6 +26,7 @@ pub mod report;
 pub mod reporting;
 pub mod resources;
 pub mod sample;
+pub mod signals;
 pub mod stats;
 pub mod svd;
 pub mod sweep;

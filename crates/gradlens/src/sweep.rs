@@ -74,6 +74,27 @@ pub struct SweepFile {
     pub spectra: crate::stats::Spectra,
     #[serde(rename = "model")]
     pub models: Vec<ModelSpec>,
+    /// Defaults of `cargo xtask sweep --slurm N` (`[slurm]`).
+    #[serde(default)]
+    pub slurm: Option<SlurmDefaults>,
+}
+
+/// `[slurm]` of a sweep file: what `cargo xtask sweep --slurm N` puts into the job script
+/// (`--slurm-throttle` and `--slurm-opt` on the command line come on top).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmDefaults {
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--gres`, e.g. `gpu:1`.
+    pub gres: Option<String>,
+    /// `--time`, e.g. `24:00:00`.
+    pub time: Option<String>,
+    /// At most this many array tasks at once (`%K`).
+    pub throttle: Option<usize>,
+    /// Further sbatch options, as written on its command line (`--mem=64G`, `--account=X`).
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
 fn default_max_length() -> usize {

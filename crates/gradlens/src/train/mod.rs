@@ -129,6 +129,9 @@ pub struct TrainSummary {
     /// Per step run: its samples and seconds (statistics, update and writing included; the
     /// evaluations and checkpoints not).
     pub step_times: Vec<(usize, f64)>,
+    /// Stopped by a termination signal (SIGTERM, SIGUSR1) after `last_step`, with a checkpoint
+    /// there: `--resume` continues.
+    pub stopped: bool,
 }
 
 impl TrainSummary {
@@ -146,11 +149,22 @@ impl TrainSummary {
             eval: None,
             out: out.to_path_buf(),
             step_times: Vec::new(),
+            stopped: false,
         }
     }
 
     /// The paragraph printed at the end of a run.
     pub fn paragraph(&self) -> String {
+        if self.stopped {
+            return format!(
+                "{}: stopped by a termination signal after step {} of {} (checkpoint-{} written, \
+                 nothing lost); the same command with --resume continues",
+                self.out.display(),
+                self.last_step,
+                self.total_steps,
+                self.last_step
+            );
+        }
         if self.first_step > self.last_step {
             return format!(
                 "{}: the run is complete already ({} steps); nothing to do. Final weights in {}",
@@ -558,6 +572,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             bar
         });
         let t_steps = Instant::now();
+        let termination = crate::signals::Termination::watch();
         for step in start + 1..=total {
             let t_step = Instant::now();
             let batch = order.batch(step, opts.batch_size);
@@ -585,8 +600,18 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 summary.eval = eval_first.map(|a| (a, e.loss));
                 w.append_serialized(&e)?;
             }
-            if due(opts.save_every) && step < total {
+            let stopping = termination.requested() && step < total;
+            if (due(opts.save_every) || stopping) && step < total {
                 trainer.save(&run.file(&format!("checkpoint-{step}")), step, total, true)?;
+            }
+            if stopping {
+                tracing::warn!("a termination signal: stopping after step {step}");
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
+                }
+                summary.stopped = true;
+                summary.seconds = t0.elapsed().as_secs_f64();
+                return Ok(summary);
             }
             if let Some(bar) = &bar {
                 let rate = summary.samples as f64 / t_steps.elapsed().as_secs_f64().max(1e-9);

@@ -1,0 +1,132 @@
+//! `gradlens train` as a Slurm job against a real one-node Slurm (scripts/slurm-local.sh; .ci/run
+//! starts it): one job script serves the first start and every requeue (`--resume` on a run
+//! directory that does not exist yet starts it), and SIGTERM — what Slurm sends when it requeues
+//! or preempts a job — ends the run at a clean point with a checkpoint. A job requeued in the
+//! middle ends with the steps and final weights of an uninterrupted run. Without Slurm this test
+//! shows as ignored (`--cfg slurm`, build.rs).
+
+use gradlens::compare::compare_line;
+use gradlens::train::checkpoint::read_safetensors;
+use gradlens_tests::slurm::{run, states, wait_until};
+use gradlens_tests::{complete_lines, fixture, scratch, tiny_data};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const STEPS: usize = 150;
+
+fn train_args(out: &Path) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "train".into(),
+        "--quiet".into(),
+        "--model".into(),
+        fixture("qwen2-tiny").display().to_string(),
+        "--data".into(),
+        tiny_data().display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    for s in [
+        "--dtype", "f64", "--batch-size", "2", "--steps", "150", "--lr", "1e-3", "--shuffle",
+        "--seed", "3", "--save-every", "20", "--max-length", "96", "--resume",
+    ] {
+        a.push(s.into());
+    }
+    a
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(slurm),
+    ignore = "needs Slurm: scripts/slurm-local.sh start, then GRADLENS_SLURM=1 cargo test"
+)]
+fn a_train_job_requeued_in_the_middle_ends_as_an_uninterrupted_run() {
+    let dir = scratch("slurm-train");
+    let gradlens = env!("CARGO_BIN_EXE_gradlens");
+    let reference = dir.join("ref");
+    let r = Command::new(gradlens)
+        .args(train_args(&reference))
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+
+    // The job script of docs/training.md: requeueable, its log appended across restarts, and
+    // gradlens in the shell's place so that it receives the signals itself.
+    let out = dir.join("run");
+    let script = dir.join("train.sbatch");
+    let args: Vec<String> = train_args(&out)
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\n#SBATCH --job-name=gradlens-train-test\n#SBATCH --requeue\n\
+             #SBATCH --open-mode=append\n#SBATCH --output={}/job.log\nexec {gradlens} {}\n",
+            dir.display(),
+            args.join(" ")
+        ),
+    )
+    .unwrap();
+    let job = run("sbatch", &["--parsable", &script.display().to_string()])
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let steps = out.join("steps.jsonl");
+    wait_until("the job's first steps", Duration::from_secs(120), || {
+        complete_lines(&steps) >= 10
+    });
+    run("scontrol", &["requeue", &job]);
+    let at_requeue = complete_lines(&steps);
+    // A requeued job waits for its BeginTime (about two minutes): let it start now.
+    wait_until("the requeued job to be pending", Duration::from_secs(60), || {
+        states(&job).iter().any(|s| s == "PENDING")
+            && Command::new("scontrol")
+                .args(["update", &format!("JobId={job}"), "StartTime=now"])
+                .status()
+                .is_ok_and(|s| s.success())
+    });
+    wait_until("the job to finish", Duration::from_secs(300), || {
+        states(&job).is_empty() && out.join("final").is_dir()
+    });
+    let log = std::fs::read_to_string(dir.join("job.log")).unwrap_or_default();
+    eprintln!("requeued after {at_requeue} of {STEPS} steps; the job's log:\n{log}");
+    assert!(
+        at_requeue < STEPS,
+        "the requeue came after the run had finished"
+    );
+    assert!(
+        log.contains("stopped by a termination signal after step"),
+        "SIGTERM did not stop the run at a clean point:\n{log}"
+    );
+
+    for file in ["steps.jsonl"] {
+        let (e, a) = (lines(&reference.join(file)), lines(&out.join(file)));
+        assert_eq!(e.len(), a.len(), "{file}: lines");
+        for (i, (e, a)) in e.iter().zip(&a).enumerate() {
+            let errs = compare_line(e, a, 1e-12);
+            assert!(errs.is_empty(), "{file}: line {}: {}", i + 1, errs.join("; "));
+        }
+    }
+    let (e, a) = (
+        read_safetensors(&reference.join("final/model.safetensors")).unwrap(),
+        read_safetensors(&out.join("final/model.safetensors")).unwrap(),
+    );
+    for (e, a) in e.iter().zip(&a) {
+        assert_eq!(e.name, a.name);
+        for (w, g) in e.values.iter().zip(&a.values) {
+            assert!((w - g).abs() <= 1e-12 * w.abs(), "{}: {w:e} vs {g:e}", e.name);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! `--cfg slurm` (the Slurm tests run, tests/slurm.rs) when `GRADLENS_SLURM=1` (then Slurm must
+//! answer: .ci/run starts it with scripts/slurm-local.sh) or when Slurm answers as the tests are
+//! built; otherwise those tests show as ignored. The same rule as crates/gradlens-cli/build.rs.
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(slurm)");
+    println!("cargo::rerun-if-env-changed=GRADLENS_SLURM");
+    let answers = std::process::Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if std::env::var("GRADLENS_SLURM").as_deref() == Ok("1") || answers {
+        println!("cargo::rustc-cfg=slurm");
+    }
+}
