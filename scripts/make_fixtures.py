@@ -364,6 +364,23 @@ def paper_selected(name: str, p: torch.Tensor) -> bool:
     return p.ndim == 2 and (p.shape[0] == p.shape[1] or "self_attn" in name)
 
 
+def training_text(hf_tok, instr: str, out: str, instruct: bool) -> str:
+    """The text a record is trained on, as gradlens forms it: `instr + "\\n" + out`, or (instruct)
+    the chat template with the system turn unless the template raises on one (as gradlens'
+    ChatTemplate::takes_system_turn decides: Gemma and Gemma 2's reject a system role, Gemma 3's
+    folds it into the first user turn), the generation prompt, then the output."""
+    if not instruct:
+        return instr + "\n" + out
+    msgs = [{"role": "user", "content": instr}]
+    try:
+        text = hf_tok.apply_chat_template(
+            [{"role": "system", "content": "You are a helpful assistant."}] + msgs,
+            tokenize=False, add_generation_prompt=True)
+    except Exception:
+        text = hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return text + out
+
+
 def measure(model64, hf_tok, records, max_length, instruct=False, logits_at=None):
     lines, skipped, logits_out = [], [], {}
     for p in model64.parameters():
@@ -376,20 +393,7 @@ def measure(model64, hf_tok, records, max_length, instruct=False, logits_at=None
         if rec.get("input"):
             instr = instr + "\n" + rec["input"]
         out = rec["output"]
-        if instruct:
-            msgs = [{"role": "user", "content": instr}]
-            # As gradlens does (ChatTemplate::takes_system_turn): the system turn unless the
-            # template raises on one (Gemma and Gemma 2's reject a system role; Gemma 3's folds it
-            # into the first user turn).
-            try:
-                text = hf_tok.apply_chat_template(
-                    [{"role": "system", "content": "You are a helpful assistant."}] + msgs,
-                    tokenize=False, add_generation_prompt=True)
-            except Exception:
-                text = hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            text = text + out
-        else:
-            text = instr + "\n" + out
+        text = training_text(hf_tok, instr, out, instruct)
         if out == "":
             skipped.append({"index": index, "reason": "empty response"})
             continue

@@ -69,17 +69,7 @@ def texts(hf_tok, records, max_length, instruct):
         o = rec["output"]
         if o == "":
             continue
-        if instruct:
-            msgs = [{"role": "user", "content": instr}]
-            try:
-                text = hf_tok.apply_chat_template(
-                    [{"role": "system", "content": "You are a helpful assistant."}] + msgs,
-                    tokenize=False, add_generation_prompt=True)
-            except Exception:
-                text = hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            text = text + o
-        else:
-            text = instr + "\n" + o
+        text = mf.training_text(hf_tok, instr, o, instruct)
         ids = hf_tok.encode(text, return_tensors="pt", truncation=True, max_length=max_length)
         start = len(hf_tok.encode(text[: text.rfind(o)]))
         if ids.shape[1] - max(start, 1) <= 0:
@@ -220,6 +210,7 @@ def run_case(name: str, c: dict) -> None:
         cfg_path = out / folder / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["base_model_name_or_path"] = f"fixtures/{c['fixture']}"
+        cfg["target_modules"] = sorted(cfg["target_modules"])  # PEFT saves a set: any order
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         (out / folder / "README.md").unlink(missing_ok=True)
     (out / "args.json").write_text(json.dumps(c, indent=2) + "\n")
