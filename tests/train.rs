@@ -76,6 +76,7 @@ fn options(case: &str, dtype: Dtype, out: &Path) -> TrainOptions {
         backend: Device::Cpu,
         max_length: u("max_length"),
         spectra: Default::default(),
+        stats: Default::default(),
         per_sample: true,
         eval_data: None,
         eval_every: None,
@@ -250,6 +251,60 @@ fn grads_with_an_adapter_measure_pefts_merged_model() {
             meta.contains("\"adapter_sha256\"") && meta.contains("final"),
             "{meta}"
         );
+    }
+}
+
+/// `--stats none`: the same training as with the statistics (loss, rate, gradient norm and the
+/// final weights or adapter, f64 at 1e-12), steps.jsonl without them.
+#[test]
+fn a_plain_loop_trains_the_same_without_statistics() {
+    for case in ["qwen2-all", "qwen2-lora"] {
+        let with = scratch(&format!("train-stats-{case}"));
+        let without = scratch(&format!("train-nostats-{case}"));
+        let mut o = options(case, Dtype::F64, &with);
+        o.per_sample = false;
+        run_train(&o).unwrap();
+        o.out = without.clone();
+        o.stats = gradlens::train::StepStats::None;
+        run_train(&o).unwrap();
+        let (a, b) = (
+            lines(&with.join("steps.jsonl")),
+            lines(&without.join("steps.jsonl")),
+        );
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (key, x) in &a {
+            let y = &b[key];
+            for k in ["loss", "lr", "grad_norm", "n_loss_tokens"] {
+                let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= 1e-12 * x.abs(),
+                    "{case}: {key:?} {k}: {x} vs {y}"
+                );
+            }
+            assert!(
+                y.as_object().unwrap().values().all(|v| !v.is_object()),
+                "{case}: statistics in a --stats none line"
+            );
+        }
+        let file = if case.ends_with("lora") {
+            "final/adapter_model.safetensors"
+        } else {
+            "final/model.safetensors"
+        };
+        let (e, g) = (
+            read_safetensors(&with.join(file)).unwrap(),
+            read_safetensors(&without.join(file)).unwrap(),
+        );
+        for (e, g) in e.iter().zip(&g) {
+            assert_eq!(e.name, g.name);
+            for (x, y) in e.values.iter().zip(&g.values) {
+                assert!(
+                    (x - y).abs() <= 1e-12 * x.abs() + 1e-300,
+                    "{case}: {}",
+                    e.name
+                );
+            }
+        }
     }
 }
 

@@ -70,7 +70,12 @@ enum Command {
         #[arg(long, value_name = "K", requires = "slurm")]
         slurm_throttle: Option<usize>,
         /// An sbatch option for the submission (--partition=gpu, --gres=gpu:1, --time=…); repeat.
-        #[arg(long = "slurm-opt", value_name = "ARG", allow_hyphen_values = true, requires = "slurm")]
+        #[arg(
+            long = "slurm-opt",
+            value_name = "ARG",
+            allow_hyphen_values = true,
+            requires = "slurm"
+        )]
         slurm_opts: Vec<String>,
         /// Wait until the array has left the queue, then merge: exit 0 only when every unit is
         /// complete.

@@ -310,10 +310,7 @@ pub fn wait_for(job_id: &str) -> Result<()> {
         let now: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
         let now = now.join(", ");
         if now != last {
-            eprintln!(
-                "job {job_id}: {now} ({:.0} s)",
-                t0.elapsed().as_secs_f64()
-            );
+            eprintln!("job {job_id}: {now} ({:.0} s)", t0.elapsed().as_secs_f64());
             last = now;
         }
         std::thread::sleep(Duration::from_millis(500));

@@ -61,24 +61,23 @@ fn a_sweep_through_slurm_equals_a_local_sweep() {
     );
     let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success());
-    assert!(
-        stdout.contains("complete: all 12 work unit(s)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("complete: all 12 work unit(s)"), "{stdout}");
     // Four tasks ran, each its own shard, each with its log.
     let job = submitted_job(&stdout);
     for i in 0..4 {
         let log = dir.join(format!("out/slurm/{job}_{i}.log"));
         assert!(log.is_file(), "{}", log.display());
         assert!(
-            dir.join(format!("out/run-shard-{}-of-4.json", i + 1)).is_file(),
+            dir.join(format!("out/run-shard-{}-of-4.json", i + 1))
+                .is_file(),
             "shard {}",
             i + 1
         );
     }
     let script = std::fs::read_to_string(dir.join("out/slurm/out.sbatch")).unwrap();
     assert!(
-        script.contains("#SBATCH --array=0-3") && script.contains("--shard=$((SLURM_ARRAY_TASK_ID + 1))/4"),
+        script.contains("#SBATCH --array=0-3")
+            && script.contains("--shard=$((SLURM_ARRAY_TASK_ID + 1))/4"),
         "{script}"
     );
     assert_same_sweep(&dir.join("local"), &dir.join("out"));
@@ -97,14 +96,23 @@ fn a_cancelled_task_is_named_by_the_merge_and_resubmitted_alone() {
     // One task at a time: the last one is still pending when it is cancelled.
     let r = xtask(
         &sweep,
-        &["--slurm", "4", "--slurm-throttle", "1", "--slurm-binary", BINARY],
+        &[
+            "--slurm",
+            "4",
+            "--slurm-throttle",
+            "1",
+            "--slurm-binary",
+            BINARY,
+        ],
     );
     assert!(r.status.success());
     let job = submitted_job(&String::from_utf8_lossy(&r.stdout));
     run("scancel", &[&format!("{job}_3")]);
-    wait_until("the array to leave the queue", Duration::from_secs(300), || {
-        states(&job).is_empty()
-    });
+    wait_until(
+        "the array to leave the queue",
+        Duration::from_secs(300),
+        || states(&job).is_empty(),
+    );
 
     let merge = xtask(&sweep, &["--merge"]);
     let text = String::from_utf8_lossy(&merge.stdout);
@@ -138,7 +146,16 @@ fn a_cancelled_task_is_named_by_the_merge_and_resubmitted_alone() {
     );
     assert_same_sweep(&dir.join("local"), &dir.join("out"));
     // Nothing left: a further --only-unfinished submits nothing.
-    let r = xtask(&sweep, &["--slurm", "4", "--only-unfinished", "--slurm-binary", BINARY]);
+    let r = xtask(
+        &sweep,
+        &[
+            "--slurm",
+            "4",
+            "--only-unfinished",
+            "--slurm-binary",
+            BINARY,
+        ],
+    );
     assert!(r.status.success());
     assert!(String::from_utf8_lossy(&r.stdout).contains("nothing to submit"));
 }

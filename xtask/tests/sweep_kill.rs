@@ -333,9 +333,19 @@ fn the_slurm_job_script_carries_the_sweep_files_defaults() {
         assert!(script.contains(line), "{line} in:\n{script}");
     }
     assert!(dir.join("out/slurm/xtask").is_file());
-    assert!(!dir.join("out/slurm/jobs.json").exists(), "nothing submitted");
+    assert!(
+        !dir.join("out/slurm/jobs.json").exists(),
+        "nothing submitted"
+    );
     // An unknown key of [slurm] is one clear error.
-    std::fs::write(&sweep, std::fs::read_to_string(&sweep).unwrap() + "queue = \"x\"\n").unwrap();
-    let r = xtask(&sweep).args(["--slurm", "3", "--slurm-script-only"]).output().unwrap();
+    std::fs::write(
+        &sweep,
+        std::fs::read_to_string(&sweep).unwrap() + "queue = \"x\"\n",
+    )
+    .unwrap();
+    let r = xtask(&sweep)
+        .args(["--slurm", "3", "--slurm-script-only"])
+        .output()
+        .unwrap();
     assert_clear_error("slurm-unknown-key", &r, &["out.toml", "queue"]);
 }

@@ -289,6 +289,10 @@ struct TrainArgs {
     /// Clip the batch gradient's norm to this (0: off), as torch's clip_grad_norm_.
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f64,
+    /// What each step records: batch (the paper's statistics of the batch gradient, in
+    /// steps.jsonl) or none (a plain loop: loss, learning rate and gradient norm only).
+    #[arg(long, value_enum, default_value_t = gradlens::train::StepStats::Batch)]
+    stats: gradlens::train::StepStats,
     /// Also write each sample's own statistics at each step (per_sample.jsonl).
     #[arg(long)]
     per_sample: bool,
@@ -418,6 +422,7 @@ fn run(cli: Cli) -> Result<()> {
                 max_length: a.m.max_length,
                 mode,
                 spectra: a.m.spectra,
+                stats: a.stats,
                 per_sample: a.per_sample,
                 eval_data: a.eval_data,
                 eval_every: a.eval_every,

@@ -28,8 +28,22 @@ fn train_args(out: &Path) -> Vec<String> {
         out.display().to_string(),
     ];
     for s in [
-        "--dtype", "f64", "--batch-size", "2", "--steps", "150", "--lr", "1e-3", "--shuffle",
-        "--seed", "3", "--save-every", "20", "--max-length", "96", "--resume",
+        "--dtype",
+        "f64",
+        "--batch-size",
+        "2",
+        "--steps",
+        "150",
+        "--lr",
+        "1e-3",
+        "--shuffle",
+        "--seed",
+        "3",
+        "--save-every",
+        "20",
+        "--max-length",
+        "96",
+        "--resume",
     ] {
         a.push(s.into());
     }
@@ -63,10 +77,7 @@ fn a_train_job_requeued_in_the_middle_ends_as_an_uninterrupted_run() {
     // gradlens in the shell's place so that it receives the signals itself.
     let out = dir.join("run");
     let script = dir.join("train.sbatch");
-    let args: Vec<String> = train_args(&out)
-        .iter()
-        .map(|a| format!("'{a}'"))
-        .collect();
+    let args: Vec<String> = train_args(&out).iter().map(|a| format!("'{a}'")).collect();
     std::fs::write(
         &script,
         format!(
@@ -90,13 +101,17 @@ fn a_train_job_requeued_in_the_middle_ends_as_an_uninterrupted_run() {
     run("scontrol", &["requeue", &job]);
     let at_requeue = complete_lines(&steps);
     // A requeued job waits for its BeginTime (about two minutes): let it start now.
-    wait_until("the requeued job to be pending", Duration::from_secs(60), || {
-        states(&job).iter().any(|s| s == "PENDING")
-            && Command::new("scontrol")
-                .args(["update", &format!("JobId={job}"), "StartTime=now"])
-                .status()
-                .is_ok_and(|s| s.success())
-    });
+    wait_until(
+        "the requeued job to be pending",
+        Duration::from_secs(60),
+        || {
+            states(&job).iter().any(|s| s == "PENDING")
+                && Command::new("scontrol")
+                    .args(["update", &format!("JobId={job}"), "StartTime=now"])
+                    .status()
+                    .is_ok_and(|s| s.success())
+        },
+    );
     wait_until("the job to finish", Duration::from_secs(300), || {
         states(&job).is_empty() && out.join("final").is_dir()
     });
@@ -116,7 +131,12 @@ fn a_train_job_requeued_in_the_middle_ends_as_an_uninterrupted_run() {
         assert_eq!(e.len(), a.len(), "{file}: lines");
         for (i, (e, a)) in e.iter().zip(&a).enumerate() {
             let errs = compare_line(e, a, 1e-12);
-            assert!(errs.is_empty(), "{file}: line {}: {}", i + 1, errs.join("; "));
+            assert!(
+                errs.is_empty(),
+                "{file}: line {}: {}",
+                i + 1,
+                errs.join("; ")
+            );
         }
     }
     let (e, a) = (
@@ -126,7 +146,11 @@ fn a_train_job_requeued_in_the_middle_ends_as_an_uninterrupted_run() {
     for (e, a) in e.iter().zip(&a) {
         assert_eq!(e.name, a.name);
         for (w, g) in e.values.iter().zip(&a.values) {
-            assert!((w - g).abs() <= 1e-12 * w.abs(), "{}: {w:e} vs {g:e}", e.name);
+            assert!(
+                (w - g).abs() <= 1e-12 * w.abs(),
+                "{}: {w:e} vs {g:e}",
+                e.name
+            );
         }
     }
 }

@@ -56,7 +56,8 @@ pub struct BenchArgs {
     /// next sample instead of beside it), gram (the CholeskyQR spectra of `--spectra gram`,
     /// split) and gram-e2e (the same, end to end), train
     /// (`gradlens train` steps with their statistics) and torch-train (a transformers +
-    /// torch.optim.AdamW loop), lora (`gradlens train --lora`) and peft-train (a PEFT LoRA loop).
+    /// torch.optim.AdamW loop), train-nostats (`--stats none`), train-per-sample (`--per-sample`),
+    /// lora (`gradlens train --lora`) and peft-train (a PEFT LoRA loop).
     #[arg(
         long,
         value_delimiter = ',',
@@ -512,23 +513,31 @@ fn train_samples(a: &BenchArgs) -> usize {
 /// untimed first step on the first batch of them (as the PyTorch loop does); the paper's attention
 /// selection trained, the statistics of every step.
 fn train_rows(a: &BenchArgs, dir: &Path, label: &str, records: &[Record]) -> Result<Vec<Row>> {
+    use crate::train::StepStats::{Batch, None as Plain};
     let mut rows = Vec::new();
-    for (row, lora) in [("train", None), ("lora", Some(a.lora_rank))] {
+    for (row, lora, stats, per_sample) in [
+        ("train", None, Batch, false),
+        ("train-nostats", None, Plain, false),
+        ("train-per-sample", None, Batch, true),
+        ("lora", Some(a.lora_rank), Batch, false),
+    ] {
         if a.rows.iter().any(|r| r == row) {
-            rows.extend(train_row(a, dir, label, records, lora)?);
+            rows.extend(train_row(a, dir, label, records, lora, stats, per_sample)?);
         }
     }
     Ok(rows)
 }
 
 /// One train row: the paper's attention selection trained, or LoRA adapters of rank `lora` on
-/// q/k/v/o.
+/// q/k/v/o; with the batch statistics or none, and each sample's with `per_sample`.
 fn train_row(
     a: &BenchArgs,
     dir: &Path,
     label: &str,
     records: &[Record],
     lora: Option<usize>,
+    stats: crate::train::StepStats,
+    per_sample: bool,
 ) -> Result<Option<Row>> {
     let b = a.train_batch.max(1);
     let n = train_samples(a);
@@ -544,6 +553,11 @@ fn train_row(
     let what = match lora {
         Some(r) => format!("LoRA r {r} train step"),
         None => "train step".to_string(),
+    };
+    let recorded = match (stats, per_sample) {
+        (crate::train::StepStats::None, _) => "no statistics",
+        (_, true) => "statistics, every sample's too",
+        _ => "statistics",
     };
     eprintln!(
         "[{label}] gradlens {what} ({n} samples, batch {b}, {})",
@@ -575,7 +589,8 @@ fn train_row(
         max_length: a.max_length,
         mode: PromptMode::Base,
         spectra: Spectra::Auto,
-        per_sample: false,
+        stats,
+        per_sample,
         eval_data: None,
         eval_every: None,
         save_every: None,
@@ -589,7 +604,7 @@ fn train_row(
     let (samples, secs) = timed.iter().fold((0, 0.0), |(n, s), (k, t)| (n + k, s + t));
     Ok(Some(Row {
         model: label.to_string(),
-        name: format!("gradlens {} f32, {what} (batch {b}, statistics)", a.backend),
+        name: format!("gradlens {} f32, {what} (batch {b}, {recorded})", a.backend),
         samples,
         samples_per_s: samples as f64 / secs,
         fwd_bwd_s: f64::NAN,

@@ -348,6 +348,23 @@ pub fn measured_grads<B: Backend, T: Real + Element>(
 
 /// Forward and backward only (the benchmark's "forward+backward alone"): the loss and one scalar
 /// that depends on every measured gradient, read back so that the device has finished.
+/// One sample's loss, forward and backward without any statistics: the backward pass's
+/// gradients go to `on_backward` (a training step without statistics accumulates them there).
+pub fn loss_and_gradients<B: GradBackend>(
+    model: &LoadedModel<B>,
+    sample: &Prepared,
+    pad_to: usize,
+    on_backward: &mut dyn FnMut(&B::Gradients),
+) -> f64 {
+    let loss = response_loss(model, sample, None, pad_to);
+    let grads = loss.backward();
+    on_backward(&grads);
+    loss.into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .expect("f64 data")[0]
+}
+
 pub fn forward_backward_only<B: GradBackend>(
     model: &LoadedModel<B>,
     sample: &Prepared,

@@ -67,6 +67,18 @@ impl TrainSet {
     }
 }
 
+/// What a step records besides its loss, learning rate and gradient norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStats {
+    /// The paper's statistics of the batch gradient of every measured weight (and of LoRA's
+    /// adapters).
+    #[default]
+    Batch,
+    /// None: a plain training loop (the overhead of the statistics is what it saves).
+    None,
+}
+
 /// How long a run is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Length {
@@ -104,6 +116,8 @@ pub struct TrainOptions {
     pub max_length: usize,
     pub mode: PromptMode,
     pub spectra: Spectra,
+    /// What each step records (`--stats`).
+    pub stats: StepStats,
     pub per_sample: bool,
     pub eval_data: Option<PathBuf>,
     pub eval_every: Option<usize>,
@@ -262,6 +276,10 @@ fn check_options(o: &TrainOptions) -> Result<()> {
         anyhow::ensure!(n >= 1, "--save-every 0: expected a number of steps ≥ 1");
     }
     anyhow::ensure!(
+        !(o.per_sample && o.stats == StepStats::None),
+        "--per-sample records each sample's statistics: it does not go with --stats none"
+    );
+    anyhow::ensure!(
         o.lora.is_some() || !o.save_merged,
         "--save-merged needs --lora (a full fine-tuning saves the whole model already)"
     );
@@ -345,6 +363,9 @@ fn settings(
         put("system turn (the chat template decides)", json!(system));
     }
     put("--spectra", json!(o.spectra));
+    if o.stats != StepStats::Batch {
+        put("--stats", json!(o.stats));
+    }
     put("--per-sample", json!(o.per_sample));
     put("--eval-every", json!(o.eval_every));
     put("--save-every", json!(o.save_every));
@@ -430,10 +451,12 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         let lora_config = lora_setup.as_ref().map(|(c, _)| c.clone());
         // With LoRA the gradients needed are those of the targets (the adapters' come from them)
         // and of the measured weights; nothing of the model itself is updated.
+        let measuring = opts.stats == StepStats::Batch;
         let trains = move |name: &str, shape: &[usize]| match &lora_config {
             Some(c) => {
                 shape.len() == 2
-                    && (c.targets_weight(name) || paper_selector(name, [shape[0], shape[1]]))
+                    && (c.targets_weight(name)
+                        || measuring && paper_selector(name, [shape[0], shape[1]]))
             }
             None => set.picks(name, shape),
         };
@@ -672,6 +695,17 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                     }
                 }
             };
+            if opts.stats == StepStats::None {
+                let loss = crate::measure::loss_and_gradients(model, p, self.pad_to, &mut hook);
+                anyhow::ensure!(
+                    loss.is_finite(),
+                    "step {step}: sample {index}: non-finite loss {loss} (the weights or the \
+                     data); stopping: the last checkpoint in {} is intact",
+                    opts.out.display()
+                );
+                loss_sum += loss * p.n_loss_tokens() as f64;
+                continue;
+            }
             let sample = sample_grads_with(model, p, opts.spectra, self.pad_to, &mut hook);
             anyhow::ensure!(
                 sample.loss.is_finite(),
@@ -736,7 +770,9 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         let mut stacked_x: HashMap<Vec<usize>, Arc<HostMatrix<T>>> = HashMap::new();
         let mut gradients = Vec::with_capacity(self.model.selected.len());
         let mut batch_factors = HashMap::new();
-        for (w, s) in self.model.selected.iter().enumerate() {
+        let measuring = opts.stats == StepStats::Batch;
+        let measured: &[_] = if measuring { &self.model.selected } else { &[] };
+        for (w, s) in measured.iter().enumerate() {
             let k = *index_of
                 .get(s.name.as_str())
                 .expect("every measured weight has its gradient accumulated");
@@ -763,7 +799,9 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                     let (ga, gb) = a.grads(grads[k].clone().reshape([rows, cols]), scale);
                     for (part, g) in [(lora::Part::A, ga), (lora::Part::B, gb)] {
                         let [r, c] = g.dims();
-                        gradients.push((lora::stat_name(&a.name, part), g.clone()));
+                        if measuring {
+                            gradients.push((lora::stat_name(&a.name, part), g.clone()));
+                        }
                         adapter_grads.push(g.reshape([r * c]));
                     }
                 }
@@ -771,14 +809,20 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             }
             None => grads,
         };
-        let measured = measured_grads::<B::InnerBackend, T>(gradients, batch_factors);
-        let (stats, _) = statistics(step, &T::wrap(measured)).map_err(|s| {
-            anyhow::anyhow!(
-                "step {step}: the batch gradient: {}{}",
-                s.weight.map(|w| format!("{w}: ")).unwrap_or_default(),
-                s.reason
-            )
-        })?;
+        let stats = if measuring {
+            let measured = measured_grads::<B::InnerBackend, T>(gradients, batch_factors);
+            statistics(step, &T::wrap(measured))
+                .map_err(|s| {
+                    anyhow::anyhow!(
+                        "step {step}: the batch gradient: {}{}",
+                        s.weight.map(|w| format!("{w}: ")).unwrap_or_default(),
+                        s.reason
+                    )
+                })?
+                .0
+        } else {
+            Vec::new()
+        };
 
         let grad_norm = total_norm(&grads);
         anyhow::ensure!(
