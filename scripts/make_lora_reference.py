@@ -13,9 +13,9 @@ scripts/make_train_reference.py):
   adapters, weight decay on all of them (2-D).
 
 Writes fixtures/lora/<case>/: args.json, init/ (the PEFT adapter to start from), steps.jsonl,
-per_sample.jsonl, final/ (PEFT's save_pretrained of the trained adapter, float64), and
-merged_grads.jsonl: `grads` on tiny.json of PEFT's merged model (merge_and_unload) of the final
-adapter, for `gradlens grads --adapter`.
+per_sample.jsonl, final/ (PEFT's save_pretrained of the trained adapter, float64), and of PEFT's
+merged model (merge_and_unload) of the final adapter: merged_grads.jsonl (`grads` on tiny.json, for
+`gradlens grads --adapter`) and merged_logits.json (logits at a few positions of the first sample).
 
     python scripts/make_lora_reference.py              # every case
     python scripts/make_lora_reference.py --only qwen2-lora
@@ -201,10 +201,12 @@ def run_case(name: str, c: dict) -> None:
     pm.save_pretrained(str(out / "final"))
     # PEFT's merged model of the final adapter, measured as `gradlens grads` measures.
     merged = pm.merge_and_unload()
-    lines, skipped, _ = mf.measure(merged, hf_tok, records, c["max_length"], instruct=c["instruct"])
+    lines, skipped, logits = mf.measure(merged, hf_tok, records, c["max_length"], instruct=c["instruct"],
+                                        logits_at=True)
     with open(out / "merged_grads.jsonl", "w") as f:
         for line in lines:
             f.write(json.dumps(line) + "\n")
+    (out / "merged_logits.json").write_text(json.dumps(logits) + "\n")
     # Committed: the base named as the repository does, no PEFT model card.
     for folder in ("init", "final"):
         cfg_path = out / folder / "adapter_config.json"

@@ -24,40 +24,9 @@ fn expected_logits(name: &str) -> Value {
 
 /// Logits at a few positions of the first sample equal the reference's.
 pub fn check_logits<B: GradBackend>(name: &str, rtol: f64) {
-    let exp = expected_logits(name);
     let loaded =
         gradlens_models::load::<B>(&fixture(name), &Default::default(), &paper_selector).unwrap();
-    let ids: Vec<u32> = exp["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let hidden = loaded.model.hidden(&ids, None);
-    for (k, pos) in exp["positions"].as_array().unwrap().iter().enumerate() {
-        let t = pos.as_u64().unwrap() as usize;
-        let got = loaded
-            .model
-            .logits(hidden.clone().narrow(0, t, 1))
-            .into_data()
-            .convert::<f64>()
-            .to_vec::<f64>()
-            .unwrap();
-        let want: Vec<f64> = exp["logits"][k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        assert_eq!(got.len(), want.len(), "{name}: vocab size at position {t}");
-        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= rtol * scale,
-                "{name}: logit [{t}, {j}]: got {g:e}, expected {w:e} (rtol {rtol:e} of max |logit| {scale:e})"
-            );
-        }
-    }
+    gradlens_tests::assert_logits(name, &loaded, &expected_logits(name), rtol);
 }
 
 /// The whole measurement (loss, n_tokens, every statistic of every measured parameter, the

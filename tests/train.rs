@@ -165,6 +165,29 @@ fn parity_f32(case: &str) {
     compare_jsonl(case, "per_sample.jsonl", &out, 1e-4, 2);
 }
 
+/// A LoRA run in f32 against the float64 reference: every step's lines and the final adapter at
+/// 1e-4 (relative to each adapter matrix's largest entry).
+fn lora_parity_f32(case: &str) {
+    let out = scratch(&format!("train-{case}-f32-all"));
+    run_train(&options(case, Dtype::F32, &out)).unwrap();
+    compare_jsonl(case, "steps.jsonl", &out, 1e-4, u64::MAX);
+    compare_jsonl(case, "per_sample.jsonl", &out, 1e-4, u64::MAX);
+    let expected =
+        read_safetensors(&case_dir(case).join("final/adapter_model.safetensors")).unwrap();
+    let actual = read_safetensors(&out.join("final/adapter_model.safetensors")).unwrap();
+    for (e, a) in expected.iter().zip(&actual) {
+        assert_eq!(e.name, a.name);
+        let scale = e.values.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (w, g) in e.values.iter().zip(&a.values) {
+            assert!(
+                (w - g).abs() <= 1e-4 * scale,
+                "{case}: {}: expected {w:e}, got {g:e}",
+                e.name
+            );
+        }
+    }
+}
+
 #[test]
 fn qwen2_all_parameters_f64() {
     parity_f64("qwen2-all");
@@ -199,18 +222,18 @@ fn lora_gemma2_tied_shuffled_f64() {
 }
 
 #[test]
-fn lora_qwen2_f32_first_steps() {
-    parity_f32("qwen2-lora");
+fn lora_qwen2_f32_whole_run() {
+    lora_parity_f32("qwen2-lora");
 }
 
 #[test]
-fn lora_llama_f32_first_steps() {
-    parity_f32("llama-lora");
+fn lora_llama_f32_whole_run() {
+    lora_parity_f32("llama-lora");
 }
 
 #[test]
-fn lora_gemma2_f32_first_steps() {
-    parity_f32("gemma2-lora");
+fn lora_gemma2_f32_whole_run() {
+    lora_parity_f32("gemma2-lora");
 }
 
 /// `grads --adapter`: the base model with PEFT's final adapter merged on load measures as PEFT's
@@ -305,6 +328,29 @@ fn a_plain_loop_trains_the_same_without_statistics() {
                 );
             }
         }
+    }
+}
+
+/// PEFT's merged model of each final adapter gives gradlens' logits with the adapter merged on
+/// load: f64, 1e-9 of the largest |logit|, at a few positions of the first sample.
+#[test]
+fn an_adapter_merged_on_load_gives_pefts_logits() {
+    for case in ["qwen2-lora", "llama-lora", "gemma2-lora"] {
+        let o = options(case, Dtype::F64, &scratch("unused"));
+        let mut model = gradlens_models::load::<gradlens::backend::CpuF64>(
+            &o.model,
+            &Default::default(),
+            &gradlens_models::paper_selector,
+        )
+        .unwrap();
+        let adapter =
+            gradlens::train::lora::read_peft_adapter(&case_dir(case).join("final")).unwrap();
+        gradlens::train::lora::merge_into(&mut model, &adapter).unwrap();
+        let expected: Value = serde_json::from_str(
+            &std::fs::read_to_string(case_dir(case).join("merged_logits.json")).unwrap(),
+        )
+        .unwrap();
+        gradlens_tests::assert_logits(case, &model, &expected, 1e-9);
     }
 }
 

@@ -301,3 +301,45 @@ pub mod slurm {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// Assert that `model`'s logits at the positions of `expected` (a reference's logits.json: the
+/// first sample's `ids`, `positions`, `logits`) are the reference's within `rtol` of the largest
+/// |logit|.
+pub fn assert_logits<B: gradlens::backend::GradBackend>(
+    name: &str,
+    model: &gradlens_models::LoadedModel<B>,
+    expected: &serde_json::Value,
+    rtol: f64,
+) {
+    let ids: Vec<u32> = expected["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let hidden = model.model.hidden(&ids, None);
+    for (k, pos) in expected["positions"].as_array().unwrap().iter().enumerate() {
+        let t = pos.as_u64().unwrap() as usize;
+        let got = model
+            .model
+            .logits(hidden.clone().narrow(0, t, 1))
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .unwrap();
+        let want: Vec<f64> = expected["logits"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len(), "{name}: vocab size at position {t}");
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= rtol * scale,
+                "{name}: logit [{t}, {j}]: got {g:e}, expected {w:e} (rtol {rtol:e} of max |logit| {scale:e})"
+            );
+        }
+    }
+}
