@@ -343,3 +343,54 @@ pub fn assert_logits<B: gradlens::backend::GradBackend>(
         }
     }
 }
+
+/// The lines of a JSONL file as JSON values (none when it is absent).
+pub fn jsonl_values(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Assert that the training run directory `actual` holds the numbers of `expected` (an
+/// uninterrupted run): every line of steps.jsonl, per_sample.jsonl and eval.jsonl and the final
+/// weights (or a LoRA run's final adapter) at 1e-12.
+pub fn assert_same_run(expected: &Path, actual: &Path) {
+    for file in ["steps.jsonl", "per_sample.jsonl", "eval.jsonl"] {
+        let (e, a) = (
+            jsonl_values(&expected.join(file)),
+            jsonl_values(&actual.join(file)),
+        );
+        assert_eq!(e.len(), a.len(), "{file}: lines");
+        for (i, (e, a)) in e.iter().zip(&a).enumerate() {
+            let errs = gradlens::compare::compare_line(e, a, 1e-12);
+            assert!(
+                errs.is_empty(),
+                "{file}: line {}: {}",
+                i + 1,
+                errs.join("; ")
+            );
+        }
+    }
+    // The final weights, or a LoRA run's final adapter.
+    let file = if expected.join("final/adapter_model.safetensors").is_file() {
+        "final/adapter_model.safetensors"
+    } else {
+        "final/model.safetensors"
+    };
+    let (e, a) = (
+        gradlens::train::checkpoint::read_safetensors(&expected.join(file)).unwrap(),
+        gradlens::train::checkpoint::read_safetensors(&actual.join(file)).unwrap(),
+    );
+    assert_eq!(e.len(), a.len());
+    for (e, a) in e.iter().zip(&a) {
+        for (w, g) in e.values.iter().zip(&a.values) {
+            assert!(
+                (w - g).abs() <= 1e-12 * w.abs(),
+                "{}: {w:e} vs {g:e}",
+                e.name
+            );
+        }
+    }
+}

@@ -5,11 +5,8 @@
 //! middle ends with the steps and final weights of an uninterrupted run. Without Slurm this test
 //! shows as ignored (`--cfg slurm`, build.rs).
 
-use gradlens::compare::compare_line;
-use gradlens::train::checkpoint::read_safetensors;
 use gradlens_tests::slurm::{run, states, wait_until};
 use gradlens_tests::{complete_lines, fixture, scratch, tiny_data};
-use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -48,14 +45,6 @@ fn train_args(out: &Path) -> Vec<String> {
         a.push(s.into());
     }
     a
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]
@@ -126,31 +115,5 @@ fn a_train_job_requeued_in_the_middle_ends_as_an_uninterrupted_run() {
         "SIGTERM did not stop the run at a clean point:\n{log}"
     );
 
-    for file in ["steps.jsonl"] {
-        let (e, a) = (lines(&reference.join(file)), lines(&out.join(file)));
-        assert_eq!(e.len(), a.len(), "{file}: lines");
-        for (i, (e, a)) in e.iter().zip(&a).enumerate() {
-            let errs = compare_line(e, a, 1e-12);
-            assert!(
-                errs.is_empty(),
-                "{file}: line {}: {}",
-                i + 1,
-                errs.join("; ")
-            );
-        }
-    }
-    let (e, a) = (
-        read_safetensors(&reference.join("final/model.safetensors")).unwrap(),
-        read_safetensors(&out.join("final/model.safetensors")).unwrap(),
-    );
-    for (e, a) in e.iter().zip(&a) {
-        assert_eq!(e.name, a.name);
-        for (w, g) in e.values.iter().zip(&a.values) {
-            assert!(
-                (w - g).abs() <= 1e-12 * w.abs(),
-                "{}: {w:e} vs {g:e}",
-                e.name
-            );
-        }
-    }
+    gradlens_tests::assert_same_run(&reference, &out);
 }

@@ -3,9 +3,9 @@
 //! same final weights; run directories that are not the run's, or made with other settings, are
 //! refused untouched.
 
-use gradlens::compare::compare_line;
-use gradlens::train::checkpoint::read_safetensors;
-use gradlens_tests::{err, fixture, ok, scratch, tiny_data};
+use gradlens_tests::{
+    assert_same_run, err, fixture, jsonl_values as lines, ok, scratch, tiny_data,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,50 +65,6 @@ fn data(dir: &Path) -> PathBuf {
     let path = dir.join("train.json");
     std::fs::write(&path, serde_json::to_string(&many).unwrap()).unwrap();
     path
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn assert_same_run(expected: &Path, actual: &Path) {
-    for file in ["steps.jsonl", "per_sample.jsonl", "eval.jsonl"] {
-        let (e, a) = (lines(&expected.join(file)), lines(&actual.join(file)));
-        assert_eq!(e.len(), a.len(), "{file}: lines");
-        for (i, (e, a)) in e.iter().zip(&a).enumerate() {
-            let errs = compare_line(e, a, 1e-12);
-            assert!(
-                errs.is_empty(),
-                "{file}: line {}: {}",
-                i + 1,
-                errs.join("; ")
-            );
-        }
-    }
-    // The final weights, or a LoRA run's final adapter.
-    let file = if expected.join("final/adapter_model.safetensors").is_file() {
-        "final/adapter_model.safetensors"
-    } else {
-        "final/model.safetensors"
-    };
-    let (e, a) = (
-        read_safetensors(&expected.join(file)).unwrap(),
-        read_safetensors(&actual.join(file)).unwrap(),
-    );
-    assert_eq!(e.len(), a.len());
-    for (e, a) in e.iter().zip(&a) {
-        for (w, g) in e.values.iter().zip(&a.values) {
-            assert!(
-                (w - g).abs() <= 1e-12 * w.abs(),
-                "{}: {w:e} vs {g:e}",
-                e.name
-            );
-        }
-    }
 }
 
 #[test]
