@@ -8,7 +8,13 @@ fn main() {
     let answers = std::process::Command::new("sinfo")
         .args(["-h", "-o", "%T"])
         .output()
-        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+        .is_ok_and(|o| {
+            // A node ready for jobs (a node that is down or still starting is not an answer).
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|state| matches!(state.trim(), "idle" | "mixed" | "allocated"))
+        });
     if std::env::var("GRADLENS_SLURM").as_deref() == Ok("1") || answers {
         println!("cargo::rustc-cfg=slurm");
     }

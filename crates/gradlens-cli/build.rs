@@ -49,7 +49,13 @@ fn slurm_cfg() {
     let answers = Command::new("sinfo")
         .args(["-h", "-o", "%T"])
         .output()
-        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+        .is_ok_and(|o| {
+            // A node ready for jobs (a node that is down or still starting is not an answer).
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|state| matches!(state.trim(), "idle" | "mixed" | "allocated"))
+        });
     if std::env::var("GRADLENS_SLURM").as_deref() == Ok("1") || answers {
         println!("cargo::rustc-cfg=slurm");
     }
