@@ -7,7 +7,8 @@
 #   scripts/slurm-local.sh status   # sinfo
 #
 # Facts (Slurm 22.05 as Debian 12 ships it): `sacct` needs slurmdbd, so use squeue/scontrol; a
-# requeued job waits about two minutes (BeginTime) unless `scontrol update JobId=J StartTime=now`.
+# requeued job waits about two minutes (BeginTime) unless `scontrol update JobId=J StartTime=now`
+# (not within the second of the requeue: slurmd would refuse the revoked credential).
 set -euo pipefail
 
 conf=/etc/slurm/slurm.conf

@@ -283,10 +283,37 @@ pub mod slurm {
 
     /// Wait (at most `limit`) until `ready()` holds; panics naming `what` otherwise.
     pub fn wait_until(what: &str, limit: Duration, ready: impl Fn() -> bool) {
+        wait_or_report(what, limit, ready, String::new);
+    }
+
+    /// [`wait_until`], and when the wait gives up, what `report()` says (Slurm's view of a job,
+    /// its log) in the panic's message.
+    pub fn wait_or_report(
+        what: &str,
+        limit: Duration,
+        ready: impl Fn() -> bool,
+        report: impl Fn() -> String,
+    ) {
         let t0 = Instant::now();
         while !ready() {
-            assert!(t0.elapsed() < limit, "waited {limit:?} for {what}");
+            assert!(
+                t0.elapsed() < limit,
+                "waited {limit:?} for {what}\n{}",
+                report()
+            );
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `scontrol show job J` (its state, reason, restarts and times), or why it could not be had.
+    pub fn show_job(job: &str) -> String {
+        match Command::new("scontrol").args(["show", "job", job]).output() {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("scontrol show job {job}: {e}"),
         }
     }
 
