@@ -5,6 +5,7 @@
 //!
 //! All blocks work on one sequence (batch 1) as `[tokens, features]` tensors.
 
+use crate::family::{Capture, Captured};
 use crate::loader::Loader;
 use crate::ops::{ModelBackend, attention, matmul, softmax, swiglu};
 pub use crate::tensor::{float_tensor, int_tensor, zeros};
@@ -319,31 +320,6 @@ impl<B: Backend> Rotary<B> {
         let x2 = x.clone().narrow(2, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 2);
         x * self.cos.clone().unsqueeze_dim(0) + rotated * self.sin.clone().unsqueeze_dim(0)
-    }
-}
-
-/// The input and the output probe of one measured projection in one forward pass.
-pub struct Captured<B: Backend> {
-    pub name: String,
-    /// Index into [`Capture::inputs`] of X: `[tokens, in]`.
-    pub input: usize,
-    /// Zero tensor added to the output; its gradient is Δ: `[tokens, out]`.
-    pub probe: Tensor<B, 2>,
-}
-
-/// Collects [`Captured`] factors during one forward pass (in load order).
-pub struct Capture<B: Backend> {
-    pub entries: std::cell::RefCell<Vec<Captured<B>>>,
-    /// The distinct inputs X (q, k and v share one).
-    pub inputs: std::cell::RefCell<Vec<Tensor<B, 2>>>,
-}
-
-impl<B: Backend> Default for Capture<B> {
-    fn default() -> Self {
-        Self {
-            entries: std::cell::RefCell::new(Vec::new()),
-            inputs: std::cell::RefCell::new(Vec::new()),
-        }
     }
 }
 
@@ -855,7 +831,7 @@ pub fn load_decoder<B: ModelBackend>(
     l: &mut Loader<'_, B>,
     spec: &DecoderSpec,
     attention: impl Fn(usize) -> AttentionOptions,
-) -> Result<crate::FamilyModel<B>> {
+) -> Result<crate::family::FamilyModel<B>> {
     let embed_tokens = Embedding::load(l, "model.embed_tokens", spec.vocab, spec.hidden)?;
     let layers = (0..spec.layers)
         .map(|i| DecoderLayer::load(l, &format!("model.layers.{i}"), spec, attention(i)))
@@ -896,7 +872,7 @@ pub struct Decoder<B: Backend> {
     pub final_logit_softcap: Option<f64>,
 }
 
-impl<B: ModelBackend> crate::CausalLm<B> for Decoder<B> {
+impl<B: ModelBackend> crate::family::CausalLm<B> for Decoder<B> {
     fn hidden(&self, ids: &[u32], capture: Option<&Capture<B>>) -> Tensor<B, 2> {
         let device = self.embed_tokens.weight.device();
         let ctx = SequenceContext::new(ids.len(), &self.rope, &device, capture);
@@ -922,7 +898,7 @@ impl<B: ModelBackend> crate::CausalLm<B> for Decoder<B> {
         self.embed_tokens.weight.dims()[0]
     }
 
-    fn replace_params(&mut self, replacer: &mut crate::ParamReplacer<B>) {
+    fn replace_params(&mut self, replacer: &mut crate::params::ParamReplacer<B>) {
         *self = self.clone().map(replacer);
     }
 }

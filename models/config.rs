@@ -2,10 +2,36 @@
 //! classic `rope_theta` + `rope_scaling` keys and transformers 5's `rope_parameters`), and
 //! `layer_types` (which layers use sliding-window attention).
 
-use crate::blocks::RopeScaling;
+use crate::blocks::{self, RopeScaling};
 use gradlens_core::{CheckpointError, Result};
 use serde_json::Value;
 use std::path::Path;
+
+/// What a family's `load` starts from: its config.json, and the decoder and attention that the
+/// keys every family shares already describe ([`config::common`], with the family's `DEFAULTS`).
+pub struct FamilyConfig<'a> {
+    pub raw: &'a serde_json::Value,
+    pub path: &'a Path,
+    pub spec: blocks::DecoderSpec,
+    pub attention: blocks::AttentionOptions,
+}
+
+impl FamilyConfig<'_> {
+    /// The family's own keys (its config struct), errors naming the field.
+    pub fn own<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        gradlens_core::parse_config(self.path, self.raw)
+    }
+
+    /// The rotary table of `rope_theta` (default `default_theta`) and `rope_scaling`.
+    pub fn rope_table(&self, default_theta: f64) -> Result<blocks::RopeTable> {
+        rope_table(self.path, self.raw, default_theta, self.attention.head_dim)
+    }
+
+    /// Per layer, whether it slides: `layer_types`, else the family's rule.
+    pub fn sliding_layers(&self, rule: impl Fn(usize) -> bool) -> Result<Vec<bool>> {
+        sliding_layers(self.path, self.raw, self.spec.layers, rule)
+    }
+}
 
 fn config_error(path: &Path, message: impl Into<String>) -> CheckpointError {
     CheckpointError::Config {

@@ -39,7 +39,7 @@ use burn::tensor::{DType, Int, Shape, Tensor, TensorMetadata, TensorPrimitive};
 /// A backend the models run on: Burn's [`Backend`] plus the operations above.
 pub trait ModelBackend: Backend {
     /// `lhs · rhs` for `[.., m, k]` and `[.., k, n]` tensors with the same batch dimensions.
-    /// NdArray runs it through the `gemm` crate on the operands' strides (`cpu_gemm`); other
+    /// NdArray runs it through the `gemm` crate on the operands' strides (`cpu::gemm`); other
     /// backends use their own matmul.
     fn model_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
@@ -153,14 +153,14 @@ fn weighted_picks<B: Backend>(
     B::float_sum(B::float_mul(B::float_gather(1, l, targets), coeff))
 }
 
-/// NdArray: the matrix products through `gemm` (`cpu_gemm`), the attention one head at a time
-/// (`cpu_attention`), the loss row by row (`cpu_loss`); the generic paths for any operand those
+/// NdArray: the matrix products through `gemm` (`cpu::gemm`), the attention one head at a time
+/// (`cpu::attention`), the loss row by row (`cpu::loss`); the generic paths for any operand those
 /// do not take.
 macro_rules! ndarray_model_backend {
     ($e:ty) => {
         impl ModelBackend for burn::backend::NdArray<$e> {
             fn model_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
-                crate::cpu_gemm::matmul(lhs, rhs, Self::float_matmul)
+                crate::cpu::gemm::matmul(lhs, rhs, Self::float_matmul)
             }
             fn model_attention_forward(
                 q: FloatTensor<Self>,
@@ -168,7 +168,7 @@ macro_rules! ndarray_model_backend {
                 v: FloatTensor<Self>,
                 bias: FloatTensor<Self>,
             ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-                match crate::cpu_attention::forward(&q, &k, &v, &bias) {
+                match crate::cpu::attention::forward(&q, &k, &v, &bias) {
                     Some(op) => op,
                     None => attention_forward::<Self>(q, k, v, bias),
                 }
@@ -180,7 +180,7 @@ macro_rules! ndarray_model_backend {
                 g: FloatTensor<Self>,
                 want: [bool; 3],
             ) -> [Option<FloatTensor<Self>>; 3] {
-                match crate::cpu_attention::backward(&q, &k, &v, &p, &o, &g, want) {
+                match crate::cpu::attention::backward(&q, &k, &v, &p, &o, &g, want) {
                     Some(d) => d,
                     None => attention_backward::<Self>([q, k, v], p, o, g, want),
                 }
@@ -190,7 +190,7 @@ macro_rules! ndarray_model_backend {
                 targets: IntTensor<Self>,
                 coeff: FloatTensor<Self>,
             ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-                match crate::cpu_loss::forward(&logits, &targets, &coeff) {
+                match crate::cpu::loss::forward(&logits, &targets, &coeff) {
                     Some(r) => r,
                     None => nll_forward::<Self>(logits, targets, coeff),
                 }
@@ -201,7 +201,7 @@ macro_rules! ndarray_model_backend {
                 coeff: FloatTensor<Self>,
                 g: FloatTensor<Self>,
             ) -> FloatTensor<Self> {
-                match crate::cpu_loss::backward(&l, &targets, &coeff, &g) {
+                match crate::cpu::loss::backward(&l, &targets, &coeff, &g) {
                     Some(d) => d,
                     None => nll_backward::<Self>(l, targets, coeff, g),
                 }

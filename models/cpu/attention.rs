@@ -15,8 +15,8 @@ use burn::backend::ndarray::NdArrayTensor;
 use ndarray::{ArcArray, ArrayView2, ArrayView3, ArrayViewD, Axis, Ix3, IxDyn};
 use rayon::prelude::*;
 
-use crate::cpu_element::Element;
-use crate::cpu_gemm::gemm_into;
+use super::element::Element;
+use super::gemm::gemm_into;
 
 /// `(O, P)` for q, k, v `[heads, T, D]` and an additive bias `[1, T, T]`; `None` when the tensors
 /// are not all of one float type (the caller falls back to the generic path).

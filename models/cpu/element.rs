@@ -1,4 +1,4 @@
-//! The float types of the NdArray kernels (`cpu_gemm`, `cpu_attention`, `cpu_loss`), and a vectorisable
+//! The float types of the NdArray kernels (`gemm`, `attention`, `loss`), and a vectorisable
 //! f32 exponential.
 
 /// The float types of the CPU kernels (f32, f64): what `gemm` and the attention rows need.

@@ -18,7 +18,7 @@
 use burn::backend::ndarray::NdArrayTensor;
 use ndarray::{ArcArray, ArrayView2, ArrayViewD, IxDyn};
 
-use crate::cpu_element::Element;
+use super::element::Element;
 use rayon::prelude::*;
 
 /// `lhs · rhs` on NdArray tensors; `fallback` (NdArray's own matmul) for what this path does not

@@ -13,7 +13,7 @@ use burn::backend::ndarray::NdArrayTensor;
 use ndarray::{ArcArray, ArrayViewD, Ix2, IxDyn};
 use rayon::prelude::*;
 
-use crate::cpu_element::Element;
+use super::element::Element;
 
 /// `(Σ_r c_r · l[r, t_r], l)` with `l` the log-softmax of `logits` `[rows, vocab]`, for targets and
 /// weights `[rows, 1]`; `None` for tensors this path does not take.

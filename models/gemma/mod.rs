@@ -14,12 +14,18 @@
 
 use crate::blocks::{DecoderSpec, load_decoder};
 use crate::config::Defaults;
+use crate::config::FamilyConfig;
+use crate::family::FamilyModel;
+use crate::gguf::GgufNames;
+use crate::loader::Loader;
 use crate::ops::ModelBackend;
-use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 
 /// transformers' `GemmaConfig` defaults.
 pub const DEFAULTS: Defaults = Defaults::GEMMA;
+
+/// No GGUF import: transformers cannot load Gemma (1) GGUF files, so no reference proves one.
+pub static GGUF: Option<GgufNames> = None;
 
 pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, f: FamilyConfig<'_>) -> Result<FamilyModel<B>> {
     let spec = DecoderSpec {

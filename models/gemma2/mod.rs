@@ -14,8 +14,11 @@
 
 use crate::blocks::{AttentionOptions, DecoderSpec, NormPlacement, load_decoder};
 use crate::config::Defaults;
+use crate::config::FamilyConfig;
+use crate::family::FamilyModel;
+use crate::gguf::{GEMMA_NORMS, GgufNames, LLAMA_LIKE, gemma_query_pre_attn_scalar};
+use crate::loader::Loader;
 use crate::ops::ModelBackend;
-use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 use serde::Deserialize;
 
@@ -24,6 +27,27 @@ pub const DEFAULTS: Defaults = Defaults {
     kv_heads: Some(4),
     ..Defaults::GEMMA
 };
+
+/// llama.cpp's `gemma2` files: norms stored as 1 + w, four norms per layer ([`GEMMA_NORMS`]),
+/// the window and the soft-caps as metadata; `query_pre_attn_scalar` as llama.cpp computes it.
+pub static GGUF: Option<GgufNames> = Some(GgufNames {
+    architecture: "gemma2",
+    model_type: "gemma2",
+    hf_class: "Gemma2ForCausalLM",
+    hidden_act: None,
+    layer_tensors: GEMMA_NORMS,
+    metadata: &[
+        ("attention.sliding_window", "sliding_window"),
+        ("attn_logit_softcapping", "attn_logit_softcapping"),
+        ("final_logit_softcapping", "final_logit_softcapping"),
+    ],
+    norms_plus_one: true,
+    derive: Some(|_, c| {
+        gemma_query_pre_attn_scalar(c, 46);
+        Ok(())
+    }),
+    ..LLAMA_LIKE
+});
 
 /// Gemma 2's own keys.
 #[derive(Debug, Deserialize)]
@@ -74,12 +98,22 @@ mod tests {
     #[test]
     fn omitted_keys_take_transformers_defaults() {
         let c: Gemma2Config = serde_json::from_str("{}").unwrap();
-        assert_eq!((c.attn_logit_softcapping, c.final_logit_softcapping), (Some(50.0), Some(30.0)));
-        assert_eq!((c.query_pre_attn_scalar, c.sliding_window), (256.0, Some(4096)));
+        assert_eq!(
+            (c.attn_logit_softcapping, c.final_logit_softcapping),
+            (Some(50.0), Some(30.0))
+        );
+        assert_eq!(
+            (c.query_pre_attn_scalar, c.sliding_window),
+            (256.0, Some(4096))
+        );
         let raw = serde_json::json!({"num_hidden_layers": 4});
         let path = std::path::Path::new("config.json");
         let sliding = crate::config::sliding_layers(path, &raw, 4, |i| i % 2 == 0).unwrap();
-        assert_eq!(sliding, vec![true, false, true, false], "layer 0 slides, layer 1 is global");
+        assert_eq!(
+            sliding,
+            vec![true, false, true, false],
+            "layer 0 slides, layer 1 is global"
+        );
     }
 
     #[test]
@@ -88,6 +122,9 @@ mod tests {
             r#"{"attn_logit_softcapping": null, "final_logit_softcapping": null}"#,
         )
         .unwrap();
-        assert_eq!((c.attn_logit_softcapping, c.final_logit_softcapping), (None, None));
+        assert_eq!(
+            (c.attn_logit_softcapping, c.final_logit_softcapping),
+            (None, None)
+        );
     }
 }

@@ -20,9 +20,12 @@
 use crate::blocks::{
     AttentionOptions, DecoderSpec, NormPlacement, QkNorm, RopeScaling, RopeTable, load_decoder,
 };
+use crate::config::FamilyConfig;
 use crate::config::{self, Defaults};
+use crate::family::FamilyModel;
+use crate::gguf::{GEMMA_NORMS, GgufNames, LLAMA_LIKE, gemma_query_pre_attn_scalar};
+use crate::loader::Loader;
 use crate::ops::ModelBackend;
-use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 use serde::Deserialize;
 use serde_json::Value;
@@ -33,6 +36,23 @@ pub const DEFAULTS: Defaults = Defaults {
     kv_heads: Some(4),
     ..Defaults::GEMMA
 };
+
+/// llama.cpp's `gemma3` files (the text model): Gemma 2's layout with q/k norms, the window as
+/// metadata, the global rotary base as `rope.freq_base` (the local one is always 10000).
+pub static GGUF: Option<GgufNames> = Some(GgufNames {
+    architecture: "gemma3",
+    model_type: "gemma3_text",
+    hf_class: "Gemma3ForCausalLM",
+    hidden_act: None,
+    layer_tensors: GEMMA_NORMS,
+    metadata: &[("attention.sliding_window", "sliding_window")],
+    norms_plus_one: true,
+    derive: Some(|_, c| {
+        gemma_query_pre_attn_scalar(c, 62);
+        Ok(())
+    }),
+    ..LLAMA_LIKE
+});
 
 /// Gemma 3's own keys.
 #[derive(Debug, Deserialize)]
@@ -114,7 +134,12 @@ pub fn text_part(ckpt: &mut gradlens_core::Checkpoint) -> Result<()> {
         ("model.", "model.language_model."),
         ("lm_head.", "language_model.lm_head."),
     ]);
-    let vision = ["vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."];
+    let vision = [
+        "vision_tower.",
+        "multi_modal_projector.",
+        "model.vision_tower.",
+        "model.multi_modal_projector.",
+    ];
     ckpt.ignore_where(|n| vision.iter().any(|v| n.starts_with(v)));
     tracing::warn!(
         "{}: a multimodal Gemma 3 checkpoint: measuring its text model (text_config, the \
@@ -175,10 +200,14 @@ mod tests {
     fn omitted_keys_take_transformers_defaults() {
         let (raw, c) = parse("");
         assert_eq!(c.query_pre_attn_scalar, 256.0);
-        assert_eq!((c.attn_logit_softcapping, c.final_logit_softcapping), (None, None));
+        assert_eq!(
+            (c.attn_logit_softcapping, c.final_logit_softcapping),
+            (None, None)
+        );
         let p = Path::new("config.json");
         let sliding =
-            config::sliding_layers(p, &raw, 12, |i| (i + 1) % c.sliding_window_pattern != 0).unwrap();
+            config::sliding_layers(p, &raw, 12, |i| (i + 1) % c.sliding_window_pattern != 0)
+                .unwrap();
         let global: Vec<usize> = (0..12).filter(|&i| !sliding[i]).collect();
         assert_eq!(global, vec![5, 11], "five local layers, then one global");
         let [g, loc] = rope_tables(p, &raw, &c).unwrap();

@@ -15,12 +15,21 @@
 
 use crate::blocks::{DecoderSpec, load_decoder};
 use crate::config::Defaults;
+use crate::config::FamilyConfig;
+use crate::family::FamilyModel;
+use crate::gguf::{GgufNames, LLAMA_LIKE};
+use crate::loader::Loader;
 use crate::ops::ModelBackend;
-use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 
 /// transformers' `LlamaConfig` defaults.
 pub const DEFAULTS: Defaults = Defaults::LLAMA;
+
+/// llama.cpp's Llama files: its converter interleaves the rotary halves of q and k.
+pub static GGUF: Option<GgufNames> = Some(GgufNames {
+    permuted_qk: true,
+    ..LLAMA_LIKE
+});
 
 pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, f: FamilyConfig<'_>) -> Result<FamilyModel<B>> {
     // Checkpoints of older transformers versions store the rotary table.

@@ -14,8 +14,11 @@
 
 use crate::blocks::{AttentionOptions, DecoderSpec, load_decoder};
 use crate::config::Defaults;
+use crate::config::FamilyConfig;
+use crate::family::FamilyModel;
+use crate::gguf::{GgufNames, LLAMA_LIKE};
+use crate::loader::Loader;
 use crate::ops::ModelBackend;
-use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 use serde::Deserialize;
 
@@ -24,6 +27,16 @@ pub const DEFAULTS: Defaults = Defaults {
     kv_heads: Some(8),
     ..Defaults::LLAMA
 };
+
+/// llama.cpp writes Mistral's files as Llama's (`general.architecture` "llama", q and k
+/// interleaved); transformers takes one whose `general.name` says mistral for Mistral.
+pub static GGUF: Option<GgufNames> = Some(GgufNames {
+    name_contains: Some("mistral"),
+    model_type: "mistral",
+    hf_class: "MistralForCausalLM",
+    permuted_qk: true,
+    ..LLAMA_LIKE
+});
 
 /// Mistral's own key: the window of every layer (`null`: none).
 #[derive(Debug, Deserialize)]

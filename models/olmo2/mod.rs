@@ -17,8 +17,11 @@
 
 use crate::blocks::{AttentionOptions, DecoderSpec, NormPlacement, QkNorm, load_decoder};
 use crate::config::Defaults;
+use crate::config::FamilyConfig;
+use crate::family::FamilyModel;
+use crate::gguf::GgufNames;
+use crate::loader::Loader;
 use crate::ops::ModelBackend;
-use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 
 /// transformers' `Olmo2Config` defaults: RMSNorm eps 1e-5, otherwise Llama's.
@@ -26,6 +29,9 @@ pub const DEFAULTS: Defaults = Defaults {
     rms_norm_eps: 1e-5,
     ..Defaults::LLAMA
 };
+
+/// No GGUF import: transformers cannot load OLMo 2 GGUF files, so no reference proves one.
+pub static GGUF: Option<GgufNames> = None;
 
 pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, f: FamilyConfig<'_>) -> Result<FamilyModel<B>> {
     let attention = AttentionOptions {

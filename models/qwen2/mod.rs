@@ -12,13 +12,24 @@
 //! vocab_size. Defaults as transformers': rms_norm_eps 1e-6, hidden_act "silu", max_window_layers 28.
 
 use crate::blocks::{AttentionOptions, DecoderSpec, load_decoder};
+use crate::config::FamilyConfig;
 use crate::config::{Defaults, SlidingFromLayer};
+use crate::family::FamilyModel;
+use crate::gguf::{GgufNames, LLAMA_LIKE};
+use crate::loader::Loader;
 use crate::ops::ModelBackend;
-use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 
 /// transformers' `Qwen2Config` defaults for the shared keys (Llama's).
 pub const DEFAULTS: Defaults = Defaults::LLAMA;
+
+/// llama.cpp's `qwen2` files: Llama's names, q/k/v biases, rows as Hugging Face has them.
+pub static GGUF: Option<GgufNames> = Some(GgufNames {
+    architecture: "qwen2",
+    model_type: "qwen2",
+    hf_class: "Qwen2ForCausalLM",
+    ..LLAMA_LIKE
+});
 
 pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, f: FamilyConfig<'_>) -> Result<FamilyModel<B>> {
     let windows = f.own::<SlidingFromLayer>()?.windows(&f)?;

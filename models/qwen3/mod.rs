@@ -15,9 +15,12 @@
 //! hidden_act "silu", attention_bias false, sliding_window 4096, max_window_layers 28.
 
 use crate::blocks::{AttentionOptions, DecoderSpec, QkNorm, load_decoder};
+use crate::config::FamilyConfig;
 use crate::config::{Defaults, SlidingFromLayer};
+use crate::family::FamilyModel;
+use crate::gguf::{GgufNames, LLAMA_LIKE};
+use crate::loader::Loader;
 use crate::ops::ModelBackend;
-use crate::{FamilyConfig, FamilyModel, Loader};
 use gradlens_core::Result;
 
 /// transformers' `Qwen3Config` defaults: head_dim 128, otherwise Llama's.
@@ -25,6 +28,15 @@ pub const DEFAULTS: Defaults = Defaults {
     head_dim: Some(128),
     ..Defaults::LLAMA
 };
+
+/// llama.cpp's `qwen3` files: Llama's names with `attn_q_norm`/`attn_k_norm`, `head_dim` as
+/// `attention.key_length`.
+pub static GGUF: Option<GgufNames> = Some(GgufNames {
+    architecture: "qwen3",
+    model_type: "qwen3",
+    hf_class: "Qwen3ForCausalLM",
+    ..LLAMA_LIKE
+});
 
 pub fn load<B: ModelBackend>(l: &mut Loader<'_, B>, f: FamilyConfig<'_>) -> Result<FamilyModel<B>> {
     let windows = f.own::<SlidingFromLayer>()?.windows(&f)?;

@@ -90,7 +90,7 @@ enum Command {
     },
     /// Benchmark against the paper's PyTorch pipeline (same checkpoint, same samples, one run).
     Bench(gradlens::bench::BenchArgs),
-    /// A GGUF file (llama.cpp's format: Llama or Qwen2 with a byte-level BPE vocabulary; F32, F16,
+    /// A GGUF file (llama.cpp's format: Llama, Mistral, Qwen2, Qwen3, Gemma 2 or Gemma 3 with a byte-level BPE vocabulary; F32, F16,
     /// BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) as a Hugging Face checkpoint directory, weights
     /// dequantized to f32. (`--model FILE.gguf` does this once into gradlens' cache.)
     ImportGguf {
@@ -536,7 +536,7 @@ fn run(cli: Cli) -> Result<()> {
                 "{}: exists; import-gguf writes a new checkpoint directory (choose another --out)",
                 out.display()
             );
-            let r = gradlens::gguf::import::import(&file, &out)?;
+            let r = gradlens::import_gguf(&file, &out)?;
             let types: Vec<String> = r.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
             eprintln!(
                 "{}: {} ({} tensors: {}; {:.1} M parameters) -> {}",

@@ -35,8 +35,8 @@ pub mod train;
 pub mod training_report;
 pub mod two_stage;
 
-pub use gradlens_core::{Checkpoint, CheckpointError, gguf, hub};
-pub use gradlens_models::{LoadedModel, SUPPORTED, paper_selector};
+pub use gradlens_core::{Checkpoint, CheckpointError, hub};
+pub use gradlens_models::{LoadedModel, SUPPORTED, import_gguf, paper_selector};
 
 /// An error and its causes on one line (`outer: cause: cause`), leaving out a cause whose text
 /// the message already carries (many messages quote their source).

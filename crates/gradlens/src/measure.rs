@@ -10,7 +10,7 @@ use crate::stats::{
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Element, Tensor};
 use gradlens_models::LoadedModel;
-use gradlens_models::blocks::Capture;
+use gradlens_models::family::Capture;
 use gradlens_models::ops::weighted_nll;
 use gradlens_models::tensor::{float_tensor, int_tensor, zeros};
 use std::collections::HashMap;

@@ -1,9 +1,9 @@
 //! What `--model` names: a checkpoint directory, a hub model id in the local Hugging Face cache
-//! ([`crate::hub`]), or a GGUF file, imported once into gradlens' cache
+//! ([`gradlens_core::hub`]), or a GGUF file, imported once into gradlens' cache
 //! (`$GRADLENS_CACHE`, else `$XDG_CACHE_HOME/gradlens`, else `~/.cache/gradlens`) under its name
 //! and content hash, and used from there.
 
-use gradlens_core::gguf::import::import;
+use gradlens_models::import_gguf as import;
 use std::path::{Path, PathBuf};
 
 /// gradlens' cache folder.
@@ -24,7 +24,7 @@ pub fn is_gguf(path: &Path) -> bool {
 
 /// The checkpoint directory `--model` stands for.
 pub fn resolve(model: &Path, revision: Option<&str>) -> anyhow::Result<PathBuf> {
-    let model = crate::hub::resolve(model, revision)?;
+    let model = gradlens_core::hub::resolve(model, revision)?;
     if !is_gguf(&model) {
         return Ok(model);
     }

@@ -221,8 +221,8 @@ impl Plan {
         let mut model_dirs = Vec::new();
         for m in &sweep.models {
             let dir = normalize(&base_dir.join(&m.path));
-            let dir = if !dir.exists() && crate::hub::is_model_id(Path::new(&m.path)) {
-                crate::hub::resolve(Path::new(&m.path), m.revision.as_deref())
+            let dir = if !dir.exists() && gradlens_core::hub::is_model_id(Path::new(&m.path)) {
+                gradlens_core::hub::resolve(Path::new(&m.path), m.revision.as_deref())
                     .with_context(|| format!("{}: model {:?}", sweep_path.display(), m.name))?
             } else if crate::model_source::is_gguf(&dir) {
                 crate::model_source::resolve(&dir, None)

@@ -1,29 +1,107 @@
 //! A GGUF file as a Hugging Face checkpoint directory: `config.json` from the metadata,
 //! `model.safetensors` (every tensor dequantized to f32 under its Hugging Face name, Llama's q and k
-//! rows put back in Hugging Face's rotary layout), `tokenizer.json` (a byte-level BPE, as
-//! transformers builds it from a GGUF vocabulary) and `tokenizer_config.json` with the chat
-//! template and the special tokens.
+//! rows put back in Hugging Face's rotary layout, Gemma's norms without llama.cpp's added one),
+//! `tokenizer.json` (a byte-level BPE, as transformers builds it from a GGUF vocabulary) and
+//! `tokenizer_config.json` with the chat template and the special tokens.
 //!
-//! Architectures: `llama` and `qwen2`. Tokenizers: `gpt2` (byte-level BPE). Anything else is an
-//! error naming the metadata key.
+//! What is the same for every family (llama.cpp's Llama names and metadata keys) is here; what a
+//! family says differently is its [`GgufNames`], declared in the family's folder
+//! (`models/<family>/mod.rs`, `GGUF`) and handed to [`import`] by the model registry.
+//! Tokenizers: `gpt2` (byte-level BPE). Anything else is an error naming the metadata key.
 
 use super::{Gguf, GgufError, TensorInfo};
 use safetensors::tensor::TensorView;
-use serde_json::{Value as Json, json};
+use serde_json::{Map, Value as Json, json};
 use std::path::Path;
+
+/// What one family's GGUF files say in llama.cpp's words, beyond llama.cpp's Llama names (which
+/// every family shares): declared in the family's folder, read by [`import`].
+#[derive(Debug)]
+pub struct GgufNames {
+    /// llama.cpp's `general.architecture`.
+    pub architecture: &'static str,
+    /// A file of that architecture is this family's only when its `general.name` contains this
+    /// (lower-cased): llama.cpp writes Mistral's files as `llama`, and transformers tells them
+    /// apart by the name.
+    pub name_contains: Option<&'static str>,
+    /// config.json's `model_type`.
+    pub model_type: &'static str,
+    /// config.json's `architectures`.
+    pub hf_class: &'static str,
+    /// config.json's `hidden_act`, when the family's config reads that key.
+    pub hidden_act: Option<&'static str>,
+    /// The family's own layer tensors: llama.cpp's name inside `blk.N.` → Hugging Face's inside
+    /// `model.layers.N.` (taking precedence over the Llama names).
+    pub layer_tensors: &'static [(&'static str, &'static str)],
+    /// The family's own metadata: the key after `<architecture>.` → config.json's key.
+    pub metadata: &'static [(&'static str, &'static str)],
+    /// llama.cpp's converter interleaves the two rotary halves of every q and k head (Llama's):
+    /// put them back.
+    pub permuted_qk: bool,
+    /// llama.cpp's converter stores every norm weight as 1 + w (Gemma's): take the one off.
+    pub norms_plus_one: bool,
+    /// config.json keys computed from the metadata (e.g. Gemma 2's `query_pre_attn_scalar`).
+    pub derive: Option<fn(&Gguf, &mut Map<String, Json>) -> Result<(), GgufError>>,
+}
+
+impl GgufNames {
+    /// Whether a file of `architecture` named `name` is this family's.
+    fn claims(&self, architecture: &str, name: &str) -> bool {
+        self.architecture == architecture
+            && self
+                .name_contains
+                .is_none_or(|n| name.to_lowercase().contains(n))
+    }
+}
+
+/// The family of a file: the one whose name marker its `general.name` carries, else the
+/// architecture's family without a marker.
+fn family_of<'a>(
+    families: &[&'a GgufNames],
+    architecture: &str,
+    name: &str,
+) -> Option<&'a GgufNames> {
+    families
+        .iter()
+        .find(|f| f.name_contains.is_some() && f.claims(architecture, name))
+        .or_else(|| {
+            families
+                .iter()
+                .find(|f| f.name_contains.is_none() && f.claims(architecture, name))
+        })
+        .copied()
+}
 
 /// What an import wrote.
 #[derive(Debug, Clone)]
 pub struct Imported {
+    /// The file's `general.architecture`.
     pub architecture: String,
+    /// The family it was imported as (config.json's `model_type`).
+    pub model_type: String,
     pub tensors: usize,
     pub parameters: u64,
     /// The ggml types of the file's tensors, with counts.
     pub types: std::collections::BTreeMap<String, usize>,
 }
 
-/// The Hugging Face name of a llama.cpp tensor name.
-fn hf_name(name: &str) -> Option<String> {
+/// llama.cpp's Llama layer tensors (inside `blk.N.`) → Hugging Face's (inside `model.layers.N.`).
+const LAYER_TENSORS: &[(&str, &str)] = &[
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// The Hugging Face name of a llama.cpp tensor name (the family's own layer names first).
+fn hf_name(name: &str, family: &[(&str, &str)]) -> Option<String> {
     let (stem, suffix) = name.rsplit_once('.')?;
     let top = match stem {
         "token_embd" => Some("model.embed_tokens"),
@@ -37,20 +115,11 @@ fn hf_name(name: &str) -> Option<String> {
     let rest = stem.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let hf = match part {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
+    let hf = family
+        .iter()
+        .chain(LAYER_TENSORS)
+        .find(|(gguf, _)| *gguf == part)
+        .map(|(_, hf)| *hf)?;
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
 }
 
@@ -256,20 +325,54 @@ fn tokenizer_files(g: &Gguf) -> Result<(Json, Json), GgufError> {
     Ok((tokenizer, Json::Object(config)))
 }
 
-/// `config.json` of the file's architecture.
-fn config(g: &Gguf, arch: &str, vocab: usize, tied: bool) -> Result<Json, GgufError> {
-    let k = |s: &str| format!("{arch}.{s}");
-    for key in [k("rope.scaling.type")] {
-        if let Some(v) = g.metadata.get(&key)
-            && v.as_str().is_some_and(|s| s != "none")
-        {
-            return Err(g.bad(&key, format!("{v:?}: rope scaling is not imported yet")));
-        }
+/// A metadata value as JSON.
+fn to_json(v: &super::Value) -> Json {
+    use super::Value;
+    match v {
+        Value::U64(x) => json!(x),
+        Value::I64(x) => json!(x),
+        Value::F64(x) => json!(x),
+        Value::Bool(x) => json!(x),
+        Value::String(x) => json!(x),
+        Value::Array(a) => Json::Array(a.iter().map(to_json).collect()),
     }
+}
+
+/// config.json's `rope_scaling` of the file's `rope.scaling.*` keys (none when absent or
+/// `none`): linear and YaRN, as transformers writes them.
+fn rope_scaling(g: &Gguf, arch: &str) -> Result<Option<Json>, GgufError> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let key = k("rope.scaling.type");
+    let Some(v) = g.metadata.get(&key) else {
+        return Ok(None);
+    };
+    let kind = v.as_str().ok_or_else(|| g.bad(&key, "expected a string"))?;
+    if kind == "none" {
+        return Ok(None);
+    }
+    if kind != "linear" && kind != "yarn" {
+        return Err(g.bad(
+            &key,
+            format!("{kind:?}: gradlens maps linear and yarn rope scaling"),
+        ));
+    }
+    let factor = float(g, &k("rope.scaling.factor"))?;
+    let mut scaling = json!({"rope_type": kind, "factor": factor});
+    if kind == "yarn" {
+        scaling["original_max_position_embeddings"] =
+            json!(uint(g, &k("rope.scaling.original_context_length"))?);
+    }
+    Ok(Some(scaling))
+}
+
+/// `config.json` of the file's family.
+fn config(g: &Gguf, family: &GgufNames, vocab: usize, tied: bool) -> Result<Json, GgufError> {
+    let arch = family.architecture;
+    let k = |s: &str| format!("{arch}.{s}");
     let heads = uint(g, &k("attention.head_count"))?;
     let mut c = json!({
-        "architectures": [if arch == "llama" { "LlamaForCausalLM" } else { "Qwen2ForCausalLM" }],
-        "model_type": arch,
+        "architectures": [family.hf_class],
+        "model_type": family.model_type,
         "hidden_size": uint(g, &k("embedding_length"))?,
         "intermediate_size": uint(g, &k("feed_forward_length"))?,
         "num_hidden_layers": uint(g, &k("block_count"))?,
@@ -280,16 +383,26 @@ fn config(g: &Gguf, arch: &str, vocab: usize, tied: bool) -> Result<Json, GgufEr
         "max_position_embeddings": uint(g, &k("context_length"))?,
         "vocab_size": vocab,
         "tie_word_embeddings": tied,
-        "hidden_act": "silu",
         "torch_dtype": "float32",
     });
     let obj = c.as_object_mut().expect("object");
+    if let Some(act) = family.hidden_act {
+        obj.insert("hidden_act".into(), json!(act));
+    }
     if let Some(d) = g
         .metadata
         .get(&k("attention.key_length"))
         .and_then(|v| v.as_u64())
     {
         obj.insert("head_dim".into(), json!(d));
+    }
+    if let Some(scaling) = rope_scaling(g, arch)? {
+        obj.insert("rope_scaling".into(), scaling);
+    }
+    for (key, name) in family.metadata {
+        if let Some(v) = g.metadata.get(&k(key)) {
+            obj.insert((*name).into(), to_json(v));
+        }
     }
     for (name, key) in [
         ("bos_token_id", "tokenizer.ggml.bos_token_id"),
@@ -299,6 +412,9 @@ fn config(g: &Gguf, arch: &str, vocab: usize, tied: bool) -> Result<Json, GgufEr
         if let Some(v) = g.metadata.get(key).and_then(|v| v.as_u64()) {
             obj.insert(name.into(), json!(v));
         }
+    }
+    if let Some(derive) = family.derive {
+        derive(g, obj)?;
     }
     Ok(c)
 }
@@ -311,24 +427,35 @@ fn write_err(path: &Path) -> impl Fn(std::io::Error) -> GgufError + '_ {
 }
 
 /// Import `gguf` into the directory `out` (created; written through `.<name>.partial` and a
-/// rename, so `out` is complete or absent).
-pub fn import(gguf: &Path, out: &Path) -> Result<Imported, GgufError> {
+/// rename, so `out` is complete or absent). `families`: what each family's files say (the model
+/// registry's `gguf_families`); the file's `general.architecture` (and `general.name`) picks one.
+pub fn import(gguf: &Path, out: &Path, families: &[&GgufNames]) -> Result<Imported, GgufError> {
     let g = Gguf::open(gguf)?;
     let arch = g
         .get("general.architecture")?
         .as_str()
         .ok_or_else(|| g.bad("general.architecture", "expected a string"))?
         .to_string();
-    if arch != "llama" && arch != "qwen2" {
+    let name = g
+        .metadata
+        .get("general.name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let Some(family) = family_of(families, &arch, name) else {
+        let mut known: Vec<&str> = families.iter().map(|f| f.architecture).collect();
+        known.dedup();
         return Err(g.bad(
             "general.architecture",
-            format!("{arch:?}: gradlens imports llama and qwen2 GGUF files"),
+            format!(
+                "{arch:?}: gradlens imports GGUF files of {}",
+                known.join(", ")
+            ),
         ));
-    }
+    };
     let (tokenizer, tokenizer_config) = tokenizer_files(&g)?;
     let vocab = strings(&g, "tokenizer.ggml.tokens")?.len();
     let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
-    let config = config(&g, &arch, vocab, tied)?;
+    let config = config(&g, family, vocab, tied)?;
     let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
     let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
 
@@ -337,9 +464,19 @@ pub fn import(gguf: &Path, out: &Path) -> Result<Imported, GgufError> {
     let mut parameters = 0u64;
     for t in &g.tensors {
         if t.name == "rope_freqs.weight" {
+            // llama.cpp's Llama 3 rope factors: refused unless they change nothing.
+            if g.dequantize(t)?.iter().any(|&f| f != 1.0) {
+                return Err(GgufError::Tensor {
+                    path: g.path.clone(),
+                    name: t.name.clone(),
+                    message: "rope frequency factors (Llama 3's rope scaling) are not imported: \
+                              convert the checkpoint with transformers instead"
+                        .into(),
+                });
+            }
             continue;
         }
-        let name = hf_name(&t.name).ok_or_else(|| GgufError::Tensor {
+        let hf = hf_name(&t.name, family.layer_tensors).ok_or_else(|| GgufError::Tensor {
             path: g.path.clone(),
             name: t.name.clone(),
             message: "no Hugging Face name is known for it".into(),
@@ -349,7 +486,7 @@ pub fn import(gguf: &Path, out: &Path) -> Result<Imported, GgufError> {
             .or_insert(0) += 1;
         let shape = t.shape();
         let mut values = g.dequantize(t)?;
-        if arch == "llama" && shape.len() == 2 {
+        if family.permuted_qk && shape.len() == 2 {
             let heads = match &t.name {
                 n if n.ends_with("attn_q.weight") => Some(heads),
                 n if n.ends_with("attn_k.weight") => Some(kv_heads),
@@ -360,9 +497,14 @@ pub fn import(gguf: &Path, out: &Path) -> Result<Imported, GgufError> {
                 values = unpermute(&values, shape[0], shape[1], h);
             }
         }
+        if family.norms_plus_one && t.name.ends_with("norm.weight") {
+            for v in &mut values {
+                *v -= 1.0;
+            }
+        }
         parameters += values.len() as u64;
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.push((name, shape, bytes));
+        tensors.push((hf, shape, bytes));
     }
     let name = out
         .file_name()
@@ -404,6 +546,7 @@ pub fn import(gguf: &Path, out: &Path) -> Result<Imported, GgufError> {
     std::fs::rename(&partial, out).map_err(write_err(out))?;
     Ok(Imported {
         architecture: arch,
+        model_type: family.model_type.to_string(),
         tensors: tensors.len(),
         parameters,
         types,
@@ -428,19 +571,25 @@ mod tests {
     #[test]
     fn names_map_to_hugging_face() {
         assert_eq!(
-            hf_name("token_embd.weight").unwrap(),
+            hf_name("token_embd.weight", &[]).unwrap(),
             "model.embed_tokens.weight"
         );
         assert_eq!(
-            hf_name("blk.12.attn_output.weight").unwrap(),
+            hf_name("blk.12.attn_output.weight", &[]).unwrap(),
             "model.layers.12.self_attn.o_proj.weight"
         );
         assert_eq!(
-            hf_name("blk.0.attn_q.bias").unwrap(),
+            hf_name("blk.0.attn_q.bias", &[]).unwrap(),
             "model.layers.0.self_attn.q_proj.bias"
         );
-        assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
-        assert!(hf_name("blk.0.mystery.weight").is_none());
+        assert_eq!(hf_name("output.weight", &[]).unwrap(), "lm_head.weight");
+        assert!(hf_name("blk.0.mystery.weight", &[]).is_none());
+        // A family's own names come first (Gemma 2's norm before its MLP).
+        let gemma = [("ffn_norm", "pre_feedforward_layernorm")];
+        assert_eq!(
+            hf_name("blk.3.ffn_norm.weight", &gemma).unwrap(),
+            "model.layers.3.pre_feedforward_layernorm.weight"
+        );
     }
 
     #[test]
@@ -473,6 +622,97 @@ mod tests {
         assert_eq!(
             t.iter().collect::<std::collections::HashSet<_>>().len(),
             256
+        );
+    }
+
+    /// A GGUF file of metadata only (version 3, no tensors): string, u32 and f32 values.
+    fn metadata_only(name: &str, kv: &[(&str, super::super::Value)]) -> Gguf {
+        use super::super::Value;
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend((kv.len() as u64).to_le_bytes());
+        let string = |b: &mut Vec<u8>, s: &str| {
+            b.extend((s.len() as u64).to_le_bytes());
+            b.extend(s.as_bytes());
+        };
+        for (k, v) in kv {
+            string(&mut b, k);
+            match v {
+                Value::String(s) => {
+                    b.extend(8u32.to_le_bytes());
+                    string(&mut b, s);
+                }
+                Value::U64(x) => {
+                    b.extend(4u32.to_le_bytes());
+                    b.extend((*x as u32).to_le_bytes());
+                }
+                Value::F64(x) => {
+                    b.extend(6u32.to_le_bytes());
+                    b.extend((*x as f32).to_le_bytes());
+                }
+                _ => unreachable!(),
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("gradlens-gguf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, b).unwrap();
+        Gguf::open(&path).unwrap()
+    }
+
+    #[test]
+    fn rope_scaling_in_the_metadata_is_mapped() {
+        use super::super::Value::{F64, String as S, U64};
+        let none = metadata_only(
+            "none.gguf",
+            &[("llama.rope.scaling.type", S("none".into()))],
+        );
+        assert_eq!(rope_scaling(&none, "llama").unwrap(), None);
+        let linear = metadata_only(
+            "linear.gguf",
+            &[
+                ("gemma3.rope.scaling.type", S("linear".into())),
+                ("gemma3.rope.scaling.factor", F64(8.0)),
+            ],
+        );
+        assert_eq!(
+            rope_scaling(&linear, "gemma3").unwrap(),
+            Some(json!({"rope_type": "linear", "factor": 8.0}))
+        );
+        let yarn = metadata_only(
+            "yarn.gguf",
+            &[
+                ("qwen2.rope.scaling.type", S("yarn".into())),
+                ("qwen2.rope.scaling.factor", F64(4.0)),
+                ("qwen2.rope.scaling.original_context_length", U64(32768)),
+            ],
+        );
+        assert_eq!(
+            rope_scaling(&yarn, "qwen2").unwrap(),
+            Some(
+                json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})
+            )
+        );
+        let other = metadata_only(
+            "other.gguf",
+            &[("llama.rope.scaling.type", S("longrope".into()))],
+        );
+        let e = rope_scaling(&other, "llama").unwrap_err().to_string();
+        assert!(
+            e.contains("other.gguf")
+                && e.contains("llama.rope.scaling.type")
+                && e.contains("longrope"),
+            "{e}"
+        );
+        let no_factor = metadata_only(
+            "nofactor.gguf",
+            &[("llama.rope.scaling.type", S("linear".into()))],
+        );
+        let e = rope_scaling(&no_factor, "llama").unwrap_err().to_string();
+        assert!(
+            e.contains("llama.rope.scaling.factor") && e.contains("missing"),
+            "{e}"
         );
     }
 }
