@@ -72,7 +72,7 @@ def main():
                 if full and full[0] in lib_items:
                     root_uses.append((mod, full[0]))
                 continue
-            if target != mod and not mod.startswith(target + '::') :
+            if target != mod:
                 edges[mod].add(target)
         # `use crate::{a, b}` groups
         for m in re.finditer(r'use crate::\{([^;]*)\};', text):

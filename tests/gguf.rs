@@ -5,11 +5,11 @@
 //! Without the file the test shows as ignored (tests/build.rs).
 
 use gradlens::backend::CpuF64;
-use gradlens::compare::compare_line;
-use gradlens::data::load_records;
-use gradlens::grads::Measurer;
-use gradlens::sample::{InstructOptions, Preparation, PromptMode, prepare};
-use gradlens::tokenizer::TextTokenizer;
+use gradlens::load::data::load_records;
+use gradlens::measure::Measurer;
+use gradlens::prepare::tokenizer::TextTokenizer;
+use gradlens::prepare::{InstructOptions, Preparation, PromptMode, prepare};
+use gradlens::report::compare::compare_line;
 use gradlens_tests::{fixture, scratch, tiny_data};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

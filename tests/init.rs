@@ -2,10 +2,10 @@
 //! own loader; and the backend choice's errors.
 
 use gradlens::backend::{CpuF32, Device, Dtype, check};
-use gradlens::data::load_records;
-use gradlens::grads::Measurer;
-use gradlens::init::{InitOptions, StoreDtype, init_checkpoint};
-use gradlens::sample::PromptMode;
+use gradlens::commands::init::{InitOptions, StoreDtype, init_checkpoint};
+use gradlens::load::data::load_records;
+use gradlens::measure::Measurer;
+use gradlens::prepare::PromptMode;
 use gradlens_tests::{fixture, fixture_names, repo_root, scratch, tiny_data};
 use std::collections::BTreeMap;
 use std::path::Path;

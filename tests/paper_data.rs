@@ -1,7 +1,7 @@
 //! The paper's own data (../shared/paper-data, or $GRADLENS_DATA): every file parses. (Parity on
 //! its first samples is in `parity.rs`, per fixture.)
 
-use gradlens::data::load_records;
+use gradlens::load::data::load_records;
 use gradlens_tests::paper_data;
 use std::path::Path;
 

@@ -1,15 +1,15 @@
 //! Parity with the transformers reference (float64) on the committed fixtures.
 //!
 //! Every test is written once, generic over the backend, and instantiated per fixture and dtype:
-//! `f64` must agree at relative 1e-9, `f32` at 1e-4 (rule in `gradlens::compare`).
+//! `f64` must agree at relative 1e-9, `f32` at 1e-4 (rule in `gradlens::report::compare`).
 
 use gradlens::backend::GradBackend;
 use gradlens::backend::{CpuF32, CpuF64, FlexF32};
-use gradlens::compare::{compare_files, read_jsonl_by_index};
-use gradlens::data::load_records;
-use gradlens::grads::Measurer;
-use gradlens::output::skipped_path;
-use gradlens::sample::PromptMode;
+use gradlens::load::data::load_records;
+use gradlens::measure::Measurer;
+use gradlens::prepare::PromptMode;
+use gradlens::report::compare::{compare_files, read_jsonl_by_index};
+use gradlens::sink::output::skipped_path;
 use gradlens_models::paper_selector;
 use gradlens_tests::{fixture, fixture_names, paper_data, scratch, tiny_data};
 use serde_json::Value;
@@ -92,8 +92,10 @@ pub fn check_jsonl<B: GradBackend>(name: &str, rtol: f64, instruct: bool) {
 /// sample they take; and the whole JSONL computed with factored spectra equals the transformers
 /// reference.
 pub fn check_factored(name: &str) {
-    use gradlens::measure::HostGrads;
-    use gradlens::stats::{Spectra, SpectrumSource, factored_singular_values, singular_values};
+    use gradlens::measure::backward::HostGrads;
+    use gradlens::spectra::stats::{
+        Spectra, SpectrumSource, factored_singular_values, singular_values,
+    };
     let max_length = expected_logits(name)["max_length"].as_u64().unwrap() as usize;
     let mut measurer = Measurer::<CpuF64>::load(
         &fixture(name),
@@ -110,12 +112,12 @@ pub fn check_factored(name: &str) {
         let mut run = |spectra| {
             measurer.spectra = spectra;
             match measurer.forward_backward(i, r).unwrap() {
-                gradlens::grads::Work::Measured {
+                gradlens::measure::Work::Measured {
                     grads: HostGrads::F64(g),
                     ..
                 } => Some(g),
-                gradlens::grads::Work::Measured { .. } => panic!("f64 model, f32 gradients"),
-                gradlens::grads::Work::Skipped { .. } => None,
+                gradlens::measure::Work::Measured { .. } => panic!("f64 model, f32 gradients"),
+                gradlens::measure::Work::Skipped { .. } => None,
             }
         };
         let (Some(dense), Some(factored)) = (run(Spectra::Dense), run(Spectra::Factored)) else {
@@ -152,7 +154,7 @@ pub fn check_factored(name: &str) {
             );
             checked += 1;
         }
-        // `--spectra gram` (R factors by CholeskyQR, gradlens::gram): every singular value within
+        // `--spectra gram` (R factors by CholeskyQR, gradlens::spectra::gram): every singular value within
         // 1e-10 of σ_max of the dense SVD's, wherever the sample is short enough for that path.
         let Some(gram) = run(Spectra::Gram) else {
             continue;
@@ -167,7 +169,8 @@ pub fn check_factored(name: &str) {
             };
             let d = singular_values(g).unwrap();
             let s =
-                gradlens::gram::core_singular_values(&c.r_delta, &c.r_x, g.rows, g.cols).unwrap();
+                gradlens::spectra::gram::core_singular_values(&c.r_delta, &c.r_x, g.rows, g.cols)
+                    .unwrap();
             assert_eq!(d.len(), s.len());
             for (k, (a, b)) in d.iter().zip(&s).enumerate() {
                 assert!(
@@ -304,12 +307,13 @@ mod instruct {
         olmo2: "olmo2-tiny",
     }
 
-    fn ids_of(name: &str, opts: gradlens::sample::InstructOptions) -> Vec<u32> {
+    fn ids_of(name: &str, opts: gradlens::prepare::InstructOptions) -> Vec<u32> {
         let mode = PromptMode::instruct_from_dir(&fixture(name), opts).unwrap();
-        let tok = gradlens::tokenizer::TextTokenizer::from_dir(&fixture(name), 1024).unwrap();
+        let tok =
+            gradlens::prepare::tokenizer::TextTokenizer::from_dir(&fixture(name), 1024).unwrap();
         let records = load_records(&tiny_data()).unwrap();
-        match gradlens::sample::prepare(&tok, &mode, &records[0]).unwrap() {
-            gradlens::sample::Preparation::Ready(p) => p.ids,
+        match gradlens::prepare::prepare(&tok, &mode, &records[0]).unwrap() {
+            gradlens::prepare::Preparation::Ready(p) => p.ids,
             other => panic!("{other:?}"),
         }
     }
@@ -325,7 +329,7 @@ mod instruct {
         );
         let single = ids_of(
             "gemma-tiny",
-            gradlens::sample::InstructOptions {
+            gradlens::prepare::InstructOptions {
                 add_special_tokens: false,
             },
         );
@@ -409,7 +413,7 @@ mod instruct {
 /// and every statistic as the unpadded reference has them: f64, 1e-9, every fixture, both paths.
 #[test]
 fn padded_sequences_give_the_reference_numbers() {
-    use gradlens::stats::Spectra;
+    use gradlens::spectra::stats::Spectra;
     let records = load_records(&tiny_data()).unwrap();
     for name in &fixture_names() {
         let max_length = expected_logits(name)["max_length"].as_u64().unwrap() as usize;

@@ -1,7 +1,7 @@
 //! Reports: curves and MADs equal values computed independently (numpy, the paper's own way) on a
 //! file in the paper's script format; figures are valid PNGs; bad inputs give clear messages.
 
-use gradlens::report::{Statistic, curves_per_projection, mad_segments, read_rows, segments};
+use gradlens::report::rows::{Statistic, curves_per_projection, mad_segments, read_rows, segments};
 use gradlens_tests::{fixture, scratch};
 use serde_json::Value;
 
@@ -102,7 +102,7 @@ fn report_of_a_sweep_layout_writes_tables_figures_and_documents() {
     let f = dir.join("in/cot_500/m28/grads_aqua_train_no_cot.jsonl");
     std::fs::write(&f, format!("{src}{{\"loss\": 1.0, \"model.layers.0")).unwrap();
     let out = dir.join("out");
-    let r = gradlens::reporting::build(&[dir.join("in")], &out).unwrap();
+    let r = gradlens::report::build(&[dir.join("in")], &out).unwrap();
     assert_eq!(r.files, 3);
     assert!(
         r.warnings
@@ -144,7 +144,7 @@ fn clear_messages_for_bad_inputs() {
     let empty = scratch("report-empty");
     let e = format!(
         "{:#}",
-        gradlens::reporting::build(std::slice::from_ref(&empty), &empty.join("out")).unwrap_err()
+        gradlens::report::build(std::slice::from_ref(&empty), &empty.join("out")).unwrap_err()
     );
     assert!(
         e.contains("no measurement JSONL found in") && e.contains("report-empty"),
@@ -160,7 +160,7 @@ fn clear_messages_for_bad_inputs() {
     std::fs::write(d.join("grads_aqua_train_with_cot.jsonl"), &src).unwrap();
     let tiny = std::fs::read_to_string(fixture("qwen2-tiny").join("expected/grads.jsonl")).unwrap();
     std::fs::write(d.join("grads_aqua_train_with_cot_gpt4o.jsonl"), tiny).unwrap();
-    let r = gradlens::reporting::build(&[dir.join("in")], &dir.join("out")).unwrap();
+    let r = gradlens::report::build(&[dir.join("in")], &dir.join("out")).unwrap();
     assert_eq!(r.files, 2);
     assert!(
         r.warnings.iter().any(|w| w.contains("grads_aqua_train_with_cot_gpt4o.jsonl: 2 layers, but the other files of model \"m\" have 28")),
@@ -174,10 +174,10 @@ fn clear_messages_for_bad_inputs() {
 #[test]
 fn a_standalone_output_is_labelled_from_its_record() {
     use gradlens::backend::{Device, Dtype};
-    use gradlens::grads::{GradsOptions, run_grads};
+    use gradlens::commands::grads::{GradsOptions, run_grads};
     let dir = scratch("report-standalone");
     let out = dir.join("mine.jsonl");
-    gradlens::output::remove_output(&out);
+    gradlens::sink::output::remove_output(&out);
     run_grads(&GradsOptions {
         model: fixture("qwen2-tiny"),
         data: gradlens_tests::tiny_data(),
@@ -187,7 +187,7 @@ fn a_standalone_output_is_labelled_from_its_record() {
         max_length: 128,
         dtype: Dtype::F32,
         backend: Device::Cpu,
-        mode: gradlens::sample::PromptMode::Base,
+        mode: gradlens::prepare::PromptMode::Base,
         spectra: Default::default(),
         save_spectrum: false,
         pad_to: None,
@@ -199,10 +199,10 @@ fn a_standalone_output_is_labelled_from_its_record() {
     .unwrap();
     for shared_y in [false, true] {
         let report = dir.join(format!("report-{shared_y}"));
-        gradlens::reporting::build_and_print_with(
+        gradlens::report::build_and_print_with(
             std::slice::from_ref(&out),
             &report,
-            &gradlens::reporting::ReportOptions { shared_y },
+            &gradlens::report::ReportOptions { shared_y },
         )
         .unwrap();
         let md = std::fs::read_to_string(report.join("report.md")).unwrap();

@@ -1,8 +1,8 @@
 //! Sweeps: the paper's grid is complete in the manifest, shards partition the work exactly, and
 //! bad sweep files fail before any model is loaded.
 
-use gradlens::datasets::Manifest;
-use gradlens::sweep::{Plan, check_complete, run};
+use gradlens::commands::sweep::{Plan, check_complete, run};
+use gradlens::load::datasets::Manifest;
 use gradlens_tests::{paper_data, repo_root, scratch};
 use serde_json::Value;
 use std::collections::BTreeSet;

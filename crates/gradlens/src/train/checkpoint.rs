@@ -6,7 +6,7 @@
 //! A checkpoint is written into a hidden `.NAME.partial` folder, synced, and renamed: a folder
 //! named `checkpoint-N` or `final` is always complete.
 
-use crate::output::write_atomically;
+use crate::sink::output::write_atomically;
 use gradlens_core::StoredDtype;
 use safetensors::tensor::TensorView;
 use serde::{Deserialize, Serialize};

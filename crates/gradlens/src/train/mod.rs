@@ -18,14 +18,15 @@ pub mod order;
 pub mod records;
 pub mod run_dir;
 pub mod schedule;
+pub mod signals;
 
 use crate::backend::{BackendJob, Device, Dtype, GradBackend, dispatch};
-use crate::data::{Record, load_records};
-use crate::grads::{Work, finish, statistics};
-use crate::measure::{HostReal, measured_grads, response_loss, sample_grads_with};
-use crate::sample::{Preparation, Prepared, PromptMode, prepare};
-use crate::stats::{Factors, HostMatrix, Spectra, SpectrumSource};
-use crate::tokenizer::TextTokenizer;
+use crate::load::data::{Record, load_records};
+use crate::measure::backward::{HostReal, measured_grads, response_loss, sample_grads_with};
+use crate::measure::{Work, finish, statistics};
+use crate::prepare::tokenizer::TextTokenizer;
+use crate::prepare::{Preparation, Prepared, PromptMode, prepare};
+use crate::spectra::stats::{Factors, HostMatrix, Spectra, SpectrumSource};
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Element, Tensor, TensorData};
@@ -384,7 +385,7 @@ fn settings(
             "--lora-init (adapter_model.safetensors' SHA-256)",
             json!(
                 init.as_ref()
-                    .map(|a| crate::provenance::sha256_file(&a.dir.join(lora::WEIGHTS_FILE)))
+                    .map(|a| crate::load::fingerprint::sha256_file(&a.dir.join(lora::WEIGHTS_FILE)))
                     .transpose()?
             ),
         );
@@ -425,26 +426,26 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 Dtype::F32 => 4,
                 Dtype::F64 => 8,
             };
-            let mut e = crate::resources::estimate(&config, tokens, bytes)?;
+            let mut e = crate::measure::resources::estimate(&config, tokens, bytes)?;
             let set = opts.train;
             e.training = match &lora_setup {
-                Some((c, _)) => crate::resources::training_state(
+                Some((c, _)) => crate::measure::resources::training_state(
                     &config,
                     bytes,
                     &|_, _| false,
-                    Some(crate::resources::LoraShape {
+                    Some(crate::measure::resources::LoraShape {
                         rank: c.r,
                         targets: &|n| c.targets_weight(n),
                     }),
                 )?,
-                None => crate::resources::training_state(
+                None => crate::measure::resources::training_state(
                     &config,
                     bytes,
                     &|n, shape| set.picks(n, shape),
                     None,
                 )?,
             };
-            crate::resources::check_estimate(&config, e, tokens, opts.max_memory)?;
+            crate::measure::resources::check_estimate(&config, e, tokens, opts.max_memory)?;
         }
         let tokenizer = TextTokenizer::from_dir(&opts.model, opts.max_length)?;
         let set = opts.train;
@@ -595,7 +596,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             bar
         });
         let t_steps = Instant::now();
-        let termination = crate::signals::Termination::watch();
+        let termination = crate::train::signals::Termination::watch();
         for step in start + 1..=total {
             let t_step = Instant::now();
             let batch = order.batch(step, opts.batch_size);
@@ -696,7 +697,8 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 }
             };
             if opts.stats == StepStats::None {
-                let loss = crate::measure::loss_and_gradients(model, p, self.pad_to, &mut hook);
+                let loss =
+                    crate::measure::backward::loss_and_gradients(model, p, self.pad_to, &mut hook);
                 anyhow::ensure!(
                     loss.is_finite(),
                     "step {step}: sample {index}: non-finite loss {loss} (the weights or the \
@@ -1031,7 +1033,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         weights.sort_by(|a, b| a.name.cmp(&b.name));
         let config = l.config.peft_json(&self.opts.model.display().to_string());
         checkpoint::write_folder(dir, |partial| {
-            crate::output::write_atomically(
+            crate::sink::output::write_atomically(
                 &partial.join(lora::CONFIG_FILE),
                 (serde_json::to_string_pretty(&config)? + "\n").as_bytes(),
             )?;

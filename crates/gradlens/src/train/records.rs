@@ -1,7 +1,7 @@
 //! The lines of a training run's JSONL files, typed: the writer and the readers (`report`,
 //! the tests) share these structs.
 
-use crate::stats::GradStats;
+use crate::spectra::stats::GradStats;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

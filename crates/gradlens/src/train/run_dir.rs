@@ -1,7 +1,7 @@
 //! A training run's directory: `run.json` (what made it), a lock, and the JSONL files cut back to
 //! the checkpoint a resumed run continues from.
 //!
-//! As for `grads` outputs ([`crate::output`]): a folder with content but no `run.json` is not
+//! As for `grads` outputs ([`crate::sink::output`]): a folder with content but no `run.json` is not
 //! gradlens' and is refused untouched; an input of the run (the checkpoint folder, a data file)
 //! cannot be the run directory; a second process on the same directory fails at once (an
 //! exclusive lock on `.lock`); a run directory is continued only with `--resume` and the same
@@ -9,8 +9,8 @@
 
 use super::checkpoint::checkpoints;
 use super::records::StepOf;
-use crate::output::write_atomically;
-use crate::provenance::{model_fingerprint, sha256_file};
+use crate::load::fingerprint::{model_fingerprint, sha256_file};
+use crate::sink::output::write_atomically;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -166,7 +166,7 @@ fn has_content(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|d| {
         d.flatten().any(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name != ".lock" && !crate::output::is_temporary(&name)
+            name != ".lock" && !crate::sink::output::is_temporary(&name)
         })
     })
 }
@@ -263,7 +263,7 @@ impl RunDir {
     /// are cut back to that step (and a partial last line removed); partial checkpoints of an
     /// interrupted save and temporaries of an interrupted write are removed.
     pub fn start(&self, total: usize) -> anyhow::Result<Start> {
-        crate::output::remove_stale_temporaries(&self.path)?;
+        crate::sink::output::remove_stale_temporaries(&self.path)?;
         for entry in std::fs::read_dir(&self.path)
             .into_iter()
             .flatten()
@@ -330,8 +330,8 @@ fn cut_after_step(path: &Path, step: usize) -> anyhow::Result<()> {
 }
 
 /// Open a run's JSONL file for appending.
-pub fn appender(path: &Path) -> anyhow::Result<crate::output::JsonlAppender> {
-    Ok(crate::output::JsonlAppender::open(path)?)
+pub fn appender(path: &Path) -> anyhow::Result<crate::sink::output::JsonlAppender> {
+    Ok(crate::sink::output::JsonlAppender::open(path)?)
 }
 
 /// Whether a JSONL file of the run has a line for `step` (e.g. the evaluation at step 0).

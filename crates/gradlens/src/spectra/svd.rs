@@ -20,7 +20,7 @@ pub trait Real:
     /// The rounding unit (machine epsilon) as f64.
     const EPSILON: f64;
     /// Reduce `b` (rows ≥ cols) to upper bidiagonal form in place; its diagonal and
-    /// superdiagonal in f64 (see [`crate::svd`]).
+    /// superdiagonal in f64 (see [`crate::spectra::svd`]).
     fn bidiagonalise(b: &mut faer::Mat<Self>) -> (Vec<f64>, Vec<f64>) {
         bidiagonalise_one_stage(b)
     }
@@ -28,10 +28,10 @@ pub trait Real:
 impl Real for f32 {
     const EPSILON: f64 = f32::EPSILON as f64;
     /// From [`TWO_STAGE_FROM`] columns on, the two-stage reduction
-    /// ([`crate::two_stage`]).
+    /// ([`crate::spectra::two_stage`]).
     fn bidiagonalise(b: &mut faer::Mat<f32>) -> (Vec<f64>, Vec<f64>) {
         if b.ncols() >= TWO_STAGE_FROM {
-            crate::two_stage::bidiagonalise(b, crate::two_stage::BAND)
+            crate::spectra::two_stage::bidiagonalise(b, crate::spectra::two_stage::BAND)
         } else {
             bidiagonalise_one_stage(b)
         }
@@ -119,7 +119,7 @@ pub fn thin_r<T: Real>(mut a: Mat<T>) -> Mat<T> {
     Mat::from_fn(k, n, |i, j| if j >= i { a[(i, j)] } else { T::zero() })
 }
 
-pub use crate::householder::householder_qr_in_place;
+pub use crate::spectra::householder::householder_qr_in_place;
 
 /// The relative accuracy asked of each singular value of the bidiagonal: the matrix dtype's
 /// rounding unit (the bidiagonalisation in that dtype is no more accurate), and no tighter than
@@ -129,7 +129,7 @@ fn tolerance<T: Real>() -> f64 {
 }
 
 /// From this many columns on, f32 matrices are bidiagonalised in two stages
-/// ([`crate::two_stage`]): measured 0.89× the one-stage time at 640, no gain at 549.
+/// ([`crate::spectra::two_stage`]): measured 0.89× the one-stage time at 640, no gain at 549.
 pub const TWO_STAGE_FROM: usize = 640;
 
 /// Householder bidiagonalisation in place (faer, one thread): `b` becomes `U B Vᵀ` with B upper

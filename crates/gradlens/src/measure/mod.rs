@@ -1,49 +1,26 @@
-//! `gradlens grads`: measure every sample of a data file into a resumable JSONL.
+//! Measure: one sample's forward and backward pass ([`backward`]), its gradients' statistics, and
+//! a data file measured into a resumable JSONL by the [`Measurer`] — the engine of `grads`, `train`,
+//! sweeps and `bench`. [`options`]: one run's options and their checks; [`resources`]: will it fit.
+
+pub mod backward;
+pub mod options;
+pub mod resources;
 
 use crate::backend::GradBackend;
-use crate::backend::{BackendJob, Device, Dtype, dispatch};
-use crate::data::{Record, load_records};
-use crate::measure::{HostGrads, sample_grads};
-pub use crate::output::spectrum_path;
-use crate::output::{JsonlAppender, SkippedLine, claim, skipped_path};
-use crate::provenance::{Provenance, Settings};
-use crate::sample::{Preparation, PromptMode, prepare};
-use crate::stats::{GradStats, Spectra, stats_from};
-use crate::tokenizer::TextTokenizer;
+use crate::load::data::Record;
+use crate::measure::backward::{HostGrads, sample_grads};
+use crate::prepare::tokenizer::TextTokenizer;
+use crate::prepare::{Preparation, PromptMode, prepare};
+pub use crate::sink::output::spectrum_path;
+use crate::sink::output::{JsonlAppender, SkippedLine, claim, skipped_path};
+use crate::sink::provenance::{Provenance, Settings};
+use crate::spectra::stats::{GradStats, Spectra, stats_from};
 use anyhow::Result;
 use gradlens_models::{LoadedModel, paper_selector};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Options of one `grads` run.
-#[derive(Debug, Clone)]
-pub struct GradsOptions {
-    pub model: PathBuf,
-    pub data: PathBuf,
-    pub out: PathBuf,
-    /// First record index to measure.
-    pub start: usize,
-    /// At most this many records from `start`.
-    pub limit: Option<usize>,
-    pub max_length: usize,
-    pub dtype: Dtype,
-    /// Where the model runs (cpu, cuda).
-    pub backend: Device,
-    pub mode: PromptMode,
-    pub spectra: Spectra,
-    pub save_spectrum: bool,
-    /// Pad sequences to a multiple of this (default: 64 on CUDA, none on the CPU).
-    pub pad_to: Option<usize>,
-    /// Measure again the samples recorded in `<out>.skipped.jsonl`.
-    pub retry_skipped: bool,
-    /// Memory (bytes) the run may plan for instead of what the machine has available.
-    pub max_memory: Option<u64>,
-    /// A PEFT LoRA adapter folder merged into the model on load.
-    pub adapter: Option<PathBuf>,
-    pub progress: bool,
-}
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -83,7 +60,7 @@ pub struct Measurer<B: GradBackend> {
     /// Also write every singular value above 1e-12·σ_max to `<out>.spectrum.jsonl`.
     pub save_spectrum: bool,
     /// Pad each sequence to a multiple of this many tokens (1: none; see
-    /// [`crate::sample::Prepared::padded_ids`]).
+    /// [`crate::prepare::Prepared::padded_ids`]).
     pub pad_to: usize,
     /// Measure again the samples an output's skipped file records.
     pub retry_skipped: bool,
@@ -327,7 +304,7 @@ impl<B: GradBackend> Measurer<B> {
     pub fn forward_backward_only(&self, record: &Record) -> Result<Option<usize>> {
         match prepare(&self.tokenizer, &self.mode, record)? {
             Preparation::Ready(p) => {
-                crate::measure::forward_backward_only(&self.model, &p, self.pad_to);
+                crate::measure::backward::forward_backward_only(&self.model, &p, self.pad_to);
                 Ok(Some(p.ids.len()))
             }
             Preparation::Skip(_) => Ok(None),
@@ -544,111 +521,10 @@ pub fn progress_bar(len: u64, label: &str) -> ProgressBar {
     bar
 }
 
-/// Run `gradlens grads` with the given options.
-pub fn run_grads(opts: &GradsOptions) -> Result<RunSummary> {
-    struct Job<'a>(&'a GradsOptions);
-    impl BackendJob for Job<'_> {
-        type Output = RunSummary;
-        fn run<B: GradBackend>(self, device: &B::Device) -> Result<RunSummary> {
-            run_on::<B>(self.0, device)
-        }
-    }
-    dispatch(opts.backend, opts.dtype, Job(opts))
-}
-
-/// The records to measure: `[start, start + limit)` within the file.
-pub fn record_range(len: usize, start: usize, limit: Option<usize>) -> std::ops::Range<usize> {
-    let start = start.min(len);
-    let end = limit.map_or(len, |n| start.saturating_add(n).min(len));
-    start..end
-}
-
-/// The largest `--pad-to` accepted (padding beyond a sequence's length only costs time).
-pub const MAX_PAD_TO: usize = 1 << 16;
-
-/// Options that no data or checkpoint can make right, refused before anything is read.
-pub fn check_options(max_length: usize, pad_to: Option<usize>) -> Result<()> {
-    anyhow::ensure!(max_length > 0, "--max-length 0: need at least 1 token");
-    if let Some(p) = pad_to {
-        anyhow::ensure!(
-            (1..=MAX_PAD_TO).contains(&p),
-            "--pad-to {p}: expected 1 to {MAX_PAD_TO}"
-        );
-    }
-    Ok(())
-}
-
-/// Refuse a model and sample length that would not fit in memory (CPU backends; see
-/// [`crate::resources`]).
-pub fn check_memory(
-    backend: crate::backend::Device,
-    dtype: crate::backend::Dtype,
-    model: &Path,
-    max_length: usize,
-    pad_to: usize,
-    max_memory: Option<u64>,
-) -> Result<()> {
-    if matches!(backend, crate::backend::Device::Cuda(_)) {
-        return Ok(());
-    }
-    let tokens = max_length.div_ceil(pad_to.max(1)) * pad_to.max(1);
-    let bytes = match dtype {
-        crate::backend::Dtype::F32 => 4,
-        crate::backend::Dtype::F64 => 8,
-    };
-    crate::resources::check_fits(model, tokens, bytes, max_memory).map(|_| ())
-}
-
-pub fn run_on<B: GradBackend>(opts: &GradsOptions, device: &B::Device) -> Result<RunSummary> {
-    check_options(opts.max_length, opts.pad_to)?;
-    let records = load_records(&opts.data)?;
-    anyhow::ensure!(
-        !records.is_empty(),
-        "{}: holds no records: nothing to measure",
-        opts.data.display()
-    );
-    anyhow::ensure!(
-        opts.start < records.len(),
-        "--start {}: past the end of {} ({} records, indices 0 to {})",
-        opts.start,
-        opts.data.display(),
-        records.len(),
-        records.len() - 1
-    );
-    let range = record_range(records.len(), opts.start, opts.limit);
-    let pad_to = opts.pad_to.unwrap_or(opts.backend.default_pad_to());
-    check_memory(
-        opts.backend,
-        opts.dtype,
-        &opts.model,
-        opts.max_length,
-        pad_to,
-        opts.max_memory,
-    )?;
-    let mut measurer =
-        Measurer::<B>::load(&opts.model, opts.max_length, opts.mode.clone(), device)?;
-    measurer.spectra = opts.spectra;
-    measurer.save_spectrum = opts.save_spectrum;
-    measurer.pad_to = pad_to;
-    measurer.retry_skipped = opts.retry_skipped;
-    if let Some(dir) = &opts.adapter {
-        measurer.merge_adapter(dir)?;
-    }
-    let bar = opts
-        .progress
-        .then(|| progress_bar(range.len() as u64, "grads"));
-    let summary =
-        measurer.measure_file(&records, &opts.data, range, &opts.out, bar.as_ref(), None)?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    Ok(summary)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{EntryStats, HostMatrix, MeasuredGrad, SpectrumSource};
+    use crate::spectra::stats::{EntryStats, HostMatrix, MeasuredGrad, SpectrumSource};
 
     fn work(value: f64) -> Work {
         let g = |name: &str, v: f64| MeasuredGrad {

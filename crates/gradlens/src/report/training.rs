@@ -4,8 +4,10 @@
 //! with several runs — one figure comparing them; `training.md`, `training.html` and
 //! `training_mad.csv` beside.
 
-use crate::report::{layer_and_projection, mad};
-use crate::reporting::{FONT, Figure, QKVO, ReportSummary, Series, save, slug};
+use crate::report::pages::esc;
+use crate::report::plot::{FONT, Figure, QKVO, Series, save, slug};
+use crate::report::rows::{layer_and_projection, mad};
+use crate::report::summary::ReportSummary;
 use crate::train::records::{EvalLine, StepLine};
 use crate::train::run_dir::{EVAL, STEPS};
 use anyhow::{Context, Result};
@@ -462,11 +464,4 @@ fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

@@ -1,6 +1,6 @@
 //! The files of one measurement: `<out>.jsonl`, its side files `<out>.skipped.jsonl` and
 //! `<out>.spectrum.jsonl`, and `<out>.meta.json`, the record of what made them
-//! ([`crate::provenance`]).
+//! ([`crate::sink::provenance`]).
 //!
 //! A run first [`claim`]s the output: it refuses a file gradlens cannot prove is its own (one
 //! without its `.meta.json`, or one that is an input of the run), takes an exclusive advisory
@@ -9,7 +9,7 @@
 //! and a spectrum line whose sample never reached the output. Every line is then written whole
 //! with one `write` and flushed.
 
-use crate::provenance::Provenance;
+use crate::sink::provenance::Provenance;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
@@ -520,7 +520,7 @@ mod tests {
         Provenance {
             max_length,
             save_spectrum: true,
-            ..crate::provenance::example()
+            ..crate::sink::provenance::example()
         }
     }
 

@@ -198,7 +198,7 @@ impl Manifest {
 
     fn resolve(&self, root: Option<&str>) -> Option<PathBuf> {
         let base = self.path.parent().unwrap_or(Path::new("."));
-        root.map(|r| crate::paths::normalize(&base.join(r)))
+        root.map(|r| crate::load::paths::normalize(&base.join(r)))
     }
 }
 

@@ -4,12 +4,12 @@
 
 use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
-use crate::data::load_records;
-use crate::datasets::{Condition, Manifest};
-use crate::grads::{Measurer, progress_bar};
-use crate::output::{done_indices, skipped_path};
-use crate::report::{Statistic, curves, mad, read_rows};
-use crate::sample::{InstructOptions, PromptMode};
+use crate::load::data::load_records;
+use crate::load::datasets::{Condition, Manifest};
+use crate::measure::{Measurer, progress_bar};
+use crate::prepare::{InstructOptions, PromptMode};
+use crate::report::rows::{Statistic, curves, mad, read_rows};
+use crate::sink::output::{done_indices, skipped_path};
 use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -71,7 +71,7 @@ pub struct SweepFile {
     pub backend: String,
     /// `auto` (default), `dense` or `factored`.
     #[serde(default)]
-    pub spectra: crate::stats::Spectra,
+    pub spectra: crate::spectra::stats::Spectra,
     #[serde(rename = "model")]
     pub models: Vec<ModelSpec>,
     /// Defaults of `cargo xtask sweep --slurm N` (`[slurm]`).
@@ -136,7 +136,7 @@ pub struct Plan {
     pub max_memory: Option<u64>,
 }
 
-pub use crate::paths::normalize;
+pub use crate::load::paths::normalize;
 
 /// `I/N` with 1 ≤ I ≤ N.
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
@@ -185,7 +185,7 @@ impl Plan {
             anyhow::anyhow!(
                 "{}: {}",
                 sweep_path.display(),
-                crate::datasets::toml_message(sweep_text, &e)
+                crate::load::datasets::toml_message(sweep_text, &e)
             )
         })?;
         if sweep.samples == Some(0) {
@@ -224,8 +224,8 @@ impl Plan {
             let dir = if !dir.exists() && gradlens_core::hub::is_model_id(Path::new(&m.path)) {
                 gradlens_core::hub::resolve(Path::new(&m.path), m.revision.as_deref())
                     .with_context(|| format!("{}: model {:?}", sweep_path.display(), m.name))?
-            } else if crate::model_source::is_gguf(&dir) {
-                crate::model_source::resolve(&dir, None)
+            } else if crate::load::model::is_gguf(&dir) {
+                crate::load::model::resolve(&dir, None)
                     .with_context(|| format!("{}: model {:?}", sweep_path.display(), m.name))?
             } else {
                 dir
@@ -444,7 +444,7 @@ pub fn run_on<B: GradBackend>(
         };
         let backend: crate::backend::Device =
             plan.sweep.backend.parse().map_err(anyhow::Error::msg)?;
-        crate::grads::check_memory(
+        crate::measure::options::check_memory(
             backend,
             plan.sweep.dtype,
             dir,
@@ -527,7 +527,10 @@ fn write_run_json(
     });
     let path = plan.out.join(name);
     let text = serde_json::to_string_pretty(&record)? + "\n";
-    Ok(crate::output::write_atomically(&path, text.as_bytes())?)
+    Ok(crate::sink::output::write_atomically(
+        &path,
+        text.as_bytes(),
+    )?)
 }
 
 /// Completeness of every unit (all shards): `(unit index, missing samples)` for the incomplete.

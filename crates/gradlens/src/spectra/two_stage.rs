@@ -31,7 +31,7 @@ pub fn to_band(a: &mut Mat<f32>, b: usize) {
             let (mut panel, rest) = sub.split_at_col_mut(w);
             let kk = w.min(m - k);
             let mut t = Mat::<f32>::zeros(kk, kk);
-            crate::householder::householder_qr_in_place(panel.rb_mut(), t.as_mut());
+            crate::spectra::householder::householder_qr_in_place(panel.rb_mut(), t.as_mut());
             if rest.ncols() > 0 {
                 let mut mem = MemBuffer::new(
                     householder::apply_block_householder_transpose_on_the_left_in_place_scratch::<
@@ -60,7 +60,7 @@ pub fn to_band(a: &mut Mat<f32>, b: usize) {
             let mut rt = a.as_ref().submatrix(k, k + w, w, l).transpose().to_owned();
             let w2 = w.min(l);
             let mut t = Mat::<f32>::zeros(w2, w2);
-            crate::householder::householder_qr_in_place(rt.as_mut(), t.as_mut());
+            crate::spectra::householder::householder_qr_in_place(rt.as_mut(), t.as_mut());
             let trail = a.as_mut().submatrix_mut(k + w, k + w, m - k - w, l);
             let mut mem = MemBuffer::new(
                 householder::apply_block_householder_on_the_right_in_place_scratch::<f32>(
@@ -258,7 +258,7 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        crate::svd::test_rng::lcg(seed) as f32
+        crate::spectra::svd::test_rng::lcg(seed) as f32
     }
 
     /// Against faer's f64 SVD of the same f32 matrix: every shape class (square, tall, smaller
@@ -291,7 +291,7 @@ mod tests {
                     .unwrap();
                 let mut w = a.clone();
                 let (d, e) = bidiagonalise(&mut w, b);
-                let got = crate::svd::bidiagonal_singular_values(&d, &e, 1e-7).unwrap();
+                let got = crate::spectra::svd::bidiagonal_singular_values(&d, &e, 1e-7).unwrap();
                 assert_eq!(got.len(), want.len());
                 for (g, x) in got.iter().zip(&want) {
                     assert!(

@@ -12,10 +12,10 @@
 
 use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
-use crate::data::{Record, load_records};
-use crate::grads::{Measurer, Work, finish};
-use crate::sample::PromptMode;
-use crate::stats::Spectra;
+use crate::load::data::{Record, load_records};
+use crate::measure::{Measurer, Work, finish};
+use crate::prepare::PromptMode;
+use crate::spectra::stats::Spectra;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -205,8 +205,8 @@ fn checkpoint_dir(spec: &str, a: &BenchArgs, root: &Path) -> Result<PathBuf> {
     if p.is_dir() {
         return Ok(p);
     }
-    if crate::model_source::is_gguf(&p) {
-        return crate::model_source::resolve(&p, None);
+    if crate::load::model::is_gguf(&p) {
+        return crate::load::model::resolve(&p, None);
     }
     if p.is_file() {
         let name = p
@@ -217,11 +217,11 @@ fn checkpoint_dir(spec: &str, a: &BenchArgs, root: &Path) -> Result<PathBuf> {
         if !made_from(&dir, &p, &a.tokenizer) {
             let t0 = Instant::now();
             eprintln!("random checkpoint from {}: {}", p.display(), dir.display());
-            let s = crate::init::init_checkpoint(&crate::init::InitOptions {
+            let s = crate::commands::init::init_checkpoint(&crate::commands::init::InitOptions {
                 config: p.clone(),
                 out: dir.clone(),
                 seed: 0,
-                dtype: crate::init::StoreDtype::Bf16,
+                dtype: crate::commands::init::StoreDtype::Bf16,
                 tokenizer: Some(a.tokenizer.clone()),
                 force: true,
             })?;
@@ -369,11 +369,11 @@ impl BackendJob for GradlensRows<'_> {
                 "gradlens-bench-{}-{label}.jsonl",
                 std::process::id()
             ));
-            crate::output::remove_output(&tmp);
+            crate::sink::output::remove_output(&tmp);
             let t0 = Instant::now();
             let s = m.measure_file(timed, data, 0..timed.len(), &tmp, None, None)?;
             let secs = t0.elapsed().as_secs_f64();
-            crate::output::remove_output(&tmp);
+            crate::sink::output::remove_output(&tmp);
             let name = if mode == Spectra::Auto {
                 "auto"
             } else {
@@ -656,7 +656,7 @@ pub fn machine() -> String {
 }
 
 /// scripts/bench_reference.py, the PyTorch side of the benchmark, run with `python -c`.
-const REFERENCE_SCRIPT: &str = include_str!("../../../scripts/bench_reference.py");
+const REFERENCE_SCRIPT: &str = include_str!("../../../../scripts/bench_reference.py");
 
 /// The default data file: the paper's aqua Detailed CoT.
 pub fn default_data(root: &Path) -> PathBuf {

@@ -35,7 +35,7 @@ pub fn resolve(model: &Path, revision: Option<&str>) -> anyhow::Result<PathBuf> 
             model.display()
         )
     })?;
-    let hash = crate::provenance::sha256_file(&model)?;
+    let hash = crate::load::fingerprint::sha256_file(&model)?;
     let stem = model
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

@@ -1,8 +1,12 @@
-//! From a record to token ids and the span of positions that carry the loss (the paper's method).
+//! Prepare: from a record to token ids and the span of positions that carry the loss (the paper's
+//! method): the chat template ([`chat`]) and the tokenizer ([`tokenizer`]).
 
-use crate::chat::{ChatError, ChatTemplate};
-use crate::data::Record;
-use crate::tokenizer::{TextTokenizer, TokenizerError};
+pub mod chat;
+pub mod tokenizer;
+
+use crate::load::data::Record;
+use crate::prepare::chat::{ChatError, ChatTemplate};
+use crate::prepare::tokenizer::{TextTokenizer, TokenizerError};
 use std::path::Path;
 use std::sync::Arc;
 

@@ -5,11 +5,11 @@
 
 use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
-use crate::compare::compare_files;
-use crate::data::load_records;
-use crate::grads::Measurer;
-use crate::sample::PromptMode;
-use crate::stats::Spectra;
+use crate::load::data::load_records;
+use crate::measure::Measurer;
+use crate::prepare::PromptMode;
+use crate::report::compare::compare_files;
+use crate::spectra::stats::Spectra;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -30,7 +30,7 @@ pub struct Check {
     pub seconds: f64,
     /// Differences beyond the tolerance (empty: agrees).
     pub errors: Vec<String>,
-    /// The largest relative deviation (see [`crate::compare::max_deviation`]).
+    /// The largest relative deviation (see [`crate::report::compare::max_deviation`]).
     pub deviation: Option<f64>,
 }
 
@@ -94,12 +94,12 @@ impl BackendJob for Job<'_> {
                 for spectra in [Spectra::Dense, Spectra::Factored, Spectra::Gram] {
                     m.spectra = spectra;
                     let out = scratch.join(format!("{name}-{data_name}-{spectra:?}.jsonl"));
-                    crate::output::remove_output(&out);
+                    crate::sink::output::remove_output(&out);
                     let t0 = Instant::now();
                     m.measure_file(&records, &data, 0..n, &out, None, None)?;
                     let seconds = t0.elapsed().as_secs_f64();
                     let errors = compare_files(&expected, &out, a.rtol)?;
-                    let deviation = crate::compare::max_deviation(&expected, &out)?;
+                    let deviation = crate::report::compare::max_deviation(&expected, &out)?;
                     let c = Check {
                         fixture: name.clone(),
                         data: data_name.clone(),

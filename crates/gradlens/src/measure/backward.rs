@@ -2,8 +2,8 @@
 //! (and, when asked, the low-rank factors of each gradient).
 
 use crate::backend::GradBackend;
-use crate::sample::Prepared;
-use crate::stats::{
+use crate::prepare::Prepared;
+use crate::spectra::stats::{
     Cores, EntryStats, Factors, HostMatrix, MeasuredGrad, Real, Spectra, SpectrumSource, SvdError,
     spectra_each,
 };
@@ -238,12 +238,13 @@ fn collect<B: GradBackend, T: Real + Element>(
                 // A factor that is not finite takes the host path, whose SVD reports it.
                 let r_x = input_cores[e.input]
                     .get_or_insert_with(|| {
-                        crate::gram::gram_r(inputs[e.input].clone().inner())
+                        crate::spectra::gram::gram_r(inputs[e.input].clone().inner())
                             .ok()
                             .map(Arc::new)
                     })
                     .clone();
-                if let (Some(r_x), Ok(r_delta)) = (r_x, crate::gram::gram_r(delta.clone())) {
+                if let (Some(r_x), Ok(r_delta)) = (r_x, crate::spectra::gram::gram_r(delta.clone()))
+                {
                     sources.insert(e.name, SpectrumSource::Cores(Cores { r_delta, r_x }));
                     continue;
                 }

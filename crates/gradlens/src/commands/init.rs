@@ -171,7 +171,7 @@ pub fn init_checkpoint(opts: &InitOptions) -> Result<InitSummary> {
         .map(|t| t.shape.iter().map(|&d| d as f64).product::<f64>())
         .fold(0.0, f64::max)
         * width as f64;
-    if let Some(avail) = crate::resources::available_memory()
+    if let Some(avail) = crate::measure::resources::available_memory()
         && largest > avail as f64
     {
         bail!(

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::svd::{Real, SvdError};
+pub use crate::spectra::svd::{Real, SvdError};
 
 /// A matrix on the host, row-major `[rows, cols]` (a gradient as the checkpoint stores the weight,
 /// or a factor `[tokens, dim]`).
@@ -85,11 +85,11 @@ pub struct MeasuredGrad<T> {
 pub enum SpectrumSource<T> {
     Dense(HostMatrix<T>),
     Factored(Factors<T>),
-    /// R_Δ and R_X (`T × T`, f64) computed where the factors are ([`crate::gram`]).
+    /// R_Δ and R_X (`T × T`, f64) computed where the factors are ([`crate::spectra::gram`]).
     Cores(Cores),
 }
 
-/// The R factors of G = Δᵀ X's factors (RᵀR = Δ Δᵀ and X Xᵀ), from [`crate::gram::gram_r`].
+/// The R factors of G = Δᵀ X's factors (RᵀR = Δ Δᵀ and X Xᵀ), from [`crate::spectra::gram::gram_r`].
 #[derive(Debug, Clone)]
 pub struct Cores {
     pub r_delta: faer::Mat<f64>,
@@ -111,7 +111,7 @@ pub enum Spectra {
     #[default]
     Auto,
     /// The factored path with the QRs done where the factors are, by shifted CholeskyQR3
-    /// ([`crate::gram`]: Gram products on the backend, `T × T` Cholesky factors on the host), for
+    /// ([`crate::spectra::gram`]: Gram products on the backend, `T × T` Cholesky factors on the host), for
     /// matrices whose smaller side has at least as many rows as the sample has tokens; dense
     /// otherwise. Exact (1e-10 of σ_max against dense in f64); meant for GPUs, where it keeps
     /// the `T × d` factors off the host.
@@ -166,7 +166,7 @@ fn qr_flops(m: usize, t: usize) -> f64 {
 /// (17 GFLOP/s), the thin QR of 896 × 784 in 15 ms (52 GFLOP/s); hence 2.5 (a little under the
 /// ratio, so that at 784 tokens on 896², where the two paths measured within 10% of each other,
 /// auto keeps the dense reference). Since then the bidiagonal's values come from dqds
-/// ([`crate::svd`]), which shortens both paths alike; the bidiagonalisation still dominates.
+/// ([`crate::spectra::svd`]), which shortens both paths alike; the bidiagonalisation still dominates.
 const BIDIAG_WEIGHT: f64 = 2.5;
 const GEMM_WEIGHT: f64 = 0.5;
 
@@ -190,7 +190,7 @@ fn factored_cost(tokens: usize, d_out: usize, d_in: usize) -> f64 {
 pub fn thin_r_of_transpose<T: Real>(m: &HostMatrix<T>) -> faer::Mat<T> {
     // Mᵀ as a column-major [cols, rows] matrix is exactly M's row-major buffer.
     let mt = faer::MatRef::from_column_major_slice(&m.data, m.cols, m.rows);
-    crate::svd::thin_r(mt.to_owned())
+    crate::spectra::svd::thin_r(mt.to_owned())
 }
 
 /// Singular values of G = Δᵀ X from R_x (the R of Xᵀ's thin QR, see [`thin_r_of_transpose`]) and
@@ -227,7 +227,7 @@ pub fn factored_singular_values_with<T: Real>(
             faer::Par::Seq,
         );
     }
-    let mut s = crate::svd::singular_values_in_place(core)?;
+    let mut s = crate::spectra::svd::singular_values_in_place(core)?;
     s.resize(f.d_out().min(f.d_in()), 0.0);
     Ok(s)
 }
@@ -296,7 +296,7 @@ fn spectra_in_pool<T: Real>(grads: &[MeasuredGrad<T>]) -> Vec<Result<Vec<f64>, S
         .map(|g| match &g.source {
             SpectrumSource::Dense(m) => singular_values(m),
             SpectrumSource::Cores(c) => {
-                crate::gram::core_singular_values(&c.r_delta, &c.r_x, g.rows, g.cols)
+                crate::spectra::gram::core_singular_values(&c.r_delta, &c.r_x, g.rows, g.cols)
             }
             SpectrumSource::Factored(f) => {
                 let i = inputs
@@ -310,10 +310,10 @@ fn spectra_in_pool<T: Real>(grads: &[MeasuredGrad<T>]) -> Vec<Result<Vec<f64>, S
 }
 
 /// Singular values, largest first (faer's bidiagonalisation, dqds on the bidiagonal; see
-/// [`crate::svd`]).
+/// [`crate::spectra::svd`]).
 pub fn singular_values<T: Real>(g: &HostMatrix<T>) -> Result<Vec<f64>, SvdError> {
     let m = faer::MatRef::from_row_major_slice(&g.data, g.rows, g.cols);
-    crate::svd::singular_values_of(m)
+    crate::spectra::svd::singular_values_of(m)
 }
 
 /// Entry statistics and the Frobenius norm of a host matrix (accumulated in f64).
@@ -405,7 +405,7 @@ mod tests {
 
     use super::{Factors, HostMatrix, factored_singular_values};
 
-    use crate::svd::test_rng::lcg;
+    use crate::spectra::svd::test_rng::lcg;
 
     /// The factored path against the dense SVD of G = Δᵀ X formed in f64, for every shape the
     /// core can take: tokens below both dimensions (triangular core product), between them,
