@@ -64,7 +64,7 @@ fn assert_statistics(dir: &Path, mode: PromptMode, expected: &Path) {
             Preparation::Ready(_)
         ));
         let line = m.measure(index, &records[index]).unwrap().unwrap();
-        let errs = compare_line(e, &Value::Object(line), 1e-9);
+        let errs = compare_line(e, &serde_json::to_value(&line).unwrap(), 1e-9);
         assert!(
             errs.is_empty(),
             "{}: sample {index}: {}",

@@ -62,7 +62,7 @@ fn init_matches_every_fixture_layout_and_loads() {
             .measure(0, &records[0])
             .unwrap()
             .expect("sample 0 measured");
-        let loss = line["loss"].as_f64().unwrap();
+        let loss = line.loss.unwrap();
         // Small random weights: the loss is near ln(vocab) (above it by about the logits'
         // variance / 2).
         let vocab = m.model.model.vocab_size() as f64;

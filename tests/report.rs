@@ -173,28 +173,19 @@ fn clear_messages_for_bad_inputs() {
 /// name and the data file; a 2-layer model's early/middle/late MADs are "n/a"; `--shared-y` draws.
 #[test]
 fn a_standalone_output_is_labelled_from_its_record() {
-    use gradlens::backend::{Device, Dtype};
     use gradlens::commands::grads::{GradsOptions, run_grads};
+    use gradlens::measure::options::RunOptions;
     let dir = scratch("report-standalone");
     let out = dir.join("mine.jsonl");
     gradlens::sink::output::remove_output(&out);
-    run_grads(&GradsOptions {
-        model: fixture("qwen2-tiny"),
-        data: gradlens_tests::tiny_data(),
-        out: out.clone(),
-        start: 0,
-        limit: Some(3),
+    let run = RunOptions {
         max_length: 128,
-        dtype: Dtype::F32,
-        backend: Device::Cpu,
-        mode: gradlens::prepare::PromptMode::Base,
-        spectra: Default::default(),
-        save_spectrum: false,
-        pad_to: None,
-        retry_skipped: false,
-        max_memory: None,
-        adapter: None,
+        ..RunOptions::new(fixture("qwen2-tiny"))
+    };
+    run_grads(&GradsOptions {
+        limit: Some(3),
         progress: false,
+        ..GradsOptions::new(run, gradlens_tests::tiny_data(), &out)
     })
     .unwrap();
     for shared_y in [false, true] {

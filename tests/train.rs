@@ -4,6 +4,7 @@
 //! saved in f64 at 1e-9, and f32 runs at 1e-4 on the first two steps.
 
 use gradlens::backend::{Device, Dtype};
+use gradlens::measure::options::RunOptions;
 use gradlens::prepare::PromptMode;
 use gradlens::report::compare::compare_line;
 use gradlens::train::checkpoint::{HostParam, SaveDtype, read_safetensors};
@@ -41,12 +42,17 @@ fn options(case: &str, dtype: Dtype, out: &Path) -> TrainOptions {
         ..Default::default()
     });
     TrainOptions {
-        mode: if instruct {
-            PromptMode::instruct_from_dir(&model, Default::default()).unwrap()
-        } else {
-            PromptMode::Base
+        run: RunOptions {
+            mode: if instruct {
+                PromptMode::instruct_from_dir(&model, Default::default()).unwrap()
+            } else {
+                PromptMode::Base
+            },
+            dtype,
+            backend: Device::Cpu,
+            max_length: u("max_length"),
+            ..RunOptions::new(model)
         },
-        model,
         data: vec![tiny_data()],
         out: out.to_path_buf(),
         batch_size: u("batch_size"),
@@ -59,7 +65,6 @@ fn options(case: &str, dtype: Dtype, out: &Path) -> TrainOptions {
         },
         lora,
         save_merged: false,
-        max_memory: None,
         lr: f("lr"),
         schedule: match s("schedule").as_str() {
             "constant" => Schedule::Constant,
@@ -72,10 +77,6 @@ fn options(case: &str, dtype: Dtype, out: &Path) -> TrainOptions {
             ..Default::default()
         },
         max_grad_norm: f("max_grad_norm"),
-        dtype,
-        backend: Device::Cpu,
-        max_length: u("max_length"),
-        spectra: Default::default(),
         stats: Default::default(),
         per_sample: true,
         eval_data: None,
@@ -243,23 +244,13 @@ fn grads_with_an_adapter_measure_pefts_merged_model() {
     for case in ["qwen2-lora", "llama-lora", "gemma2-lora"] {
         let o = options(case, Dtype::F64, &scratch("unused"));
         let out = scratch(&format!("grads-adapter-{case}")).join("merged.jsonl");
-        gradlens::commands::grads::run_grads(&gradlens::commands::grads::GradsOptions {
-            model: o.model.clone(),
-            data: tiny_data(),
-            out: out.clone(),
-            start: 0,
-            limit: None,
-            max_length: o.max_length,
-            dtype: Dtype::F64,
-            backend: Device::Cpu,
-            mode: o.mode.clone(),
-            spectra: Default::default(),
-            save_spectrum: false,
-            pad_to: None,
-            retry_skipped: false,
-            max_memory: None,
+        let run = RunOptions {
             adapter: Some(case_dir(case).join("final")),
+            ..o.run.clone()
+        };
+        gradlens::commands::grads::run_grads(&gradlens::commands::grads::GradsOptions {
             progress: false,
+            ..gradlens::commands::grads::GradsOptions::new(run, tiny_data(), &out)
         })
         .unwrap();
         let errs = gradlens::report::compare::compare_files(
@@ -338,7 +329,7 @@ fn an_adapter_merged_on_load_gives_pefts_logits() {
     for case in ["qwen2-lora", "llama-lora", "gemma2-lora"] {
         let o = options(case, Dtype::F64, &scratch("unused"));
         let mut model = gradlens_models::load::<gradlens::backend::CpuF64>(
-            &o.model,
+            &o.run.model,
             &Default::default(),
             &gradlens_models::paper_selector,
         )

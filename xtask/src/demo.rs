@@ -24,7 +24,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub data_root: Option<PathBuf>,
     /// Truncate samples to this many tokens.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = gradlens::measure::options::DEFAULT_MAX_LENGTH)]
     pub max_length: usize,
     /// No progress bars.
     #[arg(long)]

@@ -9,6 +9,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use gradlens::backend::{Device, Dtype};
 use gradlens::commands::grads::{GradsOptions, run_grads};
+use gradlens::measure::options::{DEFAULT_MAX_LENGTH, RunOptions};
 use gradlens::prepare::{InstructOptions, PromptMode};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -129,14 +130,14 @@ struct ModelArgs {
     #[arg(long)]
     revision: Option<String>,
     /// Truncate each sample to this many tokens.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = DEFAULT_MAX_LENGTH)]
     max_length: usize,
     /// Compute dtype: f32 (as the paper) or f64 (reference precision).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value_t = Dtype::default())]
     dtype: Dtype,
     /// Where the model runs: cpu (Burn's NdArray, f32 and f64), flex (Burn's Flex, f32), libtorch
     /// (a build with `--features tch`), cuda / cuda:N (a build with `--features cuda`, f32).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value_t = Device::default())]
     backend: Device,
     /// Instruct model: render the checkpoint's chat template (system "You are a helpful
     /// assistant." — none for Gemma families — and the instruction as user turn), then the output.
@@ -149,13 +150,14 @@ struct ModelArgs {
     /// Singular values: dense (SVD of the gradient, the paper's way), factored (exact, from the
     /// gradient's low-rank factors G = Δᵀ X), auto (whichever is cheaper for the matrix and the
     /// sample's length), or gram (factored, its QRs by CholeskyQR where the factors are: for GPUs).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value_t = gradlens::spectra::stats::Spectra::default())]
     spectra: gradlens::spectra::stats::Spectra,
 }
 
 impl ModelArgs {
-    /// The checkpoint directory and the prompt mode.
-    fn resolve(&self) -> Result<(PathBuf, PromptMode)> {
+    /// The run's options: the checkpoint directory (a hub id or GGUF file resolved), the prompt
+    /// mode, and the rest as given.
+    fn resolve(&self) -> Result<RunOptions> {
         let model = gradlens::load::model::resolve(&self.model, self.revision.as_deref())?;
         let mode = if self.instruct {
             PromptMode::instruct_from_dir(
@@ -167,7 +169,14 @@ impl ModelArgs {
         } else {
             PromptMode::Base
         };
-        Ok((model, mode))
+        Ok(RunOptions {
+            max_length: self.max_length,
+            dtype: self.dtype,
+            backend: self.backend,
+            mode,
+            spectra: self.spectra,
+            ..RunOptions::new(model)
+        })
     }
 }
 
@@ -352,23 +361,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Grads(a) => {
-            let (model, mode) = a.m.resolve()?;
             let opts = GradsOptions {
-                model,
+                run: RunOptions {
+                    adapter: a.adapter,
+                    pad_to: a.pad_to,
+                    max_memory: a.max_memory,
+                    ..a.m.resolve()?
+                },
                 data: a.data,
                 out: a.out,
                 start: a.start,
                 limit: a.limit,
-                max_length: a.m.max_length,
-                dtype: a.m.dtype,
-                backend: a.m.backend,
-                mode,
-                spectra: a.m.spectra,
                 save_spectrum: a.save_spectrum,
-                pad_to: a.pad_to,
                 retry_skipped: a.retry_skipped,
-                max_memory: a.max_memory,
-                adapter: a.adapter,
                 progress: !a.quiet && std::io::stderr().is_terminal(),
             };
             let summary = run_grads(&opts)?;
@@ -376,10 +381,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Train(a) => {
-            let (model, mode) = a.m.resolve()?;
             use gradlens::train::{Length, TrainOptions, optimizer::AdamWConfig};
             let opts = TrainOptions {
-                model,
+                run: RunOptions {
+                    max_memory: a.max_memory,
+                    ..a.m.resolve()?
+                },
                 data: a.data,
                 out: a.out,
                 batch_size: a.batch_size,
@@ -406,7 +413,6 @@ fn run(cli: Cli) -> Result<()> {
                         init: a.lora_init.clone(),
                     }),
                 save_merged: a.save_merged,
-                max_memory: a.max_memory,
                 lr: a.lr,
                 schedule: a.schedule,
                 warmup_steps: a.warmup_steps,
@@ -417,11 +423,6 @@ fn run(cli: Cli) -> Result<()> {
                     weight_decay: a.weight_decay,
                 },
                 max_grad_norm: a.max_grad_norm,
-                dtype: a.m.dtype,
-                backend: a.m.backend,
-                max_length: a.m.max_length,
-                mode,
-                spectra: a.m.spectra,
                 stats: a.stats,
                 per_sample: a.per_sample,
                 eval_data: a.eval_data,

@@ -41,8 +41,12 @@ pub struct GgufNames {
     /// llama.cpp's converter stores every norm weight as 1 + w (Gemma's): take the one off.
     pub norms_plus_one: bool,
     /// config.json keys computed from the metadata (e.g. Gemma 2's `query_pre_attn_scalar`).
-    pub derive: Option<fn(&Gguf, &mut Map<String, Json>) -> Result<(), GgufError>>,
+    pub derive: Option<Derive>,
 }
+
+/// A family's step that computes config.json keys from a file's metadata (the keys the file's
+/// family mapping already wrote are in the map).
+pub type Derive = fn(&Gguf, &mut Map<String, Json>) -> Result<(), GgufError>;
 
 impl GgufNames {
     /// Whether a file of `architecture` named `name` is this family's.

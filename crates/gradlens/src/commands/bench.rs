@@ -13,8 +13,8 @@
 use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
 use crate::load::data::{Record, load_records};
+use crate::measure::options::{DEFAULT_MAX_LENGTH, RunOptions};
 use crate::measure::{Measurer, Work, finish};
-use crate::prepare::PromptMode;
 use crate::spectra::stats::Spectra;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -42,14 +42,14 @@ pub struct BenchArgs {
     /// Untimed samples first (CUDA compiles and autotunes kernels on first use).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = DEFAULT_MAX_LENGTH)]
     pub max_length: usize,
     /// Pad each sequence to a multiple of this many tokens (exact; see `gradlens grads
     /// --pad-to`); default 64 on CUDA (fewer shapes to compile), none on the CPU.
     #[arg(long)]
     pub pad_to: Option<usize>,
     /// cpu or cuda[:N]; the PyTorch side runs on the same kind of device.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value_t = Device::default())]
     pub backend: Device,
     /// Rows to run: fwd-bwd, factored, dense, auto (end to end, as `grads` runs), paper,
     /// svdvals; on request auto-sequential (end to end with each sample's statistics before the
@@ -258,8 +258,13 @@ impl BackendJob for GradlensRows<'_> {
             gpu,
         } = self;
         let t0 = Instant::now();
-        let mut m = Measurer::<B>::load(model, a.max_length, PromptMode::Base, device)?;
-        m.pad_to = a.pad_to.unwrap_or(a.backend.default_pad_to());
+        let run = RunOptions {
+            max_length: a.max_length,
+            backend: a.backend,
+            pad_to: a.pad_to,
+            ..RunOptions::new(model)
+        };
+        let mut m = Measurer::<B>::from_options(&run, device)?;
         eprintln!("[{label}] loaded in {:.1} s", t0.elapsed().as_secs_f64());
         let w = a.warmup.min(records.len());
         let timed = &records[w..records.len().min(w + a.samples)];
@@ -564,7 +569,12 @@ fn train_row(
         a.backend
     );
     let summary = crate::train::run_train(&crate::train::TrainOptions {
-        model: dir.to_path_buf(),
+        run: RunOptions {
+            backend: a.backend,
+            max_length: a.max_length,
+            spectra: Spectra::Auto,
+            ..RunOptions::new(dir)
+        },
         data: vec![data],
         out: tmp.join("run"),
         batch_size: b,
@@ -578,17 +588,11 @@ fn train_row(
             ..Default::default()
         }),
         save_merged: false,
-        max_memory: None,
         lr: 1e-5,
         schedule: crate::train::schedule::Schedule::Constant,
         warmup_steps: 0,
         adamw: Default::default(),
         max_grad_norm: 1.0,
-        dtype: Dtype::F32,
-        backend: a.backend,
-        max_length: a.max_length,
-        mode: PromptMode::Base,
-        spectra: Spectra::Auto,
         stats,
         per_sample,
         eval_data: None,

@@ -113,7 +113,7 @@ impl BackendJob for Job<'_> {
                         "{:<26} {:<14} {:<9} {:>3} samples  {:>6.1} s  max dev {:>8.1e}  {}",
                         c.fixture,
                         c.data,
-                        format!("{:?}", c.spectra).to_lowercase(),
+                        c.spectra.to_string(),
                         c.samples,
                         c.seconds,
                         c.deviation.unwrap_or(f64::NAN),

@@ -1,41 +1,44 @@
 //! `gradlens grads`: measure every sample of a data file into a resumable JSONL (a client of
 //! [`crate::measure::Measurer`]).
 
-use crate::backend::{BackendJob, Device, Dtype, GradBackend, dispatch};
+use crate::backend::{BackendJob, GradBackend, dispatch};
 use crate::load::data::load_records;
-use crate::measure::options::{check_memory, check_options};
+use crate::measure::options::RunOptions;
 use crate::measure::{Measurer, RunSummary, progress_bar};
-use crate::prepare::PromptMode;
-use crate::spectra::stats::Spectra;
 use anyhow::Result;
 use std::path::PathBuf;
 
 /// Options of one `grads` run.
 #[derive(Debug, Clone)]
 pub struct GradsOptions {
-    pub model: PathBuf,
+    /// How the model runs.
+    pub run: RunOptions,
     pub data: PathBuf,
     pub out: PathBuf,
     /// First record index to measure.
     pub start: usize,
     /// At most this many records from `start`.
     pub limit: Option<usize>,
-    pub max_length: usize,
-    pub dtype: Dtype,
-    /// Where the model runs (cpu, cuda).
-    pub backend: Device,
-    pub mode: PromptMode,
-    pub spectra: Spectra,
     pub save_spectrum: bool,
-    /// Pad sequences to a multiple of this (default: 64 on CUDA, none on the CPU).
-    pub pad_to: Option<usize>,
     /// Measure again the samples recorded in `<out>.skipped.jsonl`.
     pub retry_skipped: bool,
-    /// Memory (bytes) the run may plan for instead of what the machine has available.
-    pub max_memory: Option<u64>,
-    /// A PEFT LoRA adapter folder merged into the model on load.
-    pub adapter: Option<PathBuf>,
     pub progress: bool,
+}
+
+impl GradsOptions {
+    /// Every record of `data` into `out`, with `run`'s model; no spectrum file, a progress bar.
+    pub fn new(run: RunOptions, data: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        Self {
+            run,
+            data: data.into(),
+            out: out.into(),
+            start: 0,
+            limit: None,
+            save_spectrum: false,
+            retry_skipped: false,
+            progress: true,
+        }
+    }
 }
 
 /// Run `gradlens grads` with the given options.
@@ -47,7 +50,7 @@ pub fn run_grads(opts: &GradsOptions) -> Result<RunSummary> {
             run_on::<B>(self.0, device)
         }
     }
-    dispatch(opts.backend, opts.dtype, Job(opts))
+    dispatch(opts.run.backend, opts.run.dtype, Job(opts))
 }
 
 /// The records to measure: `[start, start + limit)` within the file.
@@ -58,7 +61,7 @@ pub fn record_range(len: usize, start: usize, limit: Option<usize>) -> std::ops:
 }
 
 pub fn run_on<B: GradBackend>(opts: &GradsOptions, device: &B::Device) -> Result<RunSummary> {
-    check_options(opts.max_length, opts.pad_to)?;
+    opts.run.check()?;
     let records = load_records(&opts.data)?;
     anyhow::ensure!(
         !records.is_empty(),
@@ -74,24 +77,10 @@ pub fn run_on<B: GradBackend>(opts: &GradsOptions, device: &B::Device) -> Result
         records.len() - 1
     );
     let range = record_range(records.len(), opts.start, opts.limit);
-    let pad_to = opts.pad_to.unwrap_or(opts.backend.default_pad_to());
-    check_memory(
-        opts.backend,
-        opts.dtype,
-        &opts.model,
-        opts.max_length,
-        pad_to,
-        opts.max_memory,
-    )?;
-    let mut measurer =
-        Measurer::<B>::load(&opts.model, opts.max_length, opts.mode.clone(), device)?;
-    measurer.spectra = opts.spectra;
+    opts.run.check_memory()?;
+    let mut measurer = Measurer::<B>::from_options(&opts.run, device)?;
     measurer.save_spectrum = opts.save_spectrum;
-    measurer.pad_to = pad_to;
     measurer.retry_skipped = opts.retry_skipped;
-    if let Some(dir) = &opts.adapter {
-        measurer.merge_adapter(dir)?;
-    }
     let bar = opts
         .progress
         .then(|| progress_bar(range.len() as u64, "grads"));

@@ -6,6 +6,7 @@ use crate::backend::GradBackend;
 use crate::backend::{BackendJob, Device, Dtype, dispatch};
 use crate::load::data::load_records;
 use crate::load::datasets::{Condition, Manifest};
+use crate::measure::options::{DEFAULT_MAX_LENGTH, RunOptions};
 use crate::measure::{Measurer, progress_bar};
 use crate::prepare::{InstructOptions, PromptMode};
 use crate::report::rows::{Statistic, curves, mad, read_rows};
@@ -98,7 +99,7 @@ pub struct SlurmDefaults {
 }
 
 fn default_max_length() -> usize {
-    1024
+    DEFAULT_MAX_LENGTH
 }
 fn default_backend() -> String {
     "cpu".into()
@@ -442,27 +443,21 @@ pub fn run_on<B: GradBackend>(
                 },
             )?,
         };
-        let backend: crate::backend::Device =
-            plan.sweep.backend.parse().map_err(anyhow::Error::msg)?;
-        crate::measure::options::check_memory(
-            backend,
-            plan.sweep.dtype,
-            dir,
-            plan.sweep.max_length,
-            backend.default_pad_to(),
-            plan.max_memory,
-        )
-        .with_context(|| format!("model {:?}", spec.name))?;
-        let mut measurer = Measurer::<B>::load(dir, plan.sweep.max_length, mode, device)
+        let run = RunOptions {
+            adapter: plan.adapter_dirs[mi].clone(),
+            max_length: plan.sweep.max_length,
+            dtype: plan.sweep.dtype,
+            backend: plan.sweep.backend.parse().map_err(anyhow::Error::msg)?,
+            mode,
+            spectra: plan.sweep.spectra,
+            max_memory: plan.max_memory,
+            ..RunOptions::new(dir)
+        };
+        run.check_memory()
             .with_context(|| format!("model {:?}", spec.name))?;
-        measurer.spectra = plan.sweep.spectra;
-        measurer.pad_to = backend.default_pad_to();
+        let mut measurer = Measurer::<B>::from_options(&run, device)
+            .with_context(|| format!("model {:?}", spec.name))?;
         measurer.retry_skipped = plan.retry_skipped;
-        if let Some(a) = &plan.adapter_dirs[mi] {
-            measurer
-                .merge_adapter(a)
-                .with_context(|| format!("model {:?}", spec.name))?;
-        }
         for u in units {
             overall.set_message(format!("{} units done of {}", records.len(), mine.len()));
             let data = load_records(&u.data)?;

@@ -3,14 +3,17 @@
 //! sweeps and `bench`. [`options`]: one run's options and their checks; [`resources`]: will it fit.
 
 pub mod backward;
+pub mod line;
 pub mod options;
 pub mod resources;
 
 use crate::backend::GradBackend;
 use crate::load::data::Record;
 use crate::measure::backward::{HostGrads, sample_grads};
+use crate::measure::line::{SampleLine, SpectrumLine};
+use crate::measure::options::RunOptions;
 use crate::prepare::tokenizer::TextTokenizer;
-use crate::prepare::{Preparation, PromptMode, prepare};
+use crate::prepare::{Preparation, PromptMode, prepare, prepare_for_model};
 pub use crate::sink::output::spectrum_path;
 use crate::sink::output::{JsonlAppender, SkippedLine, claim, skipped_path};
 use crate::sink::provenance::{Provenance, Settings};
@@ -18,7 +21,6 @@ use crate::spectra::stats::{GradStats, Spectra, stats_from};
 use anyhow::Result;
 use gradlens_models::{LoadedModel, paper_selector};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -72,7 +74,6 @@ pub struct Measurer<B: GradBackend> {
     pub model_dir: PathBuf,
     /// A PEFT LoRA adapter merged into the model on load ([`Measurer::merge_adapter`]).
     pub adapter: Option<PathBuf>,
-    pub max_length: usize,
     /// Burn's name of the backend (for the outputs' provenance).
     pub backend_name: String,
 }
@@ -96,15 +97,15 @@ pub enum Work {
 
 /// One sample's JSONL line and, when asked, its spectrum line.
 pub struct Finished {
-    pub line: Map<String, Value>,
-    pub spectrum: Option<Map<String, Value>>,
+    pub line: SampleLine,
+    pub spectrum: Option<SpectrumLine>,
 }
 
 /// The statistics of one measured sample (no model needed: runs on a worker thread), or why it
 /// is not a measurement: nothing to measure, a non-finite gradient, a singular value
 /// decomposition that failed. A problem of one sample never ends the run.
 pub fn finish(work: Work, save_spectrum: bool) -> std::result::Result<Finished, SkippedLine> {
-    let (index, instr, output, loss, n_tokens, n_loss_tokens, grads) = match work {
+    let (index, instruction, output, loss, n_tokens, n_loss_tokens, grads) = match work {
         Work::Skipped { index, reason } => {
             return Err(SkippedLine {
                 index,
@@ -123,37 +124,30 @@ pub fn finish(work: Work, save_spectrum: bool) -> std::result::Result<Finished, 
         } => (index, instr, output, loss, n_tokens, n_loss_tokens, grads),
     };
     let (stats, spectra_values) = statistics(index, &grads)?;
-    let mut spectrum_line = save_spectrum.then(Map::new);
-    if let Some(l) = &mut spectrum_line {
-        l.insert("index".into(), json!(index));
-    }
-    for ((name, _), s) in stats.iter().zip(&spectra_values) {
-        if let Some(l) = &mut spectrum_line {
-            let floor = 1e-12 * s.first().copied().unwrap_or(0.0);
-            l.insert(
-                name.clone(),
-                json!(
-                    s.iter()
-                        .copied()
-                        .filter(|&x| x > floor)
-                        .collect::<Vec<f64>>()
-                ),
-            );
-        }
-    }
-    let line = sample_line(
+    let spectrum = save_spectrum.then(|| SpectrumLine {
         index,
-        &instr,
-        &output,
-        loss,
-        n_tokens,
-        n_loss_tokens,
-        &stats,
-    );
-    Ok(Finished {
-        line,
-        spectrum: spectrum_line,
-    })
+        weights: stats
+            .iter()
+            .zip(&spectra_values)
+            .map(|((name, _), s)| {
+                let floor = 1e-12 * s.first().copied().unwrap_or(0.0);
+                (
+                    name.clone(),
+                    s.iter().copied().filter(|&x| x > floor).collect(),
+                )
+            })
+            .collect(),
+    });
+    let line = SampleLine {
+        index: Some(index),
+        instruction,
+        output,
+        loss: Some(loss),
+        n_tokens: Some(n_tokens),
+        n_loss_tokens: Some(n_loss_tokens),
+        weights: stats.into_iter().collect(),
+    };
+    Ok(Finished { line, spectrum })
 }
 
 /// The statistics of every measured gradient (checkpoint names, in order) and their singular
@@ -222,9 +216,20 @@ impl<B: GradBackend> Measurer<B> {
             retry_skipped: false,
             model_dir: model_dir.to_path_buf(),
             adapter: None,
-            max_length,
             backend_name: B::name(device),
         })
+    }
+
+    /// A measurer as `run` says: its checkpoint, sample length and prompt mode, singular values,
+    /// padding, and adapter (merged on load).
+    pub fn from_options(run: &RunOptions, device: &B::Device) -> Result<Self> {
+        let mut m = Self::load(&run.model, run.max_length, run.mode.clone(), device)?;
+        m.spectra = run.spectra;
+        m.pad_to = run.pad_to();
+        if let Some(dir) = &run.adapter {
+            m.merge_adapter(dir)?;
+        }
+        Ok(m)
     }
 
     /// Merge the PEFT LoRA adapter in `dir` into the model: each adapted weight becomes
@@ -250,10 +255,10 @@ impl<B: GradBackend> Measurer<B> {
             data,
             dtype: dtype.into(),
             backend: self.backend_name.clone(),
-            max_length: self.max_length,
+            max_length: self.tokenizer.max_length(),
             prompt: self.mode.describe(),
             system_turn: self.mode.system_turn(),
-            spectra: format!("{:?}", self.spectra).to_lowercase(),
+            spectra: self.spectra.to_string(),
             save_spectrum: self.save_spectrum,
         })?)
     }
@@ -261,18 +266,13 @@ impl<B: GradBackend> Measurer<B> {
     /// Tokenise one record (the prompt rendered by the chat template in instruct mode) and check
     /// its token ids against the model's vocabulary.
     pub fn prepare(&self, index: usize, record: &Record) -> Result<Preparation> {
-        let preparation = prepare(&self.tokenizer, &self.mode, record)?;
-        if let Preparation::Ready(prepared) = &preparation {
-            let vocab = self.model.model.vocab_size();
-            if let Some(&bad) = prepared.ids.iter().find(|&&id| id as usize >= vocab) {
-                anyhow::bail!(
-                    "{}: sample {index}: token id {bad} is outside the model's vocabulary of \
-                     {vocab}: tokenizer and checkpoint do not belong together",
-                    self.tokenizer.path().display()
-                );
-            }
-        }
-        Ok(preparation)
+        prepare_for_model(
+            &self.tokenizer,
+            &self.mode,
+            record,
+            index,
+            self.model.model.vocab_size(),
+        )
     }
 
     /// Tokenise, forward and backward one record (or say why it is skipped).
@@ -316,7 +316,7 @@ impl<B: GradBackend> Measurer<B> {
         &self,
         index: usize,
         record: &Record,
-    ) -> Result<std::result::Result<Map<String, Value>, String>> {
+    ) -> Result<std::result::Result<SampleLine, String>> {
         Ok(finish(self.forward_backward(index, record)?, false)
             .map(|f| f.line)
             .map_err(|s| s.reason))
@@ -440,7 +440,7 @@ impl<B: GradBackend> Measurer<B> {
                                 Some(w) => w,
                                 None => skip_writer.insert(JsonlAppender::open(&skipped_file)?),
                             };
-                            w.append_serialized(&skip)?;
+                            w.append(&skip)?;
                             skipped += 1;
                         }
                     }
@@ -480,32 +480,6 @@ impl<B: GradBackend> Measurer<B> {
             }
         })
     }
-}
-
-/// One JSONL line in the paper's format (plus `index`, `n_tokens`, `n_loss_tokens`).
-pub fn sample_line(
-    index: usize,
-    instr: &str,
-    output: &str,
-    loss: f64,
-    n_tokens: usize,
-    n_loss_tokens: usize,
-    stats: &[(String, GradStats)],
-) -> Map<String, Value> {
-    let mut line = Map::new();
-    line.insert("index".into(), json!(index));
-    line.insert("instruction".into(), json!(instr));
-    line.insert("output".into(), json!(output));
-    line.insert("loss".into(), json!(loss));
-    line.insert("n_tokens".into(), json!(n_tokens));
-    line.insert("n_loss_tokens".into(), json!(n_loss_tokens));
-    for (name, s) in stats {
-        line.insert(
-            name.clone(),
-            serde_json::to_value(s).expect("stats serialise"),
-        );
-    }
-    line
 }
 
 /// A progress bar with samples/s and ETA (hidden when stderr is not a terminal).
@@ -557,7 +531,7 @@ mod tests {
     #[test]
     fn a_non_finite_gradient_skips_the_sample_naming_the_weight() {
         let f = finish(work(2.0), false).map_err(|s| s.reason).unwrap();
-        assert_eq!(f.line["index"], 7);
+        assert_eq!(f.line.index, Some(7));
         for bad in [f64::INFINITY, f64::NAN] {
             let s = finish(work(bad), false).err().unwrap();
             assert_eq!(s.index, 7);

@@ -196,3 +196,25 @@ pub fn prepare(
     }
     Ok(Preparation::Ready(prepared))
 }
+
+/// [`prepare`], with the token ids checked against the model's vocabulary of `vocab` rows: an id
+/// beyond it means the tokenizer is not the checkpoint's (`index` names the sample in the error).
+pub fn prepare_for_model(
+    tok: &TextTokenizer,
+    mode: &PromptMode,
+    record: &Record,
+    index: usize,
+    vocab: usize,
+) -> anyhow::Result<Preparation> {
+    let preparation = prepare(tok, mode, record)?;
+    if let Preparation::Ready(prepared) = &preparation
+        && let Some(&bad) = prepared.ids.iter().find(|&&id| id as usize >= vocab)
+    {
+        anyhow::bail!(
+            "{}: sample {index}: token id {bad} is outside the model's vocabulary of {vocab}: \
+             tokenizer and checkpoint do not belong together",
+            tok.path().display()
+        );
+    }
+    Ok(preparation)
+}

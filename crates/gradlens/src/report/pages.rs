@@ -85,24 +85,10 @@ pub(crate) fn markdown(
           **MAD** is the mean absolute difference between consecutive layers' values: how much a curve\n\
           fluctuates; early / middle / late split the layers as the paper does (rule noted per table).\n\n";
     s += "## Files and samples\n\n| model | condition | samples measured | skipped (why) | unreadable lines |\n|---|---|---|---|---|\n";
-    for m in measured {
-        let skipped = if m.skipped.is_empty() {
-            "0".to_string()
-        } else {
-            m.skipped
-                .iter()
-                .map(|(r, n)| format!("{n}: {r}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
+    for [model, condition, samples, skipped, unreadable] in files_rows(measured) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} |",
-            m.model,
-            m.condition.name,
-            m.rows.len(),
-            skipped,
-            m.notes.bad_lines.len()
+            "| {model} | {condition} | {samples} | {skipped} | {unreadable} |"
         );
     }
     if !warnings.is_empty() {
@@ -190,25 +176,12 @@ pub(crate) fn html(
           (early / middle / late: the paper's layer split). Large, fluctuating norms: \"fast thinking\"; small, flat ones: \
           stable learning (detailed CoT).</p><h2>Files and samples</h2><table><tr><th>model</th><th>condition</th>\
           <th>samples measured</th><th>skipped (why)</th><th>unreadable lines</th></tr>";
-    for m in measured {
-        let skipped = if m.skipped.is_empty() {
-            "0".to_string()
-        } else {
-            m.skipped
-                .iter()
-                .map(|(r, n)| format!("{n}: {r}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        let _ = write!(
-            s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&m.model),
-            esc(&m.condition.name),
-            m.rows.len(),
-            esc(&skipped),
-            m.notes.bad_lines.len()
-        );
+    for row in files_rows(measured) {
+        s += "<tr>";
+        for cell in row {
+            let _ = write!(s, "<td>{}</td>", esc(&cell));
+        }
+        s += "</tr>";
     }
     s += "</table>";
     if !warnings.is_empty() {
@@ -234,4 +207,30 @@ pub(crate) fn html(
     }
     s += "</body></html>\n";
     s
+}
+
+/// The rows of the "Files and samples" table, as plain text (the pages format and escape them):
+/// model, condition, samples measured, skipped (with the reasons), unreadable lines.
+fn files_rows(measured: &[Measured]) -> Vec<[String; 5]> {
+    measured
+        .iter()
+        .map(|m| {
+            let skipped = if m.skipped.is_empty() {
+                "0".to_string()
+            } else {
+                m.skipped
+                    .iter()
+                    .map(|(r, n)| format!("{n}: {r}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            [
+                m.model.clone(),
+                m.condition.name.clone(),
+                m.rows.len().to_string(),
+                skipped,
+                m.notes.bad_lines.len().to_string(),
+            ]
+        })
+        .collect()
 }

@@ -1,7 +1,7 @@
 //! Reading measurement JSONL (gradlens' or the paper's own script's) into per-layer curves, and
 //! the paper's mean absolute difference (MAD) between consecutive layers.
 
-use serde_json::Value;
+use crate::measure::line::{ReadLine, ReadStats};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -19,69 +19,19 @@ pub struct ReadNotes {
     pub bad_lines: Vec<(usize, String)>,
 }
 
-/// Replace the non-JSON tokens Python's json.dumps writes (NaN, Infinity, -Infinity) by null,
-/// outside strings.
-fn sanitize(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut in_str = false;
-    let mut escaped = false;
-    let bytes = line.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i] as char;
-        if in_str {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_str = false;
-            }
-            i += 1;
-            continue;
-        }
-        let rest = &line[i..];
-        if c == '"' {
-            in_str = true;
-            out.push(c);
-            i += 1;
-        } else if rest.starts_with("NaN") {
-            out.push_str("null");
-            i += 3;
-        } else if rest.starts_with("-Infinity") {
-            out.push_str("null");
-            i += 9;
-        } else if rest.starts_with("Infinity") {
-            out.push_str("null");
-            i += 8;
-        } else {
-            // copy one UTF-8 character
-            let ch = rest.chars().next().unwrap();
-            out.push(ch);
-            i += ch.len_utf8();
-        }
-    }
-    out
-}
-
-/// Parse one JSONL line into a row (`None` for lines that are not measurements).
+/// Parse one JSONL line into a row (its loss and, per weight, its statistics).
 pub fn parse_row(line: &str) -> Result<Row, String> {
-    let v: Value = serde_json::from_str(&sanitize(line)).map_err(|e| e.to_string())?;
-    let obj = v.as_object().ok_or("not a JSON object")?;
-    let mut params = BTreeMap::new();
-    for (k, val) in obj {
-        if let Value::Object(stats) = val {
-            let s = stats
-                .iter()
-                .map(|(sk, sv)| (sk.clone(), sv.as_f64()))
-                .collect();
-            params.insert(k.clone(), s);
-        }
-    }
+    let line = ReadLine::parse(line)?;
     Ok(Row {
-        loss: obj.get("loss").and_then(Value::as_f64),
-        params,
+        loss: line.loss,
+        params: line
+            .weights
+            .into_iter()
+            .filter_map(|(name, s)| match s {
+                ReadStats::Stats(stats) => Some((name, stats)),
+                ReadStats::Other => None,
+            })
+            .collect(),
     })
 }
 

@@ -11,7 +11,7 @@
 
 use crate::sink::provenance::Provenance;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -487,13 +487,8 @@ impl JsonlAppender {
         })
     }
 
-    /// Write one object as one line, in a single write, and flush it.
-    pub fn append(&mut self, line: &Map<String, Value>) -> Result<(), OutputError> {
-        self.append_serialized(line)
-    }
-
-    /// Write one serialisable record as one line, in a single write, and flush it.
-    pub fn append_serialized<T: Serialize>(&mut self, line: &T) -> Result<(), OutputError> {
+    /// Write one record as one line, in a single write, and flush it.
+    pub fn append<T: Serialize>(&mut self, line: &T) -> Result<(), OutputError> {
         let mut text = serde_json::to_string(line).expect("records serialise");
         text.push('\n');
         let before = self.file.metadata().map(|m| m.len());
@@ -546,7 +541,7 @@ mod tests {
         let mut claimed = claim(&out, &prov(8), &[], false).unwrap();
         claimed
             .writer
-            .append(&serde_json::from_str(r#"{"index": 0}"#).unwrap())
+            .append(&serde_json::json!({"index": 0}))
             .unwrap();
         drop(claimed.writer);
         claimed.created.undo_if_empty(&out);

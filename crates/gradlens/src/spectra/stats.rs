@@ -133,6 +133,17 @@ impl std::str::FromStr for Spectra {
     }
 }
 
+impl std::fmt::Display for Spectra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Spectra::Dense => "dense",
+            Spectra::Factored => "factored",
+            Spectra::Auto => "auto",
+            Spectra::Gram => "gram",
+        })
+    }
+}
+
 impl Spectra {
     /// Whether a weight `[d_out, d_in]` measured over `tokens` positions gets its singular values
     /// from the factors.

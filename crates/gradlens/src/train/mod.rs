@@ -23,10 +23,11 @@ pub mod signals;
 use crate::backend::{BackendJob, Device, Dtype, GradBackend, dispatch};
 use crate::load::data::{Record, load_records};
 use crate::measure::backward::{HostReal, measured_grads, response_loss, sample_grads_with};
+use crate::measure::options::RunOptions;
 use crate::measure::{Work, finish, statistics};
 use crate::prepare::tokenizer::TextTokenizer;
-use crate::prepare::{Preparation, Prepared, PromptMode, prepare};
-use crate::spectra::stats::{Factors, HostMatrix, Spectra, SpectrumSource};
+use crate::prepare::{Preparation, Prepared, PromptMode, prepare_for_model};
+use crate::spectra::stats::{Factors, GradStats, HostMatrix, SpectrumSource};
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Element, Tensor, TensorData};
@@ -39,7 +40,7 @@ use gradlens_models::tensor::float_tensor;
 use gradlens_models::{LoadedModel, ParamValue, paper_selector};
 use optimizer::{AdamW, AdamWConfig, clip, total_norm};
 use order::SampleOrder;
-use records::{EvalLine, StepLine, per_sample_line};
+use records::{EvalLine, PerSampleLine, StepLine};
 use run_dir::{EVAL, PER_SAMPLE, RunDir, RunRecord, STEPS, Start, has_step};
 use schedule::Schedule;
 use serde::{Deserialize, Serialize};
@@ -90,7 +91,9 @@ pub enum Length {
 /// Options of one `train` run.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
-    pub model: PathBuf,
+    /// How the model runs (its checkpoint, sample length, dtype, backend, prompts, spectra,
+    /// memory plan; no adapter: start from one with `lora`'s `init`, and the backend's padding).
+    pub run: RunOptions,
     pub data: Vec<PathBuf>,
     pub out: PathBuf,
     pub batch_size: usize,
@@ -104,19 +107,12 @@ pub struct TrainOptions {
     pub lora: Option<lora::LoraArgs>,
     /// With LoRA: also write the merged model as a Hugging Face checkpoint (`final-merged/`).
     pub save_merged: bool,
-    /// Memory (bytes) the run may plan for instead of what the machine has available.
-    pub max_memory: Option<u64>,
     pub lr: f64,
     pub schedule: Schedule,
     pub warmup_steps: usize,
     pub adamw: AdamWConfig,
     /// 0: no clipping.
     pub max_grad_norm: f64,
-    pub dtype: Dtype,
-    pub backend: Device,
-    pub max_length: usize,
-    pub mode: PromptMode,
-    pub spectra: Spectra,
     /// What each step records (`--stats`).
     pub stats: StepStats,
     pub per_sample: bool,
@@ -229,7 +225,7 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainSummary> {
         }
     }
     check_options(opts)?;
-    dispatch(opts.backend, opts.dtype, Job(opts))
+    dispatch(opts.run.backend, opts.run.dtype, Job(opts))
 }
 
 fn check_options(o: &TrainOptions) -> Result<()> {
@@ -267,7 +263,12 @@ fn check_options(o: &TrainOptions) -> Result<()> {
         "--max-grad-norm {}: expected a number ≥ 0 (0: no clipping)",
         o.max_grad_norm
     );
-    anyhow::ensure!(o.max_length > 0, "--max-length 0: need at least 1 token");
+    o.run.check()?;
+    anyhow::ensure!(
+        o.run.adapter.is_none() && o.run.pad_to.is_none(),
+        "train merges no adapter on load (start from one with --lora-init) and pads as its \
+         backend does"
+    );
     anyhow::ensure!(!o.data.is_empty(), "--data: at least one data file");
     if let Some(n) = o.eval_every {
         anyhow::ensure!(n >= 1, "--eval-every 0: expected a number of steps ≥ 1");
@@ -308,15 +309,8 @@ fn read_samples(
     let mut prepared = Vec::with_capacity(records.len());
     let mut skipped = Vec::new();
     for (i, r) in records.iter().enumerate() {
-        match prepare(tokenizer, mode, r)? {
+        match prepare_for_model(tokenizer, mode, r, i, vocab)? {
             Preparation::Ready(p) => {
-                if let Some(&bad) = p.ids.iter().find(|&&id| id as usize >= vocab) {
-                    anyhow::bail!(
-                        "{}: sample {i}: token id {bad} is outside the model's vocabulary of \
-                         {vocab}: tokenizer and checkpoint do not belong together",
-                        tokenizer.path().display()
-                    );
-                }
                 prepared.push(Some(p));
             }
             Preparation::Skip(reason) => {
@@ -353,17 +347,17 @@ fn settings(
     put("--eps", json!(o.adamw.eps));
     put("--weight-decay", json!(o.adamw.weight_decay));
     put("--max-grad-norm", json!(o.max_grad_norm));
-    put("--dtype", json!(o.dtype));
+    put("--dtype", json!(o.run.dtype));
     put(
         "--backend",
-        json!(o.backend.to_string().split(':').next().unwrap_or("")),
+        json!(o.run.backend.to_string().split(':').next().unwrap_or("")),
     );
-    put("--max-length", json!(o.max_length));
-    put("--instruct/--single-bos", json!(o.mode.describe()));
-    if let Some(system) = o.mode.system_turn() {
+    put("--max-length", json!(o.run.max_length));
+    put("--instruct/--single-bos", json!(o.run.mode.describe()));
+    if let Some(system) = o.run.mode.system_turn() {
         put("system turn (the chat template decides)", json!(system));
     }
-    put("--spectra", json!(o.spectra));
+    put("--spectra", json!(o.run.spectra));
     if o.stats != StepStats::Batch {
         put("--stats", json!(o.stats));
     }
@@ -407,6 +401,19 @@ struct Trainer<'a, B: GradBackend, T: HostReal> {
     _t: std::marker::PhantomData<T>,
 }
 
+/// What the forward and backward passes of a batch leave for the rest of its step.
+struct Accumulated<B: Backend, T> {
+    /// The batch gradient of every trained parameter, flat, in `Trainer::trained`'s order.
+    grads: Vec<Tensor<B, 1>>,
+    /// Σ loss × response tokens over the batch.
+    loss_sum: f64,
+    /// Tokens that ran (padding included), for the choice of the spectra's path.
+    tokens: usize,
+    /// Per sample, per measured weight: its gradient's factors (`None` where it took another path).
+    factors: Vec<Vec<Option<Factors<T>>>>,
+    sample_lines: Vec<PerSampleLine>,
+}
+
 /// A run's LoRA state.
 struct Lora<B: Backend> {
     config: lora::LoraConfig,
@@ -418,11 +425,11 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         let t0 = Instant::now();
         let lora_setup = opts.lora.as_ref().map(lora::resolve).transpose()?;
         // The weights, one sample's activations and the training state must fit.
-        if !matches!(opts.backend, Device::Cuda(_)) {
-            let config = opts.model.join("config.json");
-            let pad = opts.backend.default_pad_to().max(1);
-            let tokens = opts.max_length.div_ceil(pad) * pad;
-            let bytes = match opts.dtype {
+        if !matches!(opts.run.backend, Device::Cuda(_)) {
+            let config = opts.run.model.join("config.json");
+            let pad = opts.run.backend.default_pad_to().max(1);
+            let tokens = opts.run.max_length.div_ceil(pad) * pad;
+            let bytes = match opts.run.dtype {
                 Dtype::F32 => 4,
                 Dtype::F64 => 8,
             };
@@ -445,9 +452,9 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                     None,
                 )?,
             };
-            crate::measure::resources::check_estimate(&config, e, tokens, opts.max_memory)?;
+            crate::measure::resources::check_estimate(&config, e, tokens, opts.run.max_memory)?;
         }
-        let tokenizer = TextTokenizer::from_dir(&opts.model, opts.max_length)?;
+        let tokenizer = TextTokenizer::from_dir(&opts.run.model, opts.run.max_length)?;
         let set = opts.train;
         let lora_config = lora_setup.as_ref().map(|(c, _)| c.clone());
         // With LoRA the gradients needed are those of the targets (the adapters' come from them)
@@ -461,13 +468,17 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             }
             None => set.picks(name, shape),
         };
-        let model =
-            gradlens_models::load_for_training::<B>(&opts.model, device, &paper_selector, &trains)?;
+        let model = gradlens_models::load_for_training::<B>(
+            &opts.run.model,
+            device,
+            &paper_selector,
+            &trains,
+        )?;
         anyhow::ensure!(
             !model.wrapped,
             "{}: a multimodal checkpoint: train its text model instead (a checkpoint of the \
              text part alone, model_type {})",
-            opts.model.display(),
+            opts.run.model.display(),
             model.model_type
         );
         // The adapters, checked against the model before the run directory is claimed.
@@ -481,7 +492,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             None => None,
         };
         let vocab = model.model.vocab_size();
-        let (samples, skipped) = read_samples(&opts.data, &tokenizer, &opts.mode, vocab)?;
+        let (samples, skipped) = read_samples(&opts.data, &tokenizer, &opts.run.mode, vocab)?;
         for (i, reason) in skipped.iter().take(5) {
             tracing::warn!("sample {i} is not used: {reason}");
         }
@@ -508,17 +519,17 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         };
         let eval = match &opts.eval_data {
             Some(f) => {
-                Some(read_samples(std::slice::from_ref(f), &tokenizer, &opts.mode, vocab)?.0)
+                Some(read_samples(std::slice::from_ref(f), &tokenizer, &opts.run.mode, vocab)?.0)
             }
             None => None,
         };
         let record = RunRecord::new(
-            &opts.model,
+            &opts.run.model,
             &opts.data,
             opts.eval_data.as_deref(),
             settings(opts, total, lora_setup.as_ref())?,
         )?;
-        let mut inputs: Vec<&Path> = vec![&opts.model];
+        let mut inputs: Vec<&Path> = vec![&opts.run.model];
         inputs.extend(opts.data.iter().map(PathBuf::as_path));
         inputs.extend(opts.eval_data.as_deref());
         let run = RunDir::claim(&opts.out, &record, &inputs, opts.resume)?;
@@ -549,7 +560,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             trained,
             optimizer,
             lora,
-            pad_to: opts.backend.default_pad_to(),
+            pad_to: opts.run.backend.default_pad_to(),
             _t: std::marker::PhantomData,
         };
         if trainer.lora.is_some() {
@@ -581,7 +592,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         {
             let line = trainer.evaluate(ev, 0);
             eval_first = Some(line.loss);
-            w.append_serialized(&line)?;
+            w.append(&line)?;
         }
         let bar = opts.progress.then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
@@ -606,7 +617,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                     w.append(l)?;
                 }
             }
-            steps_out.append_serialized(&line)?;
+            steps_out.append(&line)?;
             summary
                 .step_times
                 .push((batch.len(), t_step.elapsed().as_secs_f64()));
@@ -622,7 +633,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 let e = trainer.evaluate(ev, step);
                 eval_first.get_or_insert(e.loss);
                 summary.eval = eval_first.map(|a| (a, e.loss));
-                w.append_serialized(&e)?;
+                w.append(&e)?;
             }
             let stopping = termination.requested() && step < total;
             if (due(opts.save_every) || stopping) && step < total {
@@ -658,15 +669,16 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
     }
 
     /// One optimizer step on the samples `batch`: the step's line and, with `--per-sample`, each
-    /// sample's own line.
+    /// sample's own line. Forward and backward of every sample with the batch gradient
+    /// accumulated ([`Trainer::accumulate`]), the statistics of the batch gradient
+    /// ([`Trainer::batch_statistics`]), then the clipped AdamW update ([`Trainer::update`]).
     fn step(
         &mut self,
         step: usize,
         total: usize,
         batch: &[usize],
         samples: &Samples,
-    ) -> Result<(StepLine, Vec<serde_json::Map<String, serde_json::Value>>)> {
-        let opts = self.opts;
+    ) -> Result<(StepLine, Vec<PerSampleLine>)> {
         let prepared: Vec<&Prepared> = batch
             .iter()
             .map(|&i| samples.prepared[i].as_ref().expect("usable"))
@@ -677,12 +689,42 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             .iter()
             .map(|p| p.n_loss_tokens() as f64 / n_total as f64)
             .collect();
+        let acc = self.accumulate(step, batch, &prepared, &weights, samples)?;
+        let (stats, grads) =
+            self.batch_statistics(step, acc.grads, &acc.factors, &weights, acc.tokens)?;
+        let (lr, grad_norm) = self.update(step, total, grads)?;
+        let line = StepLine {
+            step,
+            lr,
+            loss: acc.loss_sum / n_total as f64,
+            grad_norm,
+            n_samples: batch.len(),
+            n_loss_tokens: n_total,
+            samples: batch.to_vec(),
+            weights: stats.into_iter().collect(),
+        };
+        Ok((line, acc.sample_lines))
+    }
+
+    /// Forward and backward of every sample of the batch: the batch gradient of every trained
+    /// parameter accumulated in place (each sample's weighted by its share of the response
+    /// tokens), with the statistics on, each sample's gradient factors (to stack into the batch
+    /// gradient's) and, with `--per-sample`, its own line.
+    fn accumulate(
+        &self,
+        step: usize,
+        batch: &[usize],
+        prepared: &[&Prepared],
+        weights: &[f64],
+        samples: &Samples,
+    ) -> Result<Accumulated<B::InnerBackend, T>> {
+        let opts = self.opts;
         let mut acc: Vec<Option<Tensor<B::InnerBackend, 1>>> = vec![None; self.trained.len()];
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         let mut factors: Vec<Vec<Option<Factors<T>>>> = Vec::with_capacity(batch.len());
         let mut sample_lines = Vec::new();
-        for ((&index, p), &weight) in batch.iter().zip(&prepared).zip(&weights) {
+        for ((&index, &p), &weight) in batch.iter().zip(prepared).zip(weights) {
             let model = &self.model;
             let trained = &self.trained;
             let mut hook = |grads: &<B as AutodiffBackend>::Gradients| {
@@ -708,7 +750,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 loss_sum += loss * p.n_loss_tokens() as f64;
                 continue;
             }
-            let sample = sample_grads_with(model, p, opts.spectra, self.pad_to, &mut hook);
+            let sample = sample_grads_with(model, p, opts.run.spectra, self.pad_to, &mut hook);
             anyhow::ensure!(
                 sample.loss.is_finite(),
                 "step {step}: sample {index}: non-finite loss {} (the weights or the data); \
@@ -748,7 +790,10 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                         s.reason
                     )
                 })?;
-                sample_lines.push(per_sample_line(step, f.line));
+                sample_lines.push(PerSampleLine {
+                    step,
+                    sample: f.line,
+                });
             }
         }
         let device = self.model.device.clone();
@@ -762,6 +807,28 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             })
             .collect();
 
+        Ok(Accumulated {
+            grads,
+            loss_sum,
+            tokens,
+            factors,
+            sample_lines,
+        })
+    }
+
+    /// The statistics of the batch gradient of every measured weight (with LoRA also of the
+    /// adapters' `A` and `B`), and the gradients the optimizer takes: the trained parameters', or
+    /// with LoRA the adapters' (from their targets' by the chain rule).
+    #[allow(clippy::type_complexity)]
+    fn batch_statistics(
+        &self,
+        step: usize,
+        grads: Vec<Tensor<B::InnerBackend, 1>>,
+        factors: &[Vec<Option<Factors<T>>>],
+        weights: &[f64],
+        tokens: usize,
+    ) -> Result<(Vec<(String, GradStats)>, Vec<Tensor<B::InnerBackend, 1>>)> {
+        let opts = self.opts;
         // The statistics of the batch gradient of every measured weight (all are trained).
         let index_of: HashMap<&str, usize> = self
             .trained
@@ -782,11 +849,11 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             gradients.push((s.name.clone(), grads[k].clone().reshape([rows, cols])));
             let parts: Option<Vec<&Factors<T>>> = factors.iter().map(|f| f[w].as_ref()).collect();
             if let Some(parts) = parts
-                && opts.spectra.factored(tokens, rows, cols)
+                && opts.run.spectra.factored(tokens, rows, cols)
             {
                 batch_factors.insert(
                     s.name.clone(),
-                    SpectrumSource::Factored(stack(&parts, &weights, &mut stacked_x)),
+                    SpectrumSource::Factored(stack(&parts, weights, &mut stacked_x)),
                 );
             }
         }
@@ -826,6 +893,18 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             Vec::new()
         };
 
+        Ok((stats, grads))
+    }
+
+    /// Clip the batch gradient's norm and take the AdamW step at the schedule's rate: the rate
+    /// and the norm before clipping.
+    fn update(
+        &mut self,
+        step: usize,
+        total: usize,
+        grads: Vec<Tensor<B::InnerBackend, 1>>,
+    ) -> Result<(f64, f64)> {
+        let opts = self.opts;
         let grad_norm = total_norm(&grads);
         anyhow::ensure!(
             grad_norm.is_finite(),
@@ -847,17 +926,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         };
         let updated = self.optimizer.step(values, clipped, &decays, lr);
         self.set_optimized(updated);
-        let line = StepLine {
-            step,
-            lr,
-            loss: loss_sum / n_total as f64,
-            grad_norm,
-            n_samples: batch.len(),
-            n_loss_tokens: n_total,
-            samples: batch.to_vec(),
-            weights: stats.into_iter().collect(),
-        };
-        Ok((line, sample_lines))
+        Ok((lr, grad_norm))
     }
 
     /// The values the optimizer updates, flat, in its order: the trained parameters, or with LoRA
@@ -966,7 +1035,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
     }
 
     fn compute_dtype(&self) -> StoredDtype {
-        match self.opts.dtype {
+        match self.opts.run.dtype {
             Dtype::F32 => StoredDtype::F32,
             Dtype::F64 => StoredDtype::F64,
         }
@@ -1031,7 +1100,9 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             }
         }
         weights.sort_by(|a, b| a.name.cmp(&b.name));
-        let config = l.config.peft_json(&self.opts.model.display().to_string());
+        let config = l
+            .config
+            .peft_json(&self.opts.run.model.display().to_string());
         checkpoint::write_folder(dir, |partial| {
             crate::sink::output::write_atomically(
                 &partial.join(lora::CONFIG_FILE),
@@ -1082,7 +1153,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         write_checkpoint(
             dir,
             CheckpointContent {
-                source: &opts.model,
+                source: &opts.run.model,
                 weights,
                 state: Some((tensors, trainer_state)),
                 config_dtype: opts.save_dtype,

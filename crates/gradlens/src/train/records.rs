@@ -1,9 +1,9 @@
 //! The lines of a training run's JSONL files, typed: the writer and the readers (`report`,
 //! the tests) share these structs.
 
+use crate::measure::line::SampleLine;
 use crate::spectra::stats::GradStats;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 /// One line of `steps.jsonl`: one optimizer step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,13 +37,14 @@ pub struct EvalLine {
     pub n_loss_tokens: usize,
 }
 
-/// One line of `per_sample.jsonl`: a `grads` line (the sample's own gradient at that step's
-/// weights) and the step.
-pub fn per_sample_line(step: usize, grads_line: Map<String, Value>) -> Map<String, Value> {
-    let mut line = Map::new();
-    line.insert("step".into(), Value::from(step));
-    line.extend(grads_line);
-    line
+/// One line of `per_sample.jsonl`: the step and a `grads` line (the sample's own gradient at
+/// that step's weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerSampleLine {
+    /// The step whose weights the sample's gradient was taken at (1-based).
+    pub step: usize,
+    #[serde(flatten)]
+    pub sample: SampleLine,
 }
 
 /// Any line of the run's files: only its step (to cut a run back to a checkpoint).
