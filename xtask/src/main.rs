@@ -99,17 +99,7 @@ enum Command {
     /// (see `gradlens bench`; this runs from the repository root with its defaults).
     Bench(gradlens::commands::bench::BenchArgs),
     /// Curves, MAD tables, figures and report.md/html from measurement JSONL.
-    Report {
-        /// Folders (searched recursively) or JSONL files.
-        #[arg(long = "in", required = true, num_args = 1..)]
-        inputs: Vec<PathBuf>,
-        /// Output folder (default: <folder>/report, or <stem>-report beside a file).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// One y scale for the conditions side by side.
-        #[arg(long)]
-        shared_y: bool,
-    },
+    Report(gradlens::commands::report::ReportArgs),
 }
 
 /// The shard count of a sharded run whose `run-shard-I-of-N.json` files are in `out`.
@@ -348,13 +338,6 @@ fn run_cli(cli: Cli) -> Result<()> {
             std::env::set_current_dir(repo_root())?;
             gradlens::commands::bench::run(&args, &repo_root()).map(|_| ())
         }
-        Command::Report {
-            inputs,
-            out,
-            shared_y,
-        } => {
-            let out = out.unwrap_or_else(|| gradlens::report::default_out(&inputs));
-            report(&inputs, &out, shared_y)
-        }
+        Command::Report(a) => gradlens::commands::report::run(&a),
     }
 }

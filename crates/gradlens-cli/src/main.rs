@@ -34,18 +34,7 @@ enum Command {
     /// --per-sample, of every sample) into a run directory; resumable.
     Train(TrainArgs),
     /// Curves, MAD tables, figures and report.md/html from measurement JSONL.
-    Report {
-        /// Folders (searched recursively) or JSONL files.
-        #[arg(long = "in", required = true, num_args = 1..)]
-        inputs: Vec<PathBuf>,
-        /// Output folder (default: <folder>/report, or <stem>-report beside a file).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// One y scale for the conditions side by side (the paper's contrast is a difference in
-        /// level; by default each chart fits its own curves).
-        #[arg(long)]
-        shared_y: bool,
-    },
+    Report(gradlens::commands::report::ReportArgs),
     /// A random-initialised checkpoint from a config.json (any supported family), e.g. to
     /// benchmark a real shape without downloading weights.
     Init {
@@ -441,19 +430,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Report {
-            inputs,
-            out,
-            shared_y,
-        } => {
-            let out = out.unwrap_or_else(|| gradlens::report::default_out(&inputs));
-            gradlens::report::build_and_print_with(
-                &inputs,
-                &out,
-                &gradlens::report::ReportOptions { shared_y },
-            )?;
-            Ok(())
-        }
+        Command::Report(a) => gradlens::commands::report::run(&a),
         Command::Init {
             config,
             seed,
