@@ -154,7 +154,7 @@ pub fn check_factored(name: &str) {
             );
             checked += 1;
         }
-        // `--spectra gram` (R factors by CholeskyQR, gradlens::spectra::gram): every singular value within
+        // `--spectra gram` (R factors by CholeskyQR, gradlens::measure::gram): every singular value within
         // 1e-10 of σ_max of the dense SVD's, wherever the sample is short enough for that path.
         let Some(gram) = run(Spectra::Gram) else {
             continue;
@@ -169,7 +169,7 @@ pub fn check_factored(name: &str) {
             };
             let d = singular_values(g).unwrap();
             let s =
-                gradlens::spectra::gram::core_singular_values(&c.r_delta, &c.r_x, g.rows, g.cols)
+                gradlens::spectra::stats::core_singular_values(&c.r_delta, &c.r_x, g.rows, g.cols)
                     .unwrap();
             assert_eq!(d.len(), s.len());
             for (k, (a, b)) in d.iter().zip(&s).enumerate() {

@@ -238,12 +238,12 @@ fn collect<B: GradBackend, T: Real + Element>(
                 // A factor that is not finite takes the host path, whose SVD reports it.
                 let r_x = input_cores[e.input]
                     .get_or_insert_with(|| {
-                        crate::spectra::gram::gram_r(inputs[e.input].clone().inner())
+                        crate::measure::gram::gram_r(inputs[e.input].clone().inner())
                             .ok()
                             .map(Arc::new)
                     })
                     .clone();
-                if let (Some(r_x), Ok(r_delta)) = (r_x, crate::spectra::gram::gram_r(delta.clone()))
+                if let (Some(r_x), Ok(r_delta)) = (r_x, crate::measure::gram::gram_r(delta.clone()))
                 {
                     sources.insert(e.name, SpectrumSource::Cores(Cores { r_delta, r_x }));
                     continue;

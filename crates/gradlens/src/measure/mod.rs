@@ -1,8 +1,10 @@
 //! Measure: one sample's forward and backward pass ([`backward`]), its gradients' statistics, and
 //! a data file measured into a resumable JSONL by the [`Measurer`] — the engine of `grads`, `train`,
-//! sweeps and `bench`. [`options`]: one run's options and their checks; [`resources`]: will it fit.
+//! sweeps and `bench`. [`options`]: one run's options and their checks; [`resources`]: will it fit;
+//! [`gram`]: the factors' R by Gram products where the factors are (`--spectra gram`).
 
 pub mod backward;
+pub mod gram;
 pub mod line;
 pub mod options;
 pub mod resources;

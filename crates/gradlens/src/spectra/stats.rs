@@ -85,11 +85,11 @@ pub struct MeasuredGrad<T> {
 pub enum SpectrumSource<T> {
     Dense(HostMatrix<T>),
     Factored(Factors<T>),
-    /// R_Δ and R_X (`T × T`, f64) computed where the factors are ([`crate::spectra::gram`]).
+    /// R_Δ and R_X (`T × T`, f64) computed where the factors are ([`crate::measure::gram`]).
     Cores(Cores),
 }
 
-/// The R factors of G = Δᵀ X's factors (RᵀR = Δ Δᵀ and X Xᵀ), from [`crate::spectra::gram::gram_r`].
+/// The R factors of G = Δᵀ X's factors (RᵀR = Δ Δᵀ and X Xᵀ), from [`crate::measure::gram::gram_r`].
 #[derive(Debug, Clone)]
 pub struct Cores {
     pub r_delta: faer::Mat<f64>,
@@ -111,7 +111,7 @@ pub enum Spectra {
     #[default]
     Auto,
     /// The factored path with the QRs done where the factors are, by shifted CholeskyQR3
-    /// ([`crate::spectra::gram`]: Gram products on the backend, `T × T` Cholesky factors on the host), for
+    /// ([`crate::measure::gram`]: Gram products on the backend, `T × T` Cholesky factors on the host), for
     /// matrices whose smaller side has at least as many rows as the sample has tokens; dense
     /// otherwise. Exact (1e-10 of σ_max against dense in f64); meant for GPUs, where it keeps
     /// the `T × d` factors off the host.
@@ -306,9 +306,7 @@ fn spectra_in_pool<T: Real>(grads: &[MeasuredGrad<T>]) -> Vec<Result<Vec<f64>, S
         .par_iter()
         .map(|g| match &g.source {
             SpectrumSource::Dense(m) => singular_values(m),
-            SpectrumSource::Cores(c) => {
-                crate::spectra::gram::core_singular_values(&c.r_delta, &c.r_x, g.rows, g.cols)
-            }
+            SpectrumSource::Cores(c) => core_singular_values(&c.r_delta, &c.r_x, g.rows, g.cols),
             SpectrumSource::Factored(f) => {
                 let i = inputs
                     .iter()
@@ -390,6 +388,20 @@ pub fn stats_from(entries: EntryStats, s: &[f64]) -> GradStats {
 /// All statistics of one gradient (dense path: the SVD of the matrix itself).
 pub fn grad_stats<T: Real>(g: &HostMatrix<T>) -> Result<GradStats, SvdError> {
     Ok(stats_from(entry_stats(g), &singular_values(g)?))
+}
+
+/// Singular values of G = Δᵀ X from the R factors of X and Δ (`[T, T]` each, see [`crate::measure::gram::gram_r`]),
+/// largest first, padded with zeros to `min(d_out, d_in)` values.
+pub fn core_singular_values(
+    r_delta: &faer::Mat<f64>,
+    r_x: &faer::Mat<f64>,
+    d_out: usize,
+    d_in: usize,
+) -> Result<Vec<f64>, SvdError> {
+    let core = r_delta * r_x.transpose();
+    let mut s = crate::spectra::svd::singular_values_in_place(core)?;
+    s.resize(d_out.min(d_in), 0.0);
+    Ok(s)
 }
 
 #[cfg(test)]

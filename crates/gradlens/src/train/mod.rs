@@ -22,12 +22,15 @@ pub mod signals;
 
 use crate::backend::{BackendJob, Device, Dtype, GradBackend, dispatch};
 use crate::load::data::{Record, load_records};
-use crate::measure::backward::{HostReal, measured_grads, response_loss, sample_grads_with};
+use crate::measure::backward::{
+    HostGrads, HostReal, measured_grads, response_loss, sample_grads_with,
+};
 use crate::measure::options::RunOptions;
 use crate::measure::{Work, finish, statistics};
 use crate::prepare::tokenizer::TextTokenizer;
 use crate::prepare::{Preparation, Prepared, PromptMode, prepare_for_model};
-use crate::spectra::stats::{Factors, GradStats, HostMatrix, SpectrumSource};
+use crate::sink::output::JsonlAppender;
+use crate::spectra::stats::{Factors, HostMatrix, SpectrumSource};
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Element, Tensor, TensorData};
@@ -411,7 +414,130 @@ struct Accumulated<B: Backend, T> {
     tokens: usize,
     /// Per sample, per measured weight: its gradient's factors (`None` where it took another path).
     factors: Vec<Vec<Option<Factors<T>>>>,
-    sample_lines: Vec<PerSampleLine>,
+}
+
+/// What the statistics thread is handed, in order: with `--per-sample` each sample's gradients as
+/// soon as its backward pass is done, then the step (its line without the statistics, and the
+/// batch gradient of every measured weight when the step measures).
+enum StatsJob {
+    Sample {
+        step: usize,
+        work: Work,
+    },
+    Step {
+        line: StepLine,
+        batch: Option<HostGrads>,
+    },
+}
+
+/// A sample's line of `per_sample.jsonl`: its statistics at step `step`.
+fn sample_line(step: usize, work: Work) -> Result<PerSampleLine> {
+    let f = finish(work, false).map_err(|s| {
+        anyhow::anyhow!(
+            "step {step}: sample {}: {}{}",
+            s.index,
+            s.weight.map(|w| format!("{w}: ")).unwrap_or_default(),
+            s.reason
+        )
+    })?;
+    Ok(PerSampleLine {
+        step,
+        sample: f.line,
+    })
+}
+
+/// A step's line with the statistics of its batch gradient.
+fn step_line(mut line: StepLine, batch: Option<HostGrads>) -> Result<StepLine> {
+    let step = line.step;
+    if let Some(batch) = &batch {
+        let (stats, _) = statistics(step, batch).map_err(|s| {
+            anyhow::anyhow!(
+                "step {step}: the batch gradient: {}{}",
+                s.weight.map(|w| format!("{w}: ")).unwrap_or_default(),
+                s.reason
+            )
+        })?;
+        line.weights = stats.into_iter().collect();
+    }
+    Ok(line)
+}
+
+/// The statistics thread of a run: the singular values of every gradient of a step — each
+/// sample's, the batch's — computed while the main thread runs the next samples forward and
+/// backward, and the lines appended in order (a step's samples, then the step). The run waits for
+/// it ([`StatsThread::drain`]) before a checkpoint, so that a checkpoint's steps are always in the
+/// files.
+struct StatsThread<'scope> {
+    tx: Option<std::sync::mpsc::SyncSender<StatsJob>>,
+    done: std::sync::mpsc::Receiver<usize>,
+    handle: Option<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
+    written: usize,
+}
+
+impl<'scope> StatsThread<'scope> {
+    fn start<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        mut steps_out: JsonlAppender,
+        mut per_sample_out: Option<JsonlAppender>,
+        written: usize,
+    ) -> Self {
+        // One job waits while the next sample runs forward and backward.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<StatsJob>(1);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let handle = scope.spawn(move || -> Result<()> {
+            let mut samples = Vec::new();
+            for job in rx {
+                match job {
+                    StatsJob::Sample { step, work } => samples.push(sample_line(step, work)?),
+                    StatsJob::Step { line, batch } => {
+                        let line = step_line(line, batch)?;
+                        if let Some(w) = &mut per_sample_out {
+                            for l in samples.drain(..) {
+                                w.append(&l)?;
+                            }
+                        }
+                        steps_out.append(&line)?;
+                        let _ = done_tx.send(line.step);
+                    }
+                }
+            }
+            Ok(())
+        });
+        Self {
+            tx: Some(tx),
+            done,
+            handle: Some(handle),
+            written,
+        }
+    }
+
+    /// Hand a job over; the thread's own error if it has stopped.
+    fn send(&mut self, job: StatsJob) -> Result<()> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if sent { Ok(()) } else { self.finish() }
+    }
+
+    /// Wait until every step up to `step` is written.
+    fn drain(&mut self, step: usize) -> Result<()> {
+        while self.written < step {
+            match self.done.recv() {
+                Ok(s) => self.written = s,
+                Err(_) => return self.finish(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Let the thread write what it holds and end; its error, if it had one.
+    fn finish(&mut self) -> Result<()> {
+        self.tx = None;
+        match self.handle.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| anyhow::anyhow!("the statistics thread panicked"))?,
+            None => Ok(()),
+        }
+    }
 }
 
 /// A run's LoRA state.
@@ -574,8 +700,8 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             tracing::info!("resuming {} after step {start}", opts.out.display());
         }
 
-        let mut steps_out = run_dir::appender(&run.file(STEPS))?;
-        let mut per_sample_out = if opts.per_sample {
+        let steps_out = run_dir::appender(&run.file(STEPS))?;
+        let per_sample_out = if opts.per_sample {
             Some(run_dir::appender(&run.file(PER_SAMPLE))?)
         } else {
             None
@@ -608,54 +734,77 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         });
         let t_steps = Instant::now();
         let termination = crate::train::signals::Termination::watch();
-        for step in start + 1..=total {
-            let t_step = Instant::now();
-            let batch = order.batch(step, opts.batch_size);
-            let (line, sample_lines) = trainer.step(step, total, &batch, &samples)?;
-            if let Some(w) = &mut per_sample_out {
-                for l in &sample_lines {
-                    w.append(l)?;
+        // A step's statistics run on their own thread while the next step runs forward and
+        // backward; its lines are written in step order, all of them before any checkpoint.
+        let stopped = std::thread::scope(|scope| -> Result<bool> {
+            let mut stats = StatsThread::start(scope, steps_out, per_sample_out, start);
+            for step in start + 1..=total {
+                let t_step = Instant::now();
+                let batch = order.batch(step, opts.batch_size);
+                let (line, batch_grads) =
+                    trainer.step(step, total, &batch, &samples, &mut |work| {
+                        stats.send(StatsJob::Sample { step, work })
+                    })?;
+                stats.send(StatsJob::Step {
+                    line: line.clone(),
+                    batch: batch_grads,
+                })?;
+                summary
+                    .step_times
+                    .push((batch.len(), t_step.elapsed().as_secs_f64()));
+                summary.samples += batch.len();
+                summary.first_loss.get_or_insert(line.loss);
+                summary.last_loss = Some(line.loss);
+                summary.last_grad_norm = Some(line.grad_norm);
+                summary.last_step = step;
+                let due = |every: Option<usize>| every.is_some_and(|n| step % n == 0);
+                if let (Some(ev), Some(w)) = (&eval, &mut eval_out)
+                    && (due(opts.eval_every) || step == total)
+                {
+                    let e = trainer.evaluate(ev, step);
+                    eval_first.get_or_insert(e.loss);
+                    summary.eval = eval_first.map(|a| (a, e.loss));
+                    w.append(&e)?;
+                }
+                let stopping = termination.requested() && step < total;
+                if (due(opts.save_every) || stopping) && step < total {
+                    // The wait for the statistics counts in the step's time.
+                    let t_drain = Instant::now();
+                    stats.drain(step)?;
+                    if let Some(last) = summary.step_times.last_mut() {
+                        last.1 += t_drain.elapsed().as_secs_f64();
+                    }
+                    trainer.save(&run.file(&format!("checkpoint-{step}")), step, total, true)?;
+                }
+                if stopping {
+                    tracing::warn!("a termination signal: stopping after step {step}");
+                    stats.finish()?;
+                    return Ok(true);
+                }
+                if let Some(bar) = &bar {
+                    let rate = summary.samples as f64 / t_steps.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(format!(
+                        "loss {:.4}  lr {:.2e}  {:.2} samples/s",
+                        line.loss, line.lr, rate
+                    ));
+                    bar.set_position(step as u64);
                 }
             }
-            steps_out.append(&line)?;
-            summary
-                .step_times
-                .push((batch.len(), t_step.elapsed().as_secs_f64()));
-            summary.samples += batch.len();
-            summary.first_loss.get_or_insert(line.loss);
-            summary.last_loss = Some(line.loss);
-            summary.last_grad_norm = Some(line.grad_norm);
-            summary.last_step = step;
-            let due = |every: Option<usize>| every.is_some_and(|n| step % n == 0);
-            if let (Some(ev), Some(w)) = (&eval, &mut eval_out)
-                && (due(opts.eval_every) || step == total)
-            {
-                let e = trainer.evaluate(ev, step);
-                eval_first.get_or_insert(e.loss);
-                summary.eval = eval_first.map(|a| (a, e.loss));
-                w.append(&e)?;
+            // The last steps' statistics count in the last step's time.
+            let t_drain = Instant::now();
+            stats.finish()?;
+            if let Some(last) = summary.step_times.last_mut() {
+                last.1 += t_drain.elapsed().as_secs_f64();
             }
-            let stopping = termination.requested() && step < total;
-            if (due(opts.save_every) || stopping) && step < total {
-                trainer.save(&run.file(&format!("checkpoint-{step}")), step, total, true)?;
+            Ok(false)
+        })?;
+        if stopped {
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
             }
-            if stopping {
-                tracing::warn!("a termination signal: stopping after step {step}");
-                if let Some(bar) = bar {
-                    bar.finish_and_clear();
-                }
-                summary.stopped = true;
-                summary.seconds = t0.elapsed().as_secs_f64();
-                return Ok(summary);
-            }
-            if let Some(bar) = &bar {
-                let rate = summary.samples as f64 / t_steps.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!(
-                    "loss {:.4}  lr {:.2e}  {:.2} samples/s",
-                    line.loss, line.lr, rate
-                ));
-                bar.set_position(step as u64);
-            }
+            summary.stopped = true;
+            summary.seconds = t0.elapsed().as_secs_f64();
+            return Ok(summary);
         }
         trainer.save(&run.file("final"), total, total, false)?;
         if opts.save_merged {
@@ -668,17 +817,20 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         Ok(summary)
     }
 
-    /// One optimizer step on the samples `batch`: the step's line and, with `--per-sample`, each
-    /// sample's own line. Forward and backward of every sample with the batch gradient
-    /// accumulated ([`Trainer::accumulate`]), the statistics of the batch gradient
-    /// ([`Trainer::batch_statistics`]), then the clipped AdamW update ([`Trainer::update`]).
+    /// One optimizer step on the samples `batch`: forward and backward of every sample with the
+    /// batch gradient accumulated ([`Trainer::accumulate`]), the batch gradient of the measured
+    /// weights on the host ([`Trainer::batch_gradients`]), then the clipped AdamW update
+    /// ([`Trainer::update`]): the step's line without its statistics and the batch gradient for
+    /// them, which the statistics thread computes ([`StatsJob`]); each sample's gradients go to
+    /// `on_sample` as soon as its backward pass is done (`--per-sample`).
     fn step(
         &mut self,
         step: usize,
         total: usize,
         batch: &[usize],
         samples: &Samples,
-    ) -> Result<(StepLine, Vec<PerSampleLine>)> {
+        on_sample: &mut dyn FnMut(Work) -> Result<()>,
+    ) -> Result<(StepLine, Option<HostGrads>)> {
         let prepared: Vec<&Prepared> = batch
             .iter()
             .map(|&i| samples.prepared[i].as_ref().expect("usable"))
@@ -689,9 +841,9 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             .iter()
             .map(|p| p.n_loss_tokens() as f64 / n_total as f64)
             .collect();
-        let acc = self.accumulate(step, batch, &prepared, &weights, samples)?;
-        let (stats, grads) =
-            self.batch_statistics(step, acc.grads, &acc.factors, &weights, acc.tokens)?;
+        let acc = self.accumulate(step, batch, &prepared, &weights, samples, on_sample)?;
+        let (batch_grads, grads) =
+            self.batch_gradients(acc.grads, &acc.factors, &weights, acc.tokens);
         let (lr, grad_norm) = self.update(step, total, grads)?;
         let line = StepLine {
             step,
@@ -701,15 +853,15 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             n_samples: batch.len(),
             n_loss_tokens: n_total,
             samples: batch.to_vec(),
-            weights: stats.into_iter().collect(),
+            weights: Default::default(),
         };
-        Ok((line, acc.sample_lines))
+        Ok((line, batch_grads))
     }
 
     /// Forward and backward of every sample of the batch: the batch gradient of every trained
     /// parameter accumulated in place (each sample's weighted by its share of the response
     /// tokens), with the statistics on, each sample's gradient factors (to stack into the batch
-    /// gradient's) and, with `--per-sample`, its own line.
+    /// gradient's) and, with `--per-sample`, its gradients.
     fn accumulate(
         &self,
         step: usize,
@@ -717,13 +869,27 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         prepared: &[&Prepared],
         weights: &[f64],
         samples: &Samples,
+        on_sample: &mut dyn FnMut(Work) -> Result<()>,
     ) -> Result<Accumulated<B::InnerBackend, T>> {
         let opts = self.opts;
         let mut acc: Vec<Option<Tensor<B::InnerBackend, 1>>> = vec![None; self.trained.len()];
         let mut loss_sum = 0.0;
-        let mut tokens = 0;
+        let tokens: usize = prepared
+            .iter()
+            .map(|p| p.padded_ids(self.pad_to).len())
+            .sum();
+        // A sample's gradient factors serve its own statistics (`--per-sample`) and the batch
+        // gradient's wherever its spectrum takes the factored path at the batch's length. Without
+        // either (a batch longer than the measured weights are wide, `--spectra dense`), the
+        // statistics need only the batch gradient itself: the plain backward pass, no capture.
+        let measuring = opts.stats == StepStats::Batch;
+        let capture = measuring
+            && (opts.per_sample
+                || self.model.selected.iter().any(|s| {
+                    let [rows, cols] = s.tensor.dims();
+                    opts.run.spectra.factored(tokens, rows, cols)
+                }));
         let mut factors: Vec<Vec<Option<Factors<T>>>> = Vec::with_capacity(batch.len());
-        let mut sample_lines = Vec::new();
         for ((&index, &p), &weight) in batch.iter().zip(prepared).zip(weights) {
             let model = &self.model;
             let trained = &self.trained;
@@ -738,7 +904,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                     }
                 }
             };
-            if opts.stats == StepStats::None {
+            if !capture {
                 let loss =
                     crate::measure::backward::loss_and_gradients(model, p, self.pad_to, &mut hook);
                 anyhow::ensure!(
@@ -759,22 +925,26 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 opts.out.display()
             );
             loss_sum += sample.loss * p.n_loss_tokens() as f64;
-            tokens += p.padded_ids(self.pad_to).len();
             let grads = T::unwrap(sample.grads);
             factors.push(
                 grads
                     .iter()
                     .map(|g| match &g.source {
-                        SpectrumSource::Factored(f) => Some(f.clone()),
-                        // The batch gradient's factors are the samples' factors stacked; R
-                        // factors do not stack: that batch gradient takes the dense path.
-                        SpectrumSource::Dense(_) | SpectrumSource::Cores(_) => None,
+                        // The batch gradient's factors are the samples' factors stacked, kept
+                        // only where the batch's spectrum takes the factored path.
+                        SpectrumSource::Factored(f)
+                            if opts.run.spectra.factored(tokens, g.rows, g.cols) =>
+                        {
+                            Some(f.clone())
+                        }
+                        // R factors do not stack: that batch gradient takes the dense path.
+                        _ => None,
                     })
                     .collect(),
             );
             if opts.per_sample {
                 let record = &samples.records[index];
-                let work = Work::Measured {
+                on_sample(Work::Measured {
                     index,
                     instr: record.instr(),
                     output: record.output.clone(),
@@ -782,18 +952,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                     n_tokens: p.ids.len(),
                     n_loss_tokens: p.n_loss_tokens(),
                     grads: T::wrap(grads),
-                };
-                let f = finish(work, false).map_err(|s| {
-                    anyhow::anyhow!(
-                        "step {step}: sample {index}: {}{}",
-                        s.weight.map(|w| format!("{w}: ")).unwrap_or_default(),
-                        s.reason
-                    )
                 })?;
-                sample_lines.push(PerSampleLine {
-                    step,
-                    sample: f.line,
-                });
             }
         }
         let device = self.model.device.clone();
@@ -812,24 +971,22 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             loss_sum,
             tokens,
             factors,
-            sample_lines,
         })
     }
 
-    /// The statistics of the batch gradient of every measured weight (with LoRA also of the
-    /// adapters' `A` and `B`), and the gradients the optimizer takes: the trained parameters', or
+    /// The batch gradient of every measured weight (with LoRA also of the adapters' `A` and `B`)
+    /// on the host, its factors stacked where they decide its spectrum (the statistics follow on
+    /// the statistics thread), and the gradients the optimizer takes: the trained parameters', or
     /// with LoRA the adapters' (from their targets' by the chain rule).
-    #[allow(clippy::type_complexity)]
-    fn batch_statistics(
+    fn batch_gradients(
         &self,
-        step: usize,
         grads: Vec<Tensor<B::InnerBackend, 1>>,
         factors: &[Vec<Option<Factors<T>>>],
         weights: &[f64],
         tokens: usize,
-    ) -> Result<(Vec<(String, GradStats)>, Vec<Tensor<B::InnerBackend, 1>>)> {
+    ) -> (Option<HostGrads>, Vec<Tensor<B::InnerBackend, 1>>) {
         let opts = self.opts;
-        // The statistics of the batch gradient of every measured weight (all are trained).
+        // The batch gradient of every measured weight (all are trained).
         let index_of: HashMap<&str, usize> = self
             .trained
             .iter()
@@ -849,6 +1006,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             gradients.push((s.name.clone(), grads[k].clone().reshape([rows, cols])));
             let parts: Option<Vec<&Factors<T>>> = factors.iter().map(|f| f[w].as_ref()).collect();
             if let Some(parts) = parts
+                && !parts.is_empty()
                 && opts.run.spectra.factored(tokens, rows, cols)
             {
                 batch_factors.insert(
@@ -878,22 +1036,13 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             }
             None => grads,
         };
-        let stats = if measuring {
-            let measured = measured_grads::<B::InnerBackend, T>(gradients, batch_factors);
-            statistics(step, &T::wrap(measured))
-                .map_err(|s| {
-                    anyhow::anyhow!(
-                        "step {step}: the batch gradient: {}{}",
-                        s.weight.map(|w| format!("{w}: ")).unwrap_or_default(),
-                        s.reason
-                    )
-                })?
-                .0
-        } else {
-            Vec::new()
-        };
-
-        Ok((stats, grads))
+        let batch = measuring.then(|| {
+            T::wrap(measured_grads::<B::InnerBackend, T>(
+                gradients,
+                batch_factors,
+            ))
+        });
+        (batch, grads)
     }
 
     /// Clip the batch gradient's norm and take the AdamW step at the schedule's rate: the rate

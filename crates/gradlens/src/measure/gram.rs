@@ -2,7 +2,8 @@
 //!
 //! The factored path needs, for each factor M `[T, d]` (X or Δ, T ≤ d), an upper triangular R
 //! (`T × T`) with RᵀR = M Mᵀ — the R of Mᵀ's thin QR — and then the singular values of the core
-//! R_Δ R_Xᵀ. [`crate::spectra::stats`] gets R by Householder QR on the host, after copying M there. Here R
+//! R_Δ R_Xᵀ ([`crate::spectra::stats::core_singular_values`]). [`crate::spectra::stats`] gets R by
+//! Householder QR on the host, after copying M there. Here R
 //! comes from **shifted CholeskyQR3** (Fukaya, Kannan, Nakatsukasa, Yamamoto & Yanagisawa, SIAM J.
 //! Sci. Comput. 42, 2020), whose O(T²·d) work is matrix products on the backend that holds M
 //! (three Gram products `Y Yᵀ` and two products `A · Y` with a `T × T` triangle; on the GPU
@@ -164,23 +165,10 @@ pub fn gram_r<B: Backend>(m: Tensor<B, 2>) -> Result<Mat<f64>, GramError> {
     unreachable!("the last pass returns")
 }
 
-/// Singular values of G = Δᵀ X from the R factors of X and Δ (`[T, T]` each, see [`gram_r`]),
-/// largest first, padded with zeros to `min(d_out, d_in)` values.
-pub fn core_singular_values(
-    r_delta: &Mat<f64>,
-    r_x: &Mat<f64>,
-    d_out: usize,
-    d_in: usize,
-) -> Result<Vec<f64>, crate::spectra::svd::SvdError> {
-    let core = r_delta * r_x.transpose();
-    let mut s = crate::spectra::svd::singular_values_in_place(core)?;
-    s.resize(d_out.min(d_in), 0.0);
-    Ok(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spectra::stats::core_singular_values;
     use crate::spectra::svd::test_rng::lcg;
 
     type B = burn::backend::NdArray<f64>;
