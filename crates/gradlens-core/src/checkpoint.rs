@@ -98,24 +98,30 @@ fn describe_safetensors_error(e: &safetensors::SafeTensorError) -> String {
     }
 }
 
+/// A checkpoint's `config.json`: present, JSON, an object.
+fn read_config(config_path: &Path) -> Result<serde_json::Value> {
+    if !config_path.is_file() {
+        return Err(CheckpointError::Io {
+            path: config_path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "config.json not found"),
+        });
+    }
+    let config = read_json(config_path)?;
+    if !config.is_object() {
+        return Err(CheckpointError::Config {
+            path: config_path.to_path_buf(),
+            message: "expected a JSON object".into(),
+        });
+    }
+    Ok(config)
+}
+
 impl Checkpoint {
     /// Open `dir`: read `config.json` and map every safetensors file of the checkpoint.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let config_path = dir.join("config.json");
-        if !config_path.is_file() {
-            return Err(CheckpointError::Io {
-                path: config_path,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "config.json not found"),
-            });
-        }
-        let config = read_json(&config_path)?;
-        if !config.is_object() {
-            return Err(CheckpointError::Config {
-                path: config_path,
-                message: "expected a JSON object".into(),
-            });
-        }
+        let config = read_config(&config_path)?;
 
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
@@ -183,19 +189,7 @@ impl Checkpoint {
     /// of any shape costs no memory. Every optional tensor counts as present.
     pub fn describe(config_path: impl AsRef<Path>) -> Result<Self> {
         let config_path = config_path.as_ref().to_path_buf();
-        if !config_path.is_file() {
-            return Err(CheckpointError::Io {
-                path: config_path,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "config.json not found"),
-            });
-        }
-        let config = read_json(&config_path)?;
-        if !config.is_object() {
-            return Err(CheckpointError::Config {
-                path: config_path,
-                message: "expected a JSON object".into(),
-            });
-        }
+        let config = read_config(&config_path)?;
         Ok(Self {
             dir: config_path
                 .parent()

@@ -281,13 +281,9 @@ pub fn build(runs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
             mad_series,
         )]);
         let title = format!("{} — training", run.name);
-        let path = save(
-            &Figure {
-                title: title.clone(),
-                cells,
-                x_desc: "step",
-                shared_y: false,
-            },
+        let path = save_over_steps(
+            &title,
+            cells,
             &figdir,
             &slug(&format!("{}-training", run.name)),
         )?;
@@ -382,16 +378,7 @@ pub fn build(runs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
             }
         }
         let title = "runs compared over the steps".to_string();
-        let path = save(
-            &Figure {
-                title: title.clone(),
-                cells,
-                x_desc: "step",
-                shared_y: false,
-            },
-            &figdir,
-            "training-compare",
-        )?;
+        let path = save_over_steps(&title, cells, &figdir, "training-compare")?;
         let _ = writeln!(
             md,
             "## Runs compared\n\n![{title}](figures/{})\n",
@@ -444,6 +431,25 @@ pub fn build(runs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
 
 /// A run's name, steps, loss, gradient norm and MAD per projection over the steps.
 type RunCurves = (String, Vec<f64>, Vec<f64>, Vec<f64>, Vec<Vec<f64>>);
+
+/// Save a figure whose x axis is the step (each chart fits its own curves).
+fn save_over_steps(
+    title: &str,
+    cells: Vec<Vec<(String, &'static str, Vec<Series<'_>>)>>,
+    dir: &Path,
+    stem: &str,
+) -> Result<PathBuf> {
+    save(
+        &Figure {
+            title: title.to_string(),
+            cells,
+            x_desc: "step",
+            shared_y: false,
+        },
+        dir,
+        stem,
+    )
+}
 
 /// One series per run of the values picked from each.
 fn per_run<'a>(data: &'a [RunCurves], values: Vec<&'a [f64]>) -> Vec<Series<'a>> {
