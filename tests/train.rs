@@ -4,10 +4,11 @@
 //! saved in f64 at 1e-9, and f32 runs at 1e-4 on the first two steps.
 
 use gradlens::backend::{Device, Dtype};
+use gradlens::load::safetensors::{HostParam, read_safetensors};
 use gradlens::measure::options::RunOptions;
 use gradlens::prepare::PromptMode;
 use gradlens::report::compare::compare_line;
-use gradlens::train::checkpoint::{HostParam, SaveDtype, read_safetensors};
+use gradlens::train::checkpoint::SaveDtype;
 use gradlens::train::optimizer::AdamWConfig;
 use gradlens::train::schedule::Schedule;
 use gradlens::train::{Length, TrainOptions, TrainSet, run_train};
@@ -335,8 +336,8 @@ fn an_adapter_merged_on_load_gives_pefts_logits() {
         )
         .unwrap();
         let adapter =
-            gradlens::train::lora::read_peft_adapter(&case_dir(case).join("final")).unwrap();
-        gradlens::train::lora::merge_into(&mut model, &adapter).unwrap();
+            gradlens::load::adapter::read_peft_adapter(&case_dir(case).join("final")).unwrap();
+        gradlens::load::adapter::merge_into(&mut model, &adapter).unwrap();
         let expected: Value = serde_json::from_str(
             &std::fs::read_to_string(case_dir(case).join("merged_logits.json")).unwrap(),
         )

@@ -407,8 +407,8 @@ pub fn assert_same_run(expected: &Path, actual: &Path) {
         "final/model.safetensors"
     };
     let (e, a) = (
-        gradlens::train::checkpoint::read_safetensors(&expected.join(file)).unwrap(),
-        gradlens::train::checkpoint::read_safetensors(&actual.join(file)).unwrap(),
+        gradlens::load::safetensors::read_safetensors(&expected.join(file)).unwrap(),
+        gradlens::load::safetensors::read_safetensors(&actual.join(file)).unwrap(),
     );
     assert_eq!(e.len(), a.len());
     for (e, a) in e.iter().zip(&a) {

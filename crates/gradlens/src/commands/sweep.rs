@@ -245,14 +245,14 @@ impl Plan {
         for m in &sweep.models {
             let dir = m.adapter.as_ref().map(|a| normalize(&base_dir.join(a)));
             if let Some(d) = &dir
-                && !d.join(crate::train::lora::CONFIG_FILE).is_file()
+                && !d.join(crate::load::adapter::CONFIG_FILE).is_file()
             {
                 bail!(
                     "{}: model {:?}: adapter {} is not a PEFT adapter folder (no {})",
                     sweep_path.display(),
                     m.name,
                     d.display(),
-                    crate::train::lora::CONFIG_FILE
+                    crate::load::adapter::CONFIG_FILE
                 );
             }
             adapter_dirs.push(dir);

@@ -237,8 +237,8 @@ impl<B: GradBackend> Measurer<B> {
     /// Merge the PEFT LoRA adapter in `dir` into the model: each adapted weight becomes
     /// `W + s · B A` (PEFT's `merge_and_unload`), and the outputs record the adapter.
     pub fn merge_adapter(&mut self, dir: &Path) -> Result<()> {
-        let adapter = crate::train::lora::read_peft_adapter(dir)?;
-        crate::train::lora::merge_into(&mut self.model, &adapter)?;
+        let adapter = crate::load::adapter::read_peft_adapter(dir)?;
+        crate::load::adapter::merge_into(&mut self.model, &adapter)?;
         self.adapter = Some(dir.to_path_buf());
         Ok(())
     }

@@ -22,6 +22,7 @@ pub mod signals;
 
 use crate::backend::{BackendJob, Device, Dtype, GradBackend, dispatch};
 use crate::load::data::{Record, load_records};
+use crate::load::safetensors::{HostParam, read_safetensors};
 use crate::measure::backward::{
     HostGrads, HostReal, measured_grads, response_loss, sample_grads_with,
 };
@@ -34,10 +35,7 @@ use crate::spectra::stats::{Factors, HostMatrix, SpectrumSource};
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Element, Tensor, TensorData};
-use checkpoint::{
-    CheckpointContent, HostParam, SaveDtype, TrainerState, read_safetensors, save_dtype_of,
-    write_checkpoint,
-};
+use checkpoint::{CheckpointContent, SaveDtype, TrainerState, save_dtype_of, write_checkpoint};
 use gradlens_core::StoredDtype;
 use gradlens_models::tensor::float_tensor;
 use gradlens_models::{LoadedModel, ParamValue, paper_selector};
@@ -329,7 +327,10 @@ fn read_samples(
 fn settings(
     o: &TrainOptions,
     total_steps: usize,
-    lora: Option<&(lora::LoraConfig, Option<lora::PeftAdapter>)>,
+    lora: Option<&(
+        crate::load::adapter::LoraConfig,
+        Option<crate::load::adapter::PeftAdapter>,
+    )>,
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
     use serde_json::json;
     let mut m = serde_json::Map::new();
@@ -382,7 +383,9 @@ fn settings(
             "--lora-init (adapter_model.safetensors' SHA-256)",
             json!(
                 init.as_ref()
-                    .map(|a| crate::load::fingerprint::sha256_file(&a.dir.join(lora::WEIGHTS_FILE)))
+                    .map(|a| crate::load::fingerprint::sha256_file(
+                        &a.dir.join(crate::load::adapter::WEIGHTS_FILE)
+                    ))
                     .transpose()?
             ),
         );
@@ -542,7 +545,7 @@ impl<'scope> StatsThread<'scope> {
 
 /// A run's LoRA state.
 struct Lora<B: Backend> {
-    config: lora::LoraConfig,
+    config: crate::load::adapter::LoraConfig,
     adapters: Vec<lora::Adapter<B>>,
 }
 
@@ -1024,10 +1027,14 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                     let k = index_of[a.name.as_str()];
                     let [rows, cols] = a.base.dims();
                     let (ga, gb) = a.grads(grads[k].clone().reshape([rows, cols]), scale);
-                    for (part, g) in [(lora::Part::A, ga), (lora::Part::B, gb)] {
+                    for (part, g) in [
+                        (crate::load::adapter::Part::A, ga),
+                        (crate::load::adapter::Part::B, gb),
+                    ] {
                         let [r, c] = g.dims();
                         if measuring {
-                            gradients.push((lora::stat_name(&a.name, part), g.clone()));
+                            gradients
+                                .push((crate::load::adapter::stat_name(&a.name, part), g.clone()));
                         }
                         adapter_grads.push(g.reshape([r * c]));
                     }
@@ -1214,8 +1221,11 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         let mut tensors = Vec::new();
         let mut k = 0;
         for a in &l.adapters {
-            for (part, t) in [(lora::Part::A, &a.a), (lora::Part::B, &a.b)] {
-                let key = lora::peft_key(&a.name, part);
+            for (part, t) in [
+                (crate::load::adapter::Part::A, &a.a),
+                (crate::load::adapter::Part::B, &a.b),
+            ] {
+                let key = crate::load::adapter::peft_key(&a.name, part);
                 let dims = t.dims().to_vec();
                 let [r, c] = t.dims();
                 let values = Self::host_values(t.clone().reshape([r * c]));
@@ -1254,10 +1264,13 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             .peft_json(&self.opts.run.model.display().to_string());
         checkpoint::write_folder(dir, |partial| {
             crate::sink::output::write_atomically(
-                &partial.join(lora::CONFIG_FILE),
+                &partial.join(crate::load::adapter::CONFIG_FILE),
                 (serde_json::to_string_pretty(&config)? + "\n").as_bytes(),
             )?;
-            checkpoint::write_safetensors(&partial.join(lora::WEIGHTS_FILE), &weights)?;
+            crate::load::safetensors::write_safetensors(
+                &partial.join(crate::load::adapter::WEIGHTS_FILE),
+                &weights,
+            )?;
             checkpoint::write_training_state(partial, &tensors, &Self::trainer_state(step, total))
         })
         .with_context(|| format!("saving {}", dir.display()))
@@ -1326,9 +1339,13 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 .adapters
                 .iter()
                 .flat_map(|a| {
-                    [(lora::Part::A, &a.a), (lora::Part::B, &a.b)].map(|(part, t)| {
+                    [
+                        (crate::load::adapter::Part::A, &a.a),
+                        (crate::load::adapter::Part::B, &a.b),
+                    ]
+                    .map(|(part, t)| {
                         let [r, c] = t.dims();
-                        (lora::peft_key(&a.name, part), r * c)
+                        (crate::load::adapter::peft_key(&a.name, part), r * c)
                     })
                 })
                 .collect(),
@@ -1375,8 +1392,8 @@ impl<B: Backend> Lora<B> {
     /// adapter `init`, else `A` as PEFT initialises it (from `seed`) and `B` zero.
     fn start<AB: GradBackend>(
         model: &LoadedModel<AB>,
-        config: lora::LoraConfig,
-        init: Option<&lora::PeftAdapter>,
+        config: crate::load::adapter::LoraConfig,
+        init: Option<&crate::load::adapter::PeftAdapter>,
         seed: u64,
     ) -> Result<Lora<AB::InnerBackend>> {
         let device = &model.device;
@@ -1394,14 +1411,20 @@ impl<B: Backend> Lora<B> {
                     let (ta, tb) = adapter.weights.get(&p.name).with_context(|| {
                         format!(
                             "{}: no adapter for {} (a target of its target_modules)",
-                            adapter.dir.join(lora::WEIGHTS_FILE).display(),
+                            adapter
+                                .dir
+                                .join(crate::load::adapter::WEIGHTS_FILE)
+                                .display(),
                             p.name
                         )
                     })?;
                     anyhow::ensure!(
                         ta.dims == [r, cols] && tb.dims == [rows, r],
                         "{}: {}: lora_A {:?} and lora_B {:?} do not fit the weight's shape {:?}",
-                        adapter.dir.join(lora::WEIGHTS_FILE).display(),
+                        adapter
+                            .dir
+                            .join(crate::load::adapter::WEIGHTS_FILE)
+                            .display(),
                         p.name,
                         ta.dims,
                         tb.dims,
@@ -1456,7 +1479,10 @@ impl<B: Backend> Lora<B> {
                 .collect();
             anyhow::bail!(
                 "{}: adapters for weights the model does not have or its target_modules do not                  name: {}",
-                adapter.dir.join(lora::WEIGHTS_FILE).display(),
+                adapter
+                    .dir
+                    .join(crate::load::adapter::WEIGHTS_FILE)
+                    .display(),
                 extra
                     .iter()
                     .map(|s| s.as_str())
