@@ -425,14 +425,10 @@ impl<B: GradBackend> Measurer<B> {
                         }
                         Err(skip) => {
                             let msg = format!(
-                                "{}: sample {} skipped: {}{}",
+                                "{}: sample {} skipped: {}",
                                 out.display(),
                                 skip.index,
-                                skip.weight
-                                    .as_ref()
-                                    .map(|w| format!("{w}: "))
-                                    .unwrap_or_default(),
-                                skip.reason
+                                skip.problem()
                             );
                             match &bar {
                                 Some(b) => b.println(format!("warning: {msg}")),

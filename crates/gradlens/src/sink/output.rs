@@ -110,6 +110,16 @@ pub struct SkippedLine {
     pub weight: Option<String>,
 }
 
+impl SkippedLine {
+    /// What went wrong: `weight: reason`, or the reason alone.
+    pub fn problem(&self) -> String {
+        match &self.weight {
+            Some(w) => format!("{w}: {}", self.reason),
+            None => self.reason.clone(),
+        }
+    }
+}
+
 /// The complete lines of a JSONL file, and the file's length.
 struct Lines {
     /// Per complete line: the byte offset of its end (after the newline), and its `index`.

@@ -21,6 +21,9 @@ pub mod schedule;
 pub mod signals;
 
 use crate::backend::{BackendJob, Device, Dtype, GradBackend, dispatch};
+use crate::load::adapter::{
+    CONFIG_FILE, LoraConfig, Part, PeftAdapter, WEIGHTS_FILE, peft_key, stat_name,
+};
 use crate::load::data::{Record, load_records};
 use crate::load::safetensors::{HostParam, read_safetensors};
 use crate::measure::backward::{
@@ -327,10 +330,7 @@ fn read_samples(
 fn settings(
     o: &TrainOptions,
     total_steps: usize,
-    lora: Option<&(
-        crate::load::adapter::LoraConfig,
-        Option<crate::load::adapter::PeftAdapter>,
-    )>,
+    lora: Option<&(LoraConfig, Option<PeftAdapter>)>,
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
     use serde_json::json;
     let mut m = serde_json::Map::new();
@@ -383,9 +383,7 @@ fn settings(
             "--lora-init (adapter_model.safetensors' SHA-256)",
             json!(
                 init.as_ref()
-                    .map(|a| crate::load::fingerprint::sha256_file(
-                        &a.dir.join(crate::load::adapter::WEIGHTS_FILE)
-                    ))
+                    .map(|a| crate::load::fingerprint::sha256_file(&a.dir.join(WEIGHTS_FILE)))
                     .transpose()?
             ),
         );
@@ -435,14 +433,8 @@ enum StatsJob {
 
 /// A sample's line of `per_sample.jsonl`: its statistics at step `step`.
 fn sample_line(step: usize, work: Work) -> Result<PerSampleLine> {
-    let f = finish(work, false).map_err(|s| {
-        anyhow::anyhow!(
-            "step {step}: sample {}: {}{}",
-            s.index,
-            s.weight.map(|w| format!("{w}: ")).unwrap_or_default(),
-            s.reason
-        )
-    })?;
+    let f = finish(work, false)
+        .map_err(|s| anyhow::anyhow!("step {step}: sample {}: {}", s.index, s.problem()))?;
     Ok(PerSampleLine {
         step,
         sample: f.line,
@@ -453,13 +445,8 @@ fn sample_line(step: usize, work: Work) -> Result<PerSampleLine> {
 fn step_line(mut line: StepLine, batch: Option<HostGrads>) -> Result<StepLine> {
     let step = line.step;
     if let Some(batch) = &batch {
-        let (stats, _) = statistics(step, batch).map_err(|s| {
-            anyhow::anyhow!(
-                "step {step}: the batch gradient: {}{}",
-                s.weight.map(|w| format!("{w}: ")).unwrap_or_default(),
-                s.reason
-            )
-        })?;
+        let (stats, _) = statistics(step, batch)
+            .map_err(|s| anyhow::anyhow!("step {step}: the batch gradient: {}", s.problem()))?;
         line.weights = stats.into_iter().collect();
     }
     Ok(line)
@@ -545,7 +532,7 @@ impl<'scope> StatsThread<'scope> {
 
 /// A run's LoRA state.
 struct Lora<B: Backend> {
-    config: crate::load::adapter::LoraConfig,
+    config: LoraConfig,
     adapters: Vec<lora::Adapter<B>>,
 }
 
@@ -556,7 +543,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         // The weights, one sample's activations and the training state must fit.
         if !matches!(opts.run.backend, Device::Cuda(_)) {
             let config = opts.run.model.join("config.json");
-            let pad = opts.run.backend.default_pad_to().max(1);
+            let pad = opts.run.pad_to().max(1);
             let tokens = opts.run.max_length.div_ceil(pad) * pad;
             let bytes = match opts.run.dtype {
                 Dtype::F32 => 4,
@@ -689,7 +676,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             trained,
             optimizer,
             lora,
-            pad_to: opts.run.backend.default_pad_to(),
+            pad_to: opts.run.pad_to(),
             _t: std::marker::PhantomData,
         };
         if trainer.lora.is_some() {
@@ -1027,14 +1014,10 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                     let k = index_of[a.name.as_str()];
                     let [rows, cols] = a.base.dims();
                     let (ga, gb) = a.grads(grads[k].clone().reshape([rows, cols]), scale);
-                    for (part, g) in [
-                        (crate::load::adapter::Part::A, ga),
-                        (crate::load::adapter::Part::B, gb),
-                    ] {
+                    for (part, g) in [(Part::A, ga), (Part::B, gb)] {
                         let [r, c] = g.dims();
                         if measuring {
-                            gradients
-                                .push((crate::load::adapter::stat_name(&a.name, part), g.clone()));
+                            gradients.push((stat_name(&a.name, part), g.clone()));
                         }
                         adapter_grads.push(g.reshape([r * c]));
                     }
@@ -1221,11 +1204,8 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
         let mut tensors = Vec::new();
         let mut k = 0;
         for a in &l.adapters {
-            for (part, t) in [
-                (crate::load::adapter::Part::A, &a.a),
-                (crate::load::adapter::Part::B, &a.b),
-            ] {
-                let key = crate::load::adapter::peft_key(&a.name, part);
+            for (part, t) in [(Part::A, &a.a), (Part::B, &a.b)] {
+                let key = peft_key(&a.name, part);
                 let dims = t.dims().to_vec();
                 let [r, c] = t.dims();
                 let values = Self::host_values(t.clone().reshape([r * c]));
@@ -1264,13 +1244,10 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             .peft_json(&self.opts.run.model.display().to_string());
         checkpoint::write_folder(dir, |partial| {
             crate::sink::output::write_atomically(
-                &partial.join(crate::load::adapter::CONFIG_FILE),
+                &partial.join(CONFIG_FILE),
                 (serde_json::to_string_pretty(&config)? + "\n").as_bytes(),
             )?;
-            crate::load::safetensors::write_safetensors(
-                &partial.join(crate::load::adapter::WEIGHTS_FILE),
-                &weights,
-            )?;
+            crate::load::safetensors::write_safetensors(&partial.join(WEIGHTS_FILE), &weights)?;
             checkpoint::write_training_state(partial, &tensors, &Self::trainer_state(step, total))
         })
         .with_context(|| format!("saving {}", dir.display()))
@@ -1339,13 +1316,9 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 .adapters
                 .iter()
                 .flat_map(|a| {
-                    [
-                        (crate::load::adapter::Part::A, &a.a),
-                        (crate::load::adapter::Part::B, &a.b),
-                    ]
-                    .map(|(part, t)| {
+                    [(Part::A, &a.a), (Part::B, &a.b)].map(|(part, t)| {
                         let [r, c] = t.dims();
-                        (crate::load::adapter::peft_key(&a.name, part), r * c)
+                        (peft_key(&a.name, part), r * c)
                     })
                 })
                 .collect(),
@@ -1392,8 +1365,8 @@ impl<B: Backend> Lora<B> {
     /// adapter `init`, else `A` as PEFT initialises it (from `seed`) and `B` zero.
     fn start<AB: GradBackend>(
         model: &LoadedModel<AB>,
-        config: crate::load::adapter::LoraConfig,
-        init: Option<&crate::load::adapter::PeftAdapter>,
+        config: LoraConfig,
+        init: Option<&PeftAdapter>,
         seed: u64,
     ) -> Result<Lora<AB::InnerBackend>> {
         let device = &model.device;
@@ -1411,20 +1384,14 @@ impl<B: Backend> Lora<B> {
                     let (ta, tb) = adapter.weights.get(&p.name).with_context(|| {
                         format!(
                             "{}: no adapter for {} (a target of its target_modules)",
-                            adapter
-                                .dir
-                                .join(crate::load::adapter::WEIGHTS_FILE)
-                                .display(),
+                            adapter.dir.join(WEIGHTS_FILE).display(),
                             p.name
                         )
                     })?;
                     anyhow::ensure!(
                         ta.dims == [r, cols] && tb.dims == [rows, r],
                         "{}: {}: lora_A {:?} and lora_B {:?} do not fit the weight's shape {:?}",
-                        adapter
-                            .dir
-                            .join(crate::load::adapter::WEIGHTS_FILE)
-                            .display(),
+                        adapter.dir.join(WEIGHTS_FILE).display(),
                         p.name,
                         ta.dims,
                         tb.dims,
@@ -1479,10 +1446,7 @@ impl<B: Backend> Lora<B> {
                 .collect();
             anyhow::bail!(
                 "{}: adapters for weights the model does not have or its target_modules do not                  name: {}",
-                adapter
-                    .dir
-                    .join(crate::load::adapter::WEIGHTS_FILE)
-                    .display(),
+                adapter.dir.join(WEIGHTS_FILE).display(),
                 extra
                     .iter()
                     .map(|s| s.as_str())
