@@ -7,7 +7,7 @@
 
 use crate::family::{Capture, Captured};
 use crate::loader::Loader;
-use crate::ops::{ModelBackend, attention, matmul, softmax, swiglu};
+use crate::ops::{ModelBackend, attention, linear, matmul, softmax, swiglu};
 pub use crate::tensor::{float_tensor, int_tensor, zeros};
 use burn::module::{Module, Param};
 use burn::tensor::activation::gelu_approximate;
@@ -92,7 +92,7 @@ impl<B: ModelBackend> Linear<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let y = matmul(x, self.weight.val().transpose());
+        let y = linear(x, self.weight.val());
         match &self.bias {
             Some(b) => y + b.val().unsqueeze_dim(0),
             None => y,
@@ -680,7 +680,7 @@ impl<B: ModelBackend> LmHead<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        matmul(x, self.weight.val().transpose())
+        linear(x, self.weight.val())
     }
 }
 

@@ -44,6 +44,10 @@ pub trait ModelBackend: Backend {
     fn model_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
     }
+    /// `x · wᵀ` for `x` `[m, k]` and a weight `w` `[n, k]` (a Hugging Face Linear's layout).
+    fn model_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::model_matmul(x, Self::float_transpose(w))
+    }
     /// Softmax along `dim`.
     fn model_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         Self::softmax(x, dim)
@@ -240,6 +244,22 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         }
     }
 
+    fn model_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
+        match Projection
+            .prepare::<C>([x.node.clone(), w.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, w) = (x.primitive, w.primitive);
+                let state = (w_tracked.then(|| x.clone()), x_tracked.then(|| w.clone()));
+                prep.finish(state, B::model_linear(x, w))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::model_linear(x.primitive, w.primitive)),
+        }
+    }
+
     fn model_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         output_node::<B, C>(x, dim, B::model_softmax, |p, g, dim| {
             let gp = B::float_mul(g, p.clone());
@@ -329,6 +349,30 @@ impl<B: ModelBackend> Backward<B, 2> for Matmul {
             grads,
             |g| B::model_matmul(g, B::float_transpose(rhs.expect("rhs kept"))),
             |g| B::model_matmul(B::float_transpose(lhs.expect("lhs kept")), g),
+        );
+    }
+}
+
+/// The projection node `y = x · wᵀ`: `∂x = g · w`, `∂w = gᵀ · x`, both through
+/// [`ModelBackend::model_matmul`]. Taken apart (a transpose, then a matmul), the weight's
+/// gradient would come back as a transposed view of `xᵀ · g`: every later use of it (the
+/// optimizer's flat copy, the copy to the host, the sum with a tied embedding's gradient) would
+/// walk it column by column. Here it is `[n, k]` in the weight's own layout. Its state is the
+/// operand each needs.
+#[derive(Debug)]
+struct Projection;
+
+impl<B: ModelBackend> Backward<B, 2> for Projection {
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w) = ops.state;
+        binary::<B, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |g| B::model_matmul(g, w.expect("w kept")),
+            |g| B::model_matmul(B::float_transpose(g), x.expect("x kept")),
         );
     }
 }
@@ -505,6 +549,15 @@ pub fn matmul<B: ModelBackend, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(B::model_matmul(
         lhs.into_primitive().tensor(),
         rhs.into_primitive().tensor(),
+    )))
+}
+
+/// `x · wᵀ` (`x` `[m, k]`, `w` `[n, k]` as a Hugging Face Linear stores it), one differentiated
+/// node whose weight gradient comes back in the weight's layout (see [`Projection`]).
+pub fn linear<B: ModelBackend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::model_linear(
+        x.into_primitive().tensor(),
+        w.into_primitive().tensor(),
     )))
 }
 
