@@ -20,6 +20,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod signals;
 
+use crate::backend::step_kernels::StepKernels;
 use crate::backend::{BackendJob, Device, Dtype, GradBackend, dispatch};
 use crate::load::adapter::{
     CONFIG_FILE, LoraConfig, Part, PeftAdapter, WEIGHTS_FILE, peft_key, stat_name,
@@ -42,7 +43,7 @@ use checkpoint::{CheckpointContent, SaveDtype, TrainerState, save_dtype_of, writ
 use gradlens_core::StoredDtype;
 use gradlens_models::tensor::float_tensor;
 use gradlens_models::{LoadedModel, ParamValue, paper_selector};
-use optimizer::{AdamW, AdamWConfig, clip, total_norm};
+use optimizer::{AdamW, AdamWConfig, clip_coefficient, total_norm};
 use order::SampleOrder;
 use records::{EvalLine, PerSampleLine, StepLine};
 use run_dir::{EVAL, PER_SAMPLE, RunDir, RunRecord, STEPS, Start, has_step};
@@ -886,11 +887,7 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
             let mut hook = |grads: &<B as AutodiffBackend>::Gradients| {
                 for (k, &pi) in trained.iter().enumerate() {
                     if let Some(g) = model.params[pi].value.grad_flat(grads) {
-                        let g = g.mul_scalar(weight);
-                        acc[k] = Some(match acc[k].take() {
-                            Some(a) => a.add(g),
-                            None => g,
-                        });
+                        acc[k] = Some(B::InnerBackend::accumulate(acc[k].take(), g, weight));
                     }
                 }
             };
@@ -1051,7 +1048,6 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
              {} is intact",
             opts.out.display()
         );
-        let clipped = clip(grads, grad_norm, opts.max_grad_norm);
         let lr = opts.schedule.lr(opts.lr, step, opts.warmup_steps, total);
         let values = self.optimized_values();
         // Every optimized parameter of LoRA is a matrix.
@@ -1063,7 +1059,8 @@ impl<'a, B: GradBackend, T: HostReal> Trainer<'a, B, T> {
                 .map(|&pi| self.model.params[pi].value.dims().len() >= 2)
                 .collect(),
         };
-        let updated = self.optimizer.step(values, clipped, &decays, lr);
+        let grad_scale = clip_coefficient(grad_norm, opts.max_grad_norm);
+        let updated = self.optimizer.step(values, grads, &decays, lr, grad_scale);
         self.set_optimized(updated);
         Ok((lr, grad_norm))
     }

@@ -5,6 +5,7 @@
 //! performs, in the same order (the parity test compares at 1e-9 in f64), and so that weight decay
 //! can skip vectors (biases, norm scales) as transformers' Trainer groups its parameters.
 
+use crate::backend::step_kernels::{AdamWScalars, StepKernels};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
@@ -62,60 +63,48 @@ impl<B: Backend> AdamW<B> {
         }
     }
 
-    /// One update of every parameter with its gradient at learning rate `lr`; `decays[i]` says
-    /// whether parameter i takes weight decay. Returns the new values.
+    /// One update of every parameter with its gradient (times `grad_scale`, clipping's
+    /// coefficient, when there is one) at learning rate `lr`; `decays[i]` says whether parameter i
+    /// takes weight decay. Returns the new values. Each parameter is one pass of
+    /// [`StepKernels::adamw`] where the backend fuses it.
     pub fn step(
         &mut self,
         params: Vec<Tensor<B, 1>>,
         grads: Vec<Tensor<B, 1>>,
         decays: &[bool],
         lr: f64,
-    ) -> Vec<Tensor<B, 1>> {
+        grad_scale: Option<f64>,
+    ) -> Vec<Tensor<B, 1>>
+    where
+        B: StepKernels,
+    {
         let c = self.config;
         self.steps += 1;
         let t = self.steps as f64;
         // torch: `bias_correction1 = 1 - beta1 ** step` with Python floats.
         let bias_correction1 = 1.0 - c.beta1.powf(t);
         let bias_correction2 = 1.0 - c.beta2.powf(t);
-        let step_size = lr / bias_correction1;
-        let bias_correction2_sqrt = bias_correction2.sqrt();
-        params
-            .into_iter()
-            .zip(grads)
-            .zip(self.moments.iter_mut())
-            .zip(decays)
-            .map(|(((p, g), m), &decay)| {
-                let p = if decay && c.weight_decay != 0.0 {
-                    p.mul_scalar(1.0 - lr * c.weight_decay)
-                } else {
-                    p
-                };
-                m.exp_avg = lerp(m.exp_avg.clone(), g.clone(), 1.0 - c.beta1);
-                m.exp_avg_sq = m
-                    .exp_avg_sq
-                    .clone()
-                    .mul_scalar(c.beta2)
-                    .add(g.clone().mul(g).mul_scalar(1.0 - c.beta2));
-                let denom = m
-                    .exp_avg_sq
-                    .clone()
-                    .sqrt()
-                    .div_scalar(bias_correction2_sqrt)
-                    .add_scalar(c.eps);
-                p.add(m.exp_avg.clone().div(denom).mul_scalar(-step_size))
-            })
-            .collect()
-    }
-}
-
-/// `torch.lerp(start, end, weight)` as ATen computes it: `start + w·(end − start)` for w < 0.5,
-/// `end − (end − start)·(1 − w)` otherwise.
-fn lerp<B: Backend>(start: Tensor<B, 1>, end: Tensor<B, 1>, weight: f64) -> Tensor<B, 1> {
-    let diff = end.clone().sub(start.clone());
-    if weight.abs() < 0.5 {
-        start.add(diff.mul_scalar(weight))
-    } else {
-        end.sub(diff.mul_scalar(1.0 - weight))
+        let scalars = |decay: bool| AdamWScalars {
+            grad_scale,
+            decay: (decay && c.weight_decay != 0.0).then(|| 1.0 - lr * c.weight_decay),
+            lerp_weight: 1.0 - c.beta1,
+            beta2: c.beta2,
+            one_minus_beta2: 1.0 - c.beta2,
+            bias_correction2_sqrt: bias_correction2.sqrt(),
+            eps: c.eps,
+            neg_step_size: -(lr / bias_correction1),
+        };
+        let moments = std::mem::take(&mut self.moments);
+        let mut values = Vec::with_capacity(params.len());
+        for (((p, g), m), &decay) in params.into_iter().zip(grads).zip(moments).zip(decays) {
+            let (p, exp_avg, exp_avg_sq) = B::adamw(p, g, m.exp_avg, m.exp_avg_sq, &scalars(decay));
+            self.moments.push(Moments {
+                exp_avg,
+                exp_avg_sq,
+            });
+            values.push(p);
+        }
+        values
     }
 }
 
@@ -137,17 +126,15 @@ pub fn total_norm<B: Backend>(grads: &[Tensor<B, 1>]) -> f64 {
         .expect("f64")[0]
 }
 
-/// `clip_grad_norm_(max_norm)` given the total norm: the gradients scaled by
-/// `min(1, max_norm / (norm + 1e-6))`; `max_norm` 0 leaves them as they are.
-pub fn clip<B: Backend>(grads: Vec<Tensor<B, 1>>, norm: f64, max_norm: f64) -> Vec<Tensor<B, 1>> {
+/// `clip_grad_norm_(max_norm)` given the total norm: the coefficient
+/// `max_norm / (norm + 1e-6)` the gradients are multiplied by where it is below 1; `None` (the
+/// gradients as they are) otherwise, and with `max_norm` 0.
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> Option<f64> {
     if max_norm <= 0.0 {
-        return grads;
+        return None;
     }
     let coef = max_norm / (norm + 1e-6);
-    if coef >= 1.0 {
-        return grads;
-    }
-    grads.into_iter().map(|g| g.mul_scalar(coef)).collect()
+    (coef < 1.0).then_some(coef)
 }
 
 #[cfg(test)]
@@ -179,7 +166,9 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            param = opt.step(vec![param], vec![t(&g)], &[true], lr).remove(0);
+            param = opt
+                .step(vec![param], vec![t(&g)], &[true], lr, None)
+                .remove(0);
             let step = (k + 1) as f64;
             for i in 0..2 {
                 p[i] *= 1.0 - lr * 0.1;
@@ -195,7 +184,7 @@ mod tests {
         }
         // No decay: the parameter's own scale is untouched when lr is 0 (a warmup's first step).
         let mut opt = AdamW::<B>::new(config, &[1], &Default::default());
-        let out = opt.step(vec![t(&[3.0])], vec![t(&[1.0])], &[false], 0.0);
+        let out = opt.step(vec![t(&[3.0])], vec![t(&[1.0])], &[false], 0.0, None);
         assert_eq!(v(&out[0]), [3.0]);
         assert_eq!(opt.steps, 1);
         assert!(v(&opt.moments[0].exp_avg)[0] > 0.0);
@@ -206,11 +195,8 @@ mod tests {
         let g = vec![t(&[3.0]), t(&[4.0])];
         let n = total_norm(&g);
         assert!((n - 5.0).abs() < 1e-15);
-        let c = clip(g.clone(), n, 1.0);
-        let coef = 1.0 / (5.0 + 1e-6);
-        assert_eq!(v(&c[0]), [3.0 * coef]);
-        let unclipped = clip(g.clone(), n, 10.0);
-        assert_eq!(v(&unclipped[1]), [4.0]);
-        assert_eq!(v(&clip(g, n, 0.0)[0]), [3.0]);
+        assert_eq!(clip_coefficient(n, 1.0), Some(1.0 / (5.0 + 1e-6)));
+        assert_eq!(clip_coefficient(n, 10.0), None);
+        assert_eq!(clip_coefficient(n, 0.0), None);
     }
 }

@@ -1,5 +1,7 @@
 //! The backends gradlens runs on, and the compute dtype.
 
+pub mod step_kernels;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -167,11 +169,17 @@ pub fn tune_allocator() {
 
 /// What gradlens runs a model on: an autodiff backend whose models have the fused softmax nodes
 /// (`gradlens_models::ops`). Every backend [`dispatch`] picks is one.
+/// Its inner backend has the training step's kernels ([`step_kernels::StepKernels`]).
 pub trait GradBackend:
-    burn::tensor::backend::AutodiffBackend + gradlens_models::ModelBackend
+    burn::tensor::backend::AutodiffBackend<InnerBackend: step_kernels::StepKernels>
+    + gradlens_models::ModelBackend
 {
 }
-impl<B: burn::tensor::backend::AutodiffBackend + gradlens_models::ModelBackend> GradBackend for B {}
+impl<B> GradBackend for B where
+    B: burn::tensor::backend::AutodiffBackend<InnerBackend: step_kernels::StepKernels>
+        + gradlens_models::ModelBackend
+{
+}
 
 /// Work generic over the autodiff backend, run by [`dispatch`] on the chosen device and dtype.
 pub trait BackendJob {
