@@ -145,7 +145,7 @@ macro_rules! host_step_kernels {
                         s.par_iter_mut()
                             .zip(gs.par_iter())
                             .with_min_len(CHUNK)
-                            .for_each(|(a, &g)| *a = *a + g * w);
+                            .for_each(|(a, &g)| *a += g * w);
                         a
                     }
                     None => {

@@ -7,7 +7,8 @@
 //!   ∇L = Σ_i (n_i / N) ∇ℓ_i with ℓ_i a sample's own mean loss (the paper's loss): each sample
 //!   runs forward and backward on its own (the same pipeline as `grads`) and its gradient is
 //!   accumulated with weight n_i / N;
-//! - `grad_norm` is ‖∇L‖ before clipping, clipping is `clip_grad_norm_` ([`optimizer::clip`]);
+//! - `grad_norm` is ‖∇L‖ before clipping, clipping is `clip_grad_norm_`
+//!   ([`optimizer::clip_coefficient`]);
 //! - the learning rate of step k is `lr · schedule(k − 1)` ([`schedule`]);
 //! - AdamW as `torch.optim.AdamW`, weight decay on parameters of 2 or more dimensions only.
 
@@ -19,6 +20,7 @@ pub mod records;
 pub mod run_dir;
 pub mod schedule;
 pub mod signals;
+mod stats_thread;
 
 use crate::backend::step_kernels::StepKernels;
 use crate::backend::{BackendJob, Device, Dtype, GradBackend, dispatch};
@@ -27,14 +29,13 @@ use crate::load::adapter::{
 };
 use crate::load::data::{Record, load_records};
 use crate::load::safetensors::{HostParam, read_safetensors};
+use crate::measure::Work;
 use crate::measure::backward::{
     HostGrads, HostReal, measured_grads, response_loss, sample_grads_with,
 };
 use crate::measure::options::RunOptions;
-use crate::measure::{Work, finish, statistics};
 use crate::prepare::tokenizer::TextTokenizer;
 use crate::prepare::{Preparation, Prepared, PromptMode, prepare_for_model};
-use crate::sink::output::JsonlAppender;
 use crate::spectra::stats::{Factors, HostMatrix, SpectrumSource};
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -45,10 +46,11 @@ use gradlens_models::tensor::float_tensor;
 use gradlens_models::{LoadedModel, ParamValue, paper_selector};
 use optimizer::{AdamW, AdamWConfig, clip_coefficient, total_norm};
 use order::SampleOrder;
-use records::{EvalLine, PerSampleLine, StepLine};
+use records::{EvalLine, StepLine};
 use run_dir::{EVAL, PER_SAMPLE, RunDir, RunRecord, STEPS, Start, has_step};
 use schedule::Schedule;
 use serde::{Deserialize, Serialize};
+use stats_thread::{StatsJob, StatsThread};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -416,119 +418,6 @@ struct Accumulated<B: Backend, T> {
     tokens: usize,
     /// Per sample, per measured weight: its gradient's factors (`None` where it took another path).
     factors: Vec<Vec<Option<Factors<T>>>>,
-}
-
-/// What the statistics thread is handed, in order: with `--per-sample` each sample's gradients as
-/// soon as its backward pass is done, then the step (its line without the statistics, and the
-/// batch gradient of every measured weight when the step measures).
-enum StatsJob {
-    Sample {
-        step: usize,
-        work: Work,
-    },
-    Step {
-        line: StepLine,
-        batch: Option<HostGrads>,
-    },
-}
-
-/// A sample's line of `per_sample.jsonl`: its statistics at step `step`.
-fn sample_line(step: usize, work: Work) -> Result<PerSampleLine> {
-    let f = finish(work, false)
-        .map_err(|s| anyhow::anyhow!("step {step}: sample {}: {}", s.index, s.problem()))?;
-    Ok(PerSampleLine {
-        step,
-        sample: f.line,
-    })
-}
-
-/// A step's line with the statistics of its batch gradient.
-fn step_line(mut line: StepLine, batch: Option<HostGrads>) -> Result<StepLine> {
-    let step = line.step;
-    if let Some(batch) = &batch {
-        let (stats, _) = statistics(step, batch)
-            .map_err(|s| anyhow::anyhow!("step {step}: the batch gradient: {}", s.problem()))?;
-        line.weights = stats.into_iter().collect();
-    }
-    Ok(line)
-}
-
-/// The statistics thread of a run: the singular values of every gradient of a step — each
-/// sample's, the batch's — computed while the main thread runs the next samples forward and
-/// backward, and the lines appended in order (a step's samples, then the step). The run waits for
-/// it ([`StatsThread::drain`]) before a checkpoint, so that a checkpoint's steps are always in the
-/// files.
-struct StatsThread<'scope> {
-    tx: Option<std::sync::mpsc::SyncSender<StatsJob>>,
-    done: std::sync::mpsc::Receiver<usize>,
-    handle: Option<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
-    written: usize,
-}
-
-impl<'scope> StatsThread<'scope> {
-    fn start<'env>(
-        scope: &'scope std::thread::Scope<'scope, 'env>,
-        mut steps_out: JsonlAppender,
-        mut per_sample_out: Option<JsonlAppender>,
-        written: usize,
-    ) -> Self {
-        // One job waits while the next sample runs forward and backward.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<StatsJob>(1);
-        let (done_tx, done) = std::sync::mpsc::channel();
-        let handle = scope.spawn(move || -> Result<()> {
-            let mut samples = Vec::new();
-            for job in rx {
-                match job {
-                    StatsJob::Sample { step, work } => samples.push(sample_line(step, work)?),
-                    StatsJob::Step { line, batch } => {
-                        let line = step_line(line, batch)?;
-                        if let Some(w) = &mut per_sample_out {
-                            for l in samples.drain(..) {
-                                w.append(&l)?;
-                            }
-                        }
-                        steps_out.append(&line)?;
-                        let _ = done_tx.send(line.step);
-                    }
-                }
-            }
-            Ok(())
-        });
-        Self {
-            tx: Some(tx),
-            done,
-            handle: Some(handle),
-            written,
-        }
-    }
-
-    /// Hand a job over; the thread's own error if it has stopped.
-    fn send(&mut self, job: StatsJob) -> Result<()> {
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
-        if sent { Ok(()) } else { self.finish() }
-    }
-
-    /// Wait until every step up to `step` is written.
-    fn drain(&mut self, step: usize) -> Result<()> {
-        while self.written < step {
-            match self.done.recv() {
-                Ok(s) => self.written = s,
-                Err(_) => return self.finish(),
-            }
-        }
-        Ok(())
-    }
-
-    /// Let the thread write what it holds and end; its error, if it had one.
-    fn finish(&mut self) -> Result<()> {
-        self.tx = None;
-        match self.handle.take() {
-            Some(h) => h
-                .join()
-                .map_err(|_| anyhow::anyhow!("the statistics thread panicked"))?,
-            None => Ok(()),
-        }
-    }
 }
 
 /// A run's LoRA state.

@@ -86,7 +86,7 @@ impl<B: Backend> AdamW<B> {
         let bias_correction2 = 1.0 - c.beta2.powf(t);
         let scalars = |decay: bool| AdamWScalars {
             grad_scale,
-            decay: (decay && c.weight_decay != 0.0).then(|| 1.0 - lr * c.weight_decay),
+            decay: (decay && c.weight_decay != 0.0).then_some(1.0 - lr * c.weight_decay),
             lerp_weight: 1.0 - c.beta1,
             beta2: c.beta2,
             one_minus_beta2: 1.0 - c.beta2,
