@@ -19,6 +19,10 @@
 //!   `P` kept, `∂v = Pᵀ g`, `∂P = g vᵀ`, `∂S = P ⊙ (∂P − rowsum(g ⊙ O))` (the row sum over D
 //!   instead of over T, as flash attention does), `∂q = ∂S k`, `∂k = ∂Sᵀ q`: two `[heads, T, T]`
 //!   element-wise passes in the backward pass instead of five, and no mask node;
+//! - the projection `y = x · Wᵀ` (`W` `[out, in]` as Hugging Face stores it): `∂W = gᵀ · x` and
+//!   `∂x = g · W`, so that the weight's gradient comes back in the weight's own layout rather
+//!   than as the transposed view a transpose node would leave (which every copy of it then walks
+//!   column by column);
 //! - the SwiGLU product `a = silu(x) ⊙ u` with `s = σ(x)`: `∂u = g ⊙ x ⊙ s`,
 //!   `∂x = g ⊙ u ⊙ (s + x s (1 − s))`, from the kept `x`, `u` and `s` (Burn records three nodes
 //!   and allocates a `[T, intermediate]` tensor for almost every step back).
