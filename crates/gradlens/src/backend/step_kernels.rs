@@ -34,8 +34,8 @@ pub struct AdamWScalars {
 }
 
 /// The element-wise work of a training step on a backend: as separate tensor operations by
-/// default (one kernel each; burn-cuda fuses them), as one pass over each parameter on the CPU
-/// (below). Both compute every element with the same operations in the same
+/// default (one kernel each; burn-cuda fuses them), as one pass over each parameter on Burn's
+/// NdArray backend (below). Both compute every element with the same operations in the same
 /// order, so they give the same bits.
 pub trait StepKernels: Backend {
     /// `acc + w · g`, or `w · g` without `acc`: one sample's share of the batch gradient.
